@@ -1,0 +1,25 @@
+"""tvwjax: tile-wise (TW) and tile-vector-wise (TVW) sparsity for JAX, Flax and Optax."""
+
+from tvwjax import errors
+from tvwjax.errors import (
+    ConfigError,
+    DTypeError,
+    PatternViolationError,
+    ScoreError,
+    ShapeError,
+    TreeMismatchError,
+    TvwError,
+)
+from tvwjax.masking import apply_masks, as_matrix, default_where, masks, path_str
+from tvwjax.patterns import BW, EW, NM, TEW, TVW, TW, TW1D, VW, Pattern
+from tvwjax.scores import magnitude, taylor_accumulate, taylor_init, taylor_scores
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BW", "EW", "NM", "TEW", "TVW", "TW", "TW1D", "VW", "Pattern",
+    "ConfigError", "DTypeError", "PatternViolationError", "ScoreError", "ShapeError",
+    "TreeMismatchError", "TvwError", "errors",
+    "apply_masks", "as_matrix", "default_where", "masks", "path_str",
+    "magnitude", "taylor_accumulate", "taylor_init", "taylor_scores",
+]

@@ -1,0 +1,282 @@
+"""``tvwjax.masks``: sparsity masks for a whole parameter pytree, as one pure function.
+
+Works on any pytree: plain dicts, Linen ``params`` and ``nnx.State`` (whose leaves sit under
+a ``value`` attribute). Leaves are addressed by *path strings*: the pytree keys joined by
+``/`` (``"Dense_0/kernel"``, ``"layers/0/linear/kernel"``); the trailing ``value`` of an NNX
+variable is dropped.
+
+Which leaves are pruned is chosen by ``where(path, leaf)``; by default every floating leaf
+with ``ndim >= 2`` whose path has a ``kernel`` key. Kernels with more than two dims are
+viewed as ``(prod(shape[:-1]), shape[-1])`` -- a conv kernel ``(kh, kw, Cin, Cout)`` becomes
+its im2col matrix ``(kh*kw*Cin, Cout)``, whose contraction axis is the first.
+
+``scope="layer"`` prunes each leaf exactly at its sparsity. ``scope="global"`` ranks the
+pattern's allocation units (elements, blocks, row segments) of all selected leaves against
+one threshold, after dividing each leaf's scores by their mean (so layers of different scale
+compete fairly), as in the paper's BERT experiments: layers end at different sparsities while
+the total matches the target. ``layer_bounds=(min_s, max_s)`` keeps any single leaf from
+being starved or left dense. Each leaf's mask is then built with its pattern at the density
+the threshold gave it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tvwjax.errors import ConfigError, DTypeError, ScoreError, ShapeError, TreeMismatchError
+from tvwjax.patterns import NM, Pattern, allocation_scale
+from tvwjax.scores import magnitude
+
+PyTree = Any
+Path = tuple
+WherePredicate = Callable[[str, Any], bool]
+
+
+# -- paths and leaf selection --------------------------------------------------------------
+def _key_name(key) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def path_str(path: Path) -> str:
+    """Readable ``/``-joined path of a pytree key path (NNX's trailing ``value`` dropped)."""
+    names = [_key_name(k) for k in path]
+    if len(names) > 1 and names[-1] == "value" and isinstance(path[-1], jax.tree_util.GetAttrKey):
+        names = names[:-1]
+    return "/".join(names)
+
+
+def default_where(path: str, leaf: Any) -> bool:
+    """Default leaf selection: floating arrays with ``ndim >= 2`` under a ``kernel`` key."""
+    return (hasattr(leaf, "ndim") and leaf.ndim >= 2
+            and jnp.issubdtype(leaf.dtype, jnp.floating)
+            and "kernel" in path.split("/"))
+
+
+def as_matrix(x: jax.Array) -> jax.Array:
+    """The ``(K, N)`` view of a kernel: ``(prod(shape[:-1]), shape[-1])``."""
+    return x.reshape(-1, x.shape[-1])
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_scores(path: str, score: jax.Array) -> None:
+    if not _is_concrete(score):
+        return
+    s = np.asarray(score)
+    if not np.all(np.isfinite(s)):
+        bad = int(np.size(s) - np.count_nonzero(np.isfinite(s)))
+        raise ScoreError(f"{path}: scores contain {bad} NaN or Inf value(s); "
+                         "expected finite, non-negative scores")
+    if np.any(s < 0):
+        raise ScoreError(f"{path}: scores must be non-negative (use |w| or a squared "
+                         f"score), got minimum {float(s.min())!r}")
+
+
+def _static_sparsity(value, where: str) -> float | jax.Array:
+    if isinstance(value, jax.Array | np.ndarray) and not _is_concrete(value):
+        return value
+    if isinstance(value, bool) or not isinstance(value, float | int | np.floating | np.integer
+                                                 | np.ndarray | jax.Array):
+        raise ConfigError(f"{where}: sparsity must be a number in [0, 1), got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or not 0.0 <= v < 1.0:
+        raise ConfigError(f"{where}: sparsity must be in [0, 1), got {v!r}")
+    return v
+
+
+class _Leaf:
+    """A selected leaf: its path, 2-D score view and sparsity."""
+
+    def __init__(self, index, path, leaf, score, sparsity, fixed):
+        self.index, self.path, self.leaf = index, path, leaf
+        self.score = as_matrix(jnp.asarray(score, jnp.float32))
+        self.sparsity, self.fixed = sparsity, fixed
+
+
+def _override(path: str, overrides: Mapping[str, float | None] | None, default):
+    if overrides:
+        for pat, value in overrides.items():
+            if fnmatch.fnmatchcase(path, pat):
+                return value, True
+    return default, False
+
+
+# -- global allocation -----------------------------------------------------------------------
+def _global_densities(leaves: list[_Leaf], pattern: Pattern, sparsity,
+                      layer_bounds: tuple[float, float]) -> list[jax.Array]:
+    """Per-leaf final densities from one threshold over normalised unit scores."""
+    scale = allocation_scale(pattern)
+    units, sizes, ids = [], [], []
+    for i, lf in enumerate(leaves):
+        u, z = pattern.units(lf.score)
+        mean = jnp.mean(lf.score)
+        u = u / jnp.where(mean > 0, mean, 1.0)
+        units.append(u)
+        sizes.append(z.astype(jnp.float32))
+        ids.append(jnp.full(u.shape, i, jnp.int32))
+    u, z, ids = jnp.concatenate(units), jnp.concatenate(sizes), jnp.concatenate(ids)
+    n_leaves = len(leaves)
+    totals = jnp.asarray([float(lf.score.size) for lf in leaves], jnp.float32)
+    min_s, max_s = layer_bounds
+    lo = jnp.clip((1.0 - max_s) / scale, 0.0, 1.0) * totals
+    hi = jnp.clip((1.0 - min_s) / scale, 0.0, 1.0) * totals
+    density = 1.0 - jnp.asarray(sparsity, jnp.float32)
+    budget = jnp.clip(density / scale, 0.0, 1.0) * jnp.sum(totals)
+
+    sorted_u = jnp.sort(u)[::-1]
+
+    def kept_at(thr):
+        kept = jax.ops.segment_sum(jnp.where(u >= thr, z, 0.0), ids, num_segments=n_leaves)
+        return jnp.clip(kept, lo, hi)
+
+    def body(_, carry):
+        a, b = carry
+        mid = (a + b) // 2
+        ok = jnp.sum(kept_at(sorted_u[mid])) >= budget
+        return jnp.where(ok, a, mid + 1), jnp.where(ok, mid, b)
+
+    n_units = sorted_u.shape[0]
+    a, _ = jax.lax.fori_loop(0, max(1, int(np.ceil(np.log2(n_units + 1))) + 1), body,
+                             (jnp.int32(0), jnp.int32(n_units - 1)))
+    kept = kept_at(sorted_u[a])
+    dens = kept / totals * scale
+    dens = jnp.where(density >= 1.0, 1.0, dens)
+    return [dens[i] for i in range(n_leaves)]
+
+
+# -- public entry point -----------------------------------------------------------------------
+def masks(
+    params: PyTree,
+    pattern: Pattern,
+    sparsity: float | jax.Array,
+    *,
+    scores: PyTree | None = None,
+    where: WherePredicate | None = None,
+    scope: str = "layer",
+    overrides: Mapping[str, float | None] | None = None,
+    layer_bounds: tuple[float, float] | None = None,
+    unpruned: str = "none",
+) -> PyTree:
+    """Sparsity masks for every selected leaf of ``params``.
+
+    Args:
+      params: any pytree of arrays (dict, Linen params, ``nnx.State``).
+      pattern: a :class:`~tvwjax.patterns.Pattern` (``EW()``, ``TW(tile=64)``, ``TVW()``, ...).
+      sparsity: target fraction of pruned weights in ``[0, 1)``; may be traced.
+      scores: a pytree like ``params`` of non-negative scores (default: ``|params|``).
+      where: ``where(path, leaf) -> bool`` choosing the leaves to prune (default
+        :func:`default_where`). A leaf it selects must have ``ndim >= 2``.
+      scope: ``"layer"`` (each leaf at exactly its sparsity) or ``"global"`` (one threshold
+        over all selected leaves' normalised unit scores).
+      overrides: ``{glob: sparsity}`` on path strings (first match wins); a leaf whose
+        override is ``None`` is not pruned. Overridden leaves keep their own sparsity in
+        global scope and are left out of the shared threshold.
+      layer_bounds: ``(min_sparsity, max_sparsity)`` per leaf in global scope
+        (default ``(0, 1)``: unbounded).
+      unpruned: what leaves that are not pruned get: ``"none"`` (``None``, the default;
+        use ``is_leaf=lambda x: x is None`` when mapping) or ``"ones"`` (an all-True mask).
+
+    Returns:
+      A pytree with the structure of ``params``: bool masks (True = kept) shaped like each
+      pruned leaf, and ``None`` or all-True masks elsewhere.
+
+    Raises:
+      ConfigError, ShapeError, DTypeError, ScoreError, TreeMismatchError (see
+      :mod:`tvwjax.errors`), each naming the leaf path.
+    """
+    if not isinstance(pattern, Pattern):
+        raise ConfigError(f"pattern must be a tvwjax Pattern (EW(), TW(), TVW(), ...), "
+                          f"got {pattern!r}")
+    if scope not in ("layer", "global"):
+        raise ConfigError(f"scope must be 'layer' or 'global', got {scope!r}")
+    if unpruned not in ("none", "ones"):
+        raise ConfigError(f"unpruned must be 'none' or 'ones', got {unpruned!r}")
+    if layer_bounds is None:
+        layer_bounds = (0.0, 1.0)
+    else:
+        lo, hi = (float(b) for b in layer_bounds)
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ConfigError(f"layer_bounds must satisfy 0 <= min <= max <= 1, got "
+                              f"{tuple(layer_bounds)!r}")
+        layer_bounds = (lo, hi)
+    sparsity = _static_sparsity(sparsity, "sparsity")
+
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    if scores is None:
+        score_leaves = [None] * len(flat)
+    else:
+        s_flat, s_def = jax.tree_util.tree_flatten_with_path(scores)
+        if s_def != treedef:
+            raise TreeMismatchError(f"scores must have the structure of params; got {s_def} "
+                                    f"for params {treedef}")
+        score_leaves = [s for _, s in s_flat]
+
+    explicit_where = where is not None
+    where = where or default_where
+    selected: list[_Leaf] = []
+    for i, (kp, leaf) in enumerate(flat):
+        path = path_str(kp)
+        if not where(path, leaf):
+            continue
+        leaf_sparsity, fixed = _override(path, overrides, sparsity)
+        if leaf_sparsity is None:
+            continue
+        leaf_sparsity = _static_sparsity(leaf_sparsity, f"{path}: override")
+        if not hasattr(leaf, "ndim"):
+            raise ShapeError(f"{path}: selected leaf is not an array ({type(leaf).__name__})")
+        if explicit_where and leaf.ndim < 2:
+            raise ShapeError(f"{path}: selected leaf has shape {leaf.shape}; only arrays "
+                             "with ndim >= 2 (kernels) can be pruned")
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            raise DTypeError(f"{path}: can only prune floating-point weights, got "
+                             f"dtype {leaf.dtype}")
+        if leaf.size == 0:
+            raise ShapeError(f"{path}: cannot prune an empty array of shape {leaf.shape}")
+        score = score_leaves[i]
+        if score is None:
+            score = magnitude(leaf)
+        elif jnp.shape(score) != leaf.shape:
+            raise TreeMismatchError(f"{path}: scores have shape {jnp.shape(score)}, "
+                                    f"expected the leaf's shape {leaf.shape}")
+        _check_scores(path, score)
+        lf = _Leaf(i, path, leaf, score, leaf_sparsity, fixed)
+        pattern.validate_shape(lf.score.shape, path)
+        selected.append(lf)
+
+    pool = [lf for lf in selected if not lf.fixed]
+    if scope == "global" and len(pool) > 1 and not isinstance(pattern, NM):
+        for lf, dens in zip(pool, _global_densities(pool, pattern, sparsity, layer_bounds),
+                            strict=True):
+            lf.sparsity = 1.0 - dens
+
+    out: list[Any] = [None] * len(flat)
+    for lf in selected:
+        m = pattern.mask(lf.score, lf.sparsity, where=lf.path)
+        out[lf.index] = m.reshape(lf.leaf.shape)
+    if unpruned == "ones":
+        for i, (_, leaf) in enumerate(flat):
+            if out[i] is None:
+                out[i] = jnp.ones(jnp.shape(leaf), bool)
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def apply_masks(params: PyTree, mask_tree: PyTree) -> PyTree:
+    """``params * mask`` on every leaf with a mask (``None`` masks leave the leaf as is)."""
+    return jax.tree.map(
+        lambda m, p: p if m is None else jnp.where(m, p, jnp.zeros((), p.dtype)),
+        mask_tree, params, is_leaf=lambda x: x is None)
+
+
+__all__ = ["apply_masks", "as_matrix", "default_where", "masks", "path_str"]

@@ -1,0 +1,418 @@
+"""Sparsity patterns of the tile-wise method, as frozen (hashable, jit-static) objects.
+
+Orientation: a weight ``W`` is ``K x N`` (Flax ``(in, out)`` kernel layout), ``y = x @ W``;
+``K`` is the contraction axis. Every pattern turns a ``(K, N)`` array of non-negative scores
+and a target sparsity ``s`` (density ``d = 1 - s``) into a boolean keep-mask:
+
+==========  ===============================================================================
+``EW``      unstructured: the ``round(d*K*N)`` largest scores anywhere
+``BW``      block: ``rows x cols`` blocks scored by their RMS, kept or dropped whole
+``VW``      vector-wise: in every vector of ``length`` consecutive K entries of one column,
+            the top ``round(d*length)``
+``NM``      N:M (default 2:4) along K: ``n`` of every ``m`` consecutive K entries per column
+``TW``      tile-wise: optional global column pruning (``column_share`` of the sparsity,
+            in log-density), surviving columns grouped in order into tiles of ``tile``
+            columns, then row *segments* (one row inside one tile) kept or dropped whole,
+            ranked over the whole matrix so that tiles keep different numbers of rows.
+            ``column_share=0`` is TW-1D, the default ``0.5`` is the paper's TW-2D
+``TEW``     TW at ``s + delta`` plus the largest ``delta`` fraction of the remaining weights
+``TVW``     TW at density ``min(1, d*m/n)`` with kept rows per tile rounded to a multiple of
+            ``row_block``, then N:M along K over each tile's kept rows (in compact order)
+==========  ===============================================================================
+
+Sparsity conventions: ``s = 0`` always gives an all-True mask. ``NM`` only allows
+``s in {0, 1 - n/m}``; ``TVW`` allows ``0`` or ``s >= 1 - n/m``. When the sparsity is a
+traced value (schedules inside ``jit``) these two round it up to their floor instead of
+raising. Ties are broken deterministically (see :mod:`tvwjax._select`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tvwjax import _select as sel
+from tvwjax.errors import ConfigError, ShapeError
+from tvwjax.nm_codec import nm_select
+from tvwjax.tiling import column_tiles, num_tiles, segment_sumsq
+
+Array = jax.Array
+
+_EPS = 1e-9
+
+
+def _is_static(x) -> bool:
+    return isinstance(x, float | int | np.floating | np.integer)
+
+
+def _positive_int(name: str, value, owner: str) -> None:
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{owner}: {name} must be a positive integer, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Pattern:
+    """Base class of all sparsity patterns. Subclasses are frozen dataclasses."""
+
+    name: ClassVar[str] = "pattern"
+
+    @property
+    def max_density(self) -> float:
+        """Largest density the pattern produces with ``s > 0`` (``n/m`` for N:M and TVW)."""
+        return 1.0
+
+    # -- public API -------------------------------------------------------------------------
+    def mask(self, scores: Array, sparsity: float | Array, where: str = "scores") -> Array:
+        """Boolean keep-mask of a 2-D ``(K, N)`` score array at ``sparsity``.
+
+        Args:
+          scores: non-negative scores, shape ``(K, N)`` (``K`` = contraction axis).
+          sparsity: fraction to prune, a Python float in ``[0, 1)`` or a traced scalar.
+          where: name used in error messages (a leaf path).
+
+        Returns:
+          ``(K, N)`` bool array, True where the weight is kept.
+        """
+        scores = jnp.asarray(scores)
+        if scores.ndim != 2:
+            raise ShapeError(f"{where}: {self.name} masks need a 2-D (K, N) array, "
+                             f"got shape {scores.shape}")
+        self.validate_shape(scores.shape, where)
+        ones = jnp.ones(scores.shape, bool)
+        if _is_static(sparsity):
+            s = self.validate_sparsity(float(sparsity), where)
+            if s == 0.0:
+                return ones
+            return self._mask(scores, 1.0 - s)
+        sparsity = jnp.asarray(sparsity, jnp.float32)
+        density = jnp.clip(1.0 - sparsity, 0.0, 1.0)
+        return jnp.where(sparsity <= 0.0, ones, self._mask(scores, density))
+
+    def validate_shape(self, shape: tuple[int, int], where: str = "scores") -> None:
+        """Raise :class:`ShapeError` if a ``(K, N)`` matrix cannot follow this pattern."""
+        if shape[0] < 1 or shape[1] < 1:
+            raise ShapeError(f"{where}: cannot prune an empty matrix of shape {shape}")
+
+    def validate_sparsity(self, sparsity: float, where: str = "sparsity") -> float:
+        """Raise :class:`ConfigError` unless ``sparsity`` is allowed; return it as a float."""
+        if not math.isfinite(sparsity) or not 0.0 <= sparsity < 1.0:
+            raise ConfigError(f"{where}: sparsity must be in [0, 1), got {sparsity!r}")
+        return sparsity
+
+    def units(self, scores: Array) -> tuple[Array, Array]:
+        """Allocation units for global scope: flat ``(unit_scores, unit_sizes)``.
+
+        A global threshold over the (normalised) unit scores of all leaves decides how much
+        of each leaf is kept; each leaf's mask is then built at that density.
+        """
+        return scores.reshape(-1).astype(jnp.float32), jnp.ones(scores.size, jnp.int32)
+
+    # -- implementation ----------------------------------------------------------------------
+    def _mask(self, scores: Array, density: Array | float) -> Array:
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class EW(Pattern):
+    """Unstructured (element-wise) sparsity: keep the largest scores anywhere."""
+
+    name: ClassVar[str] = "EW"
+
+    def _mask(self, scores, density):
+        return sel.topk_mask(scores, sel.count(density, scores.size))
+
+
+@dataclasses.dataclass(frozen=True)
+class BW(Pattern):
+    """Block sparsity: ``rows x cols`` blocks scored by the RMS of their scores.
+
+    Blocks start at the origin; blocks on the ragged bottom/right edge are smaller and are
+    scored on their real entries. Blocks are kept in score order while the kept element
+    count stays within ``round(d*K*N)``.
+    """
+
+    rows: int = 32
+    cols: int = 32
+    name: ClassVar[str] = "BW"
+
+    def __post_init__(self):
+        _positive_int("rows", self.rows, "BW")
+        _positive_int("cols", self.cols, "BW")
+
+    def _blocks(self, scores):
+        k, n = scores.shape
+        p = sel.pad_to(sel.pad_to(scores.astype(jnp.float32), self.rows, 0, 0.0), self.cols, 1, 0.0)
+        valid = sel.pad_to(sel.pad_to(jnp.ones((k, n), jnp.int32), self.rows, 0, 0), self.cols, 1, 0)
+        kb, nb = p.shape[0] // self.rows, p.shape[1] // self.cols
+        sizes = valid.reshape(kb, self.rows, nb, self.cols).sum(axis=(1, 3))
+        bscore = sel.rms(p.reshape(kb, self.rows, nb, self.cols), (1, 3), sizes)
+        return bscore, sizes
+
+    def units(self, scores):
+        bscore, sizes = self._blocks(scores)
+        return bscore.reshape(-1), sizes.reshape(-1)
+
+    def _mask(self, scores, density):
+        k, n = scores.shape
+        bscore, sizes = self._blocks(scores)
+        keep = sel.budget_mask(bscore.reshape(-1), sizes.reshape(-1), sel.count(density, k * n))
+        keep = keep.reshape(bscore.shape)
+        full = jnp.repeat(jnp.repeat(keep, self.rows, axis=0), self.cols, axis=1)
+        return full[:k, :n]
+
+
+@dataclasses.dataclass(frozen=True)
+class VW(Pattern):
+    """Vector-wise sparsity: vectors of ``length`` consecutive K entries inside one column.
+
+    Every vector keeps its top ``round(d*length)`` entries; a ragged last vector of length
+    ``r`` keeps ``round(d*r)``.
+    """
+
+    length: int = 16
+    name: ClassVar[str] = "VW"
+
+    def __post_init__(self):
+        _positive_int("length", self.length, "VW")
+
+    def _mask(self, scores, density):
+        k, n = scores.shape
+        ln = self.length
+        p = sel.pad_to(scores.astype(jnp.float32), ln, 0, -jnp.inf)
+        nv = p.shape[0] // ln
+        lens = np.full((nv,), ln)
+        lens[-1] = k - (nv - 1) * ln
+        if _is_static(density):
+            kv = jnp.asarray(np.floor(density * lens + 0.5).astype(np.int32))
+        else:
+            kv = jnp.floor(density * jnp.asarray(lens, jnp.float32) + 0.5).astype(jnp.int32)
+        ranks = sel.rank_desc(p.reshape(nv, ln, n), axis=1)
+        return (ranks < kv[:, None, None]).reshape(nv * ln, n)[:k]
+
+
+@dataclasses.dataclass(frozen=True)
+class NM(Pattern):
+    """N:M sparsity along the contraction axis K: ``n`` of every ``m`` consecutive rows."""
+
+    n: int = 2
+    m: int = 4
+    name: ClassVar[str] = "NM"
+
+    def __post_init__(self):
+        _positive_int("n", self.n, "NM")
+        _positive_int("m", self.m, "NM")
+        if self.n >= self.m:
+            raise ConfigError(f"NM: n must be smaller than m, got n={self.n}, m={self.m}")
+
+    @property
+    def max_density(self) -> float:
+        return self.n / self.m
+
+    @property
+    def sparsity(self) -> float:
+        """The only non-zero sparsity this pattern produces, ``1 - n/m``."""
+        return 1.0 - self.n / self.m
+
+    def validate_shape(self, shape, where="scores"):
+        super().validate_shape(shape, where)
+        if shape[0] % self.m:
+            raise ShapeError(f"{where}: {self.n}:{self.m} sparsity needs K (axis 0, the "
+                             f"contraction axis) divisible by m={self.m}, got K={shape[0]}")
+
+    def validate_sparsity(self, sparsity, where="sparsity"):
+        s = super().validate_sparsity(sparsity, where)
+        if s != 0.0 and abs(s - self.sparsity) > 1e-6:
+            raise ConfigError(f"{where}: {self.n}:{self.m} sparsity is fixed at "
+                              f"{self.sparsity:g} (or 0 for dense), got {s!r}")
+        return s
+
+    def units(self, scores):
+        raise ConfigError("NM has a fixed per-leaf sparsity; global scope does not apply")
+
+    def _mask(self, scores, density):
+        return nm_select(scores, self.n, self.m)
+
+
+@dataclasses.dataclass(frozen=True)
+class TW(Pattern):
+    """Tile-wise sparsity (Guo et al., SC 2020).
+
+    Args:
+      tile: tile width ``G`` in output columns (default 128, as in the paper).
+      column_share: share of the log-density taken by global column pruning:
+        column density ``d**column_share``, the rest by row segments. ``0`` gives TW-1D
+        (no column pruning); the default ``0.5`` splits equally (75% -> 50% of the columns x
+        50% of the row segments), as in the reference code.
+      row_block: kept rows per tile are rounded to a multiple of this (1 = no rounding).
+    """
+
+    tile: int = 128
+    column_share: float = 0.5
+    row_block: int = 1
+    name: ClassVar[str] = "TW"
+
+    def __post_init__(self):
+        _positive_int("tile", self.tile, type(self).__name__)
+        _positive_int("row_block", self.row_block, type(self).__name__)
+        if not (isinstance(self.column_share, float | int)
+                and 0.0 <= self.column_share <= 1.0):
+            raise ConfigError(f"{type(self).__name__}: column_share must be in [0, 1], "
+                              f"got {self.column_share!r}")
+
+    def _tw_keep(self, scores, density):
+        """Column keep ``(N,)``, tile id ``(N,)`` and segment keep ``(K, T)``."""
+        k, n = scores.shape
+        scores = scores.astype(jnp.float32)
+        t = num_tiles(n, self.tile)
+        if self.column_share > 0:
+            d_col = density ** self.column_share
+            n_col = jnp.maximum(sel.count(d_col, n), 1)
+            cscore = sel.rms(scores, 0, k)
+            col_keep = sel.topk_mask(cscore, n_col)
+        else:
+            col_keep = jnp.ones((n,), bool)
+        tile_id, width = column_tiles(col_keep, self.tile)
+        seg = jnp.sqrt(segment_sumsq(scores, tile_id, t) / jnp.maximum(width, 1)[None, :])
+        sizes = jnp.broadcast_to(width[None, :], (k, t))
+        keep = sel.budget_mask(seg.reshape(-1), sizes.reshape(-1), sel.count(density, k * n))
+        keep = keep.reshape(k, t)
+        if self.row_block > 1:
+            rb = self.row_block
+            c = jnp.sum(keep, axis=0)
+            c = jnp.floor(c / rb + 0.5).astype(jnp.int32) * rb
+            c = jnp.where(width > 0, jnp.clip(c, 0, (k // rb) * rb), 0)
+            keep = sel.rank_desc(seg, axis=0) < c[None, :]
+        return col_keep, tile_id, keep
+
+    @staticmethod
+    def _expand(keep, tile_id):
+        k = keep.shape[0]
+        ext = jnp.concatenate([keep, jnp.zeros((k, 1), bool)], axis=1)
+        return ext[:, tile_id]
+
+    def units(self, scores):
+        k, n = scores.shape
+        t = num_tiles(n, self.tile)
+        tile_id, width = column_tiles(jnp.ones((n,), bool), self.tile)
+        seg = jnp.sqrt(segment_sumsq(scores, tile_id, t) / jnp.maximum(width, 1)[None, :])
+        return seg.reshape(-1), jnp.broadcast_to(width[None, :], (k, t)).reshape(-1)
+
+    def _mask(self, scores, density):
+        _, tile_id, keep = self._tw_keep(scores, density)
+        return self._expand(keep, tile_id)
+
+
+def TW1D(tile: int = 128, row_block: int = 1) -> TW:  # noqa: N802 (reads like a class)
+    """Tile-wise 1-D: consecutive tiles of ``tile`` columns, no column pruning."""
+    return TW(tile=tile, column_share=0.0, row_block=row_block)
+
+
+@dataclasses.dataclass(frozen=True)
+class TEW(TW):
+    """TW + EW: a TW mask at ``s + delta``, plus the largest remaining weights.
+
+    The restored weights bring the kept count back to exactly ``round(d*K*N)``; they are
+    the highest-scoring weights the TW mask pruned. Needs a sparse residual at run time.
+    """
+
+    delta: float = 0.05
+    name: ClassVar[str] = "TEW"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not (isinstance(self.delta, float | int) and 0.0 < self.delta < 1.0):
+            raise ConfigError(f"TEW: delta must be in (0, 1), got {self.delta!r}")
+
+    def validate_sparsity(self, sparsity, where="sparsity"):
+        s = super().validate_sparsity(sparsity, where)
+        if s != 0.0 and s + self.delta >= 1.0:
+            raise ConfigError(f"{where}: TEW needs sparsity + delta < 1, got sparsity={s!r}, "
+                              f"delta={self.delta!r}")
+        return s
+
+    def _mask(self, scores, density):
+        k, n = scores.shape
+        tw_density = jnp.maximum(density - self.delta, 0.0) if not _is_static(density) \
+            else max(density - self.delta, 0.0)
+        base = TW._mask(self, scores, tw_density)
+        restore = sel.count(density, k * n) - jnp.sum(base, dtype=jnp.int32)
+        rest = sel.topk_mask(jnp.where(base, -jnp.inf, scores.astype(jnp.float32)), restore)
+        return base | rest
+
+
+@dataclasses.dataclass(frozen=True)
+class TVW(TW):
+    """Tile-vector-wise sparsity: TW, then N:M (2:4) along K inside each tile's kept rows.
+
+    Total density = TW density x ``n/m`` (75% TVW = 50% TW + 2:4). Kept rows per tile are a
+    multiple of ``row_block`` (default 4, must be a multiple of ``m``) so that the N:M
+    groups of consecutive kept rows never straddle tiles.
+    """
+
+    row_block: int = 4
+    n: int = 2
+    m: int = 4
+    name: ClassVar[str] = "TVW"
+
+    def __post_init__(self):
+        super().__post_init__()
+        _positive_int("n", self.n, "TVW")
+        _positive_int("m", self.m, "TVW")
+        if self.n >= self.m:
+            raise ConfigError(f"TVW: n must be smaller than m, got n={self.n}, m={self.m}")
+        if self.row_block % self.m:
+            raise ConfigError(f"TVW: row_block must be a multiple of m={self.m}, "
+                              f"got {self.row_block}")
+
+    @property
+    def max_density(self) -> float:
+        return self.n / self.m
+
+    def validate_sparsity(self, sparsity, where="sparsity"):
+        s = super().validate_sparsity(sparsity, where)
+        floor = 1.0 - self.n / self.m
+        if 0.0 < s < floor - 1e-6:
+            raise ConfigError(f"{where}: TVW sparsity must be 0 or at least {floor:g} "
+                              f"(its {self.n}:{self.m} part alone prunes that much), got {s!r}")
+        return s
+
+    def _mask(self, scores, density):
+        k, n = scores.shape
+        if _is_static(density):
+            tw_density = min(1.0, density * self.m / self.n)
+        else:
+            tw_density = jnp.minimum(1.0, density * self.m / self.n)
+        _, tile_id, keep = self._tw_keep(scores, tw_density)
+        # Per tile, a permutation of the rows with the kept rows first (original order).
+        perm = jnp.argsort(~keep, axis=0, stable=True).astype(jnp.int32)  # (K, T)
+        perm_ext = jnp.concatenate([perm, jnp.arange(k, dtype=jnp.int32)[:, None]], axis=1)
+        cnt_ext = jnp.concatenate([jnp.sum(keep, axis=0, dtype=jnp.int32),
+                                   jnp.zeros((1,), jnp.int32)])
+        permc = perm_ext[:, tile_id]  # (K, N)
+        compact = jnp.take_along_axis(scores.astype(jnp.float32), permc, axis=0)
+        compact = sel.pad_to(compact, self.m, 0, -jnp.inf)
+        nm = nm_select(compact, self.n, self.m)[:k]
+        nm = nm & (jnp.arange(k)[:, None] < cnt_ext[tile_id][None, :])
+        cols = jnp.broadcast_to(jnp.arange(n)[None, :], (k, n))
+        return jnp.zeros((k, n), bool).at[permc, cols].set(nm)
+
+
+#: Scale from allocation density to final density (TVW allocates at its TW level).
+def allocation_scale(pattern: Pattern) -> float:
+    """Factor between a pattern's unit-level density and its final density."""
+    if isinstance(pattern, TVW):
+        return pattern.n / pattern.m
+    return 1.0
+
+
+PATTERNS: dict[str, type[Pattern]] = {
+    "EW": EW, "BW": BW, "VW": VW, "NM": NM, "TW": TW, "TEW": TEW, "TVW": TVW,
+}
+
+__all__ = ["BW", "EW", "NM", "PATTERNS", "TEW", "TVW", "TW", "TW1D", "VW", "Pattern",
+           "allocation_scale"]
