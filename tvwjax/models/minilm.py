@@ -226,8 +226,7 @@ class MiniLMEncoder(nn.Module):
             raise ShapeError(f"input_ids must be (batch, seq), got shape {input_ids.shape}")
         if attention_mask.shape != input_ids.shape:
             raise ShapeError(
-                f"attention_mask shape {attention_mask.shape} != input_ids shape "
-                f"{input_ids.shape}"
+                f"attention_mask shape {attention_mask.shape} != input_ids shape {input_ids.shape}"
             )
         if input_ids.shape[1] > self.config.max_position_embeddings:
             raise ShapeError(
@@ -299,12 +298,19 @@ def params_from_hf(state: Mapping[str, np.ndarray], config: MiniLMConfig) -> dic
     emb = "embeddings"
     params: dict[str, Any] = {
         "embeddings": {
-            "word": {"embedding": _take(state, f"{emb}.word_embeddings.weight",
-                                        (config.vocab_size, h))},
-            "position": {"embedding": _take(state, f"{emb}.position_embeddings.weight",
-                                            (config.max_position_embeddings, h))},
-            "token_type": {"embedding": _take(state, f"{emb}.token_type_embeddings.weight",
-                                              (config.type_vocab_size, h))},
+            "word": {
+                "embedding": _take(state, f"{emb}.word_embeddings.weight", (config.vocab_size, h))
+            },
+            "position": {
+                "embedding": _take(
+                    state, f"{emb}.position_embeddings.weight", (config.max_position_embeddings, h)
+                )
+            },
+            "token_type": {
+                "embedding": _take(
+                    state, f"{emb}.token_type_embeddings.weight", (config.type_vocab_size, h)
+                )
+            },
             "layer_norm": _hf_layer_norm(state, f"{emb}.LayerNorm", h),
         }
     }
@@ -437,14 +443,21 @@ def tokenize(
     encodings = tokenizer.encode_batch(sentences)
     ids = np.asarray([e.ids for e in encodings], dtype=np.int32)
     mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int32)
+    return _fit_bucket(ids, mask, buckets)
+
+
+def _fit_bucket(
+    ids: np.ndarray, mask: np.ndarray, buckets: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Trim or zero-pad the sequence axis to the smallest bucket holding every row's tokens."""
     longest = int(mask.sum(axis=1).max())
     fitting = [b for b in buckets if b >= longest]
     if not fitting:
         raise ConfigError(
-            f"a sentence has {longest} tokens, more than the largest bucket {buckets[-1]}; "
+            f"a sentence has {longest} tokens, more than the largest bucket {max(buckets)}; "
             "lower the tokenizer's truncation length or add a bucket"
         )
-    length = fitting[0]
+    length = min(fitting)
     ids, mask = ids[:, :length], mask[:, :length]
     pad = length - ids.shape[1]
     if pad > 0:
@@ -468,32 +481,34 @@ def encode(
 ) -> np.ndarray:
     """Sentence embeddings ``(len(sentences), hidden)`` as float32 numpy.
 
-    Runs a jit-compiled forward pass over batches of ``batch_size`` sentences; the last batch
-    is padded with empty rows and every batch's length is padded to a bucket, so at most
-    ``len(buckets)`` compilations happen per ``(model, batch_size)``. ``model`` must be
-    hashable (Linen modules are) and take ``(input_ids, attention_mask)``.
+    Sentences are tokenised once, sorted by token count (so short sentences are batched
+    together and little compute goes to padding), run through a jit-compiled forward pass in
+    batches of ``batch_size`` rows, and returned in the input order. The last batch is padded
+    with empty rows and every batch's length is padded to a bucket, so at most
+    ``len(buckets)`` compilations happen per ``(model, batch_size)``; changing ``params``
+    (e.g. pruned weights of the same shapes) does not recompile. ``model`` must be hashable
+    (Linen modules are) and take ``(input_ids, attention_mask)``.
 
     Raises:
       ConfigError: ``batch_size`` < 1 or bad ``sentences`` (see :func:`tokenize`).
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    if isinstance(sentences, str):
-        raise ConfigError("sentences must be a sequence of strings, not a single string")
-    sentences = list(sentences)
-    if not sentences:
-        raise ConfigError("sentences is empty")
-    out = []
-    for start in range(0, len(sentences), batch_size):
-        chunk = sentences[start : start + batch_size]
-        ids, mask = tokenize(tokenizer, chunk, buckets)
-        rows = ids.shape[0]
-        if rows < batch_size:
-            ids = np.pad(ids, ((0, batch_size - rows), (0, 0)))
-            mask = np.pad(mask, ((0, batch_size - rows), (0, 0)))
-        emb = _forward(model, params, jnp.asarray(ids), jnp.asarray(mask))
-        out.append(np.asarray(emb)[:rows])
-    return np.concatenate(out, axis=0)
+    ids, mask = tokenize(tokenizer, sentences, buckets)
+    order = np.argsort(mask.sum(axis=1), kind="stable")
+    chunks = []
+    for start in range(0, ids.shape[0], batch_size):
+        rows = order[start : start + batch_size]
+        b_ids, b_mask = _fit_bucket(ids[rows], mask[rows], buckets)
+        n = len(rows)
+        if n < batch_size:
+            b_ids = np.pad(b_ids, ((0, batch_size - n), (0, 0)))
+            b_mask = np.pad(b_mask, ((0, batch_size - n), (0, 0)))
+        emb = _forward(model, params, jnp.asarray(b_ids), jnp.asarray(b_mask))
+        chunks.append(np.asarray(emb, dtype=np.float32)[:n])
+    out = np.empty((ids.shape[0], chunks[0].shape[1]), np.float32)
+    out[order] = np.concatenate(chunks, axis=0)
+    return out
 
 
 # ----------------------------------------------------------------------------- selection
