@@ -1,0 +1,313 @@
+"""Pruning schedules: pure, jit-able functions of the optimizer step.
+
+A schedule is a frozen (hashable) dataclass; calling it on a step returns
+``(sparsity, update)``: the target sparsity at that step (float32 scalar) and whether the
+masks are recomputed at that step (bool scalar). Steps count optimizer updates from 0.
+Both values are computed with ``jnp`` only, so ``step`` may be a traced integer.
+
+==================  ====================================================================
+:class:`OneShot`    prune once to ``sparsity`` at ``step``, then fine-tune with fixed masks
+:class:`Polynomial` gradual pruning of Zhu & Gupta (2017), cubic by default:
+                    ``s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))**3``
+:class:`Staged`     the recipe of Guo et al. (2020): prune to each level once, then
+                    fine-tune for a number of steps before the next level
+:class:`Constant`   never recompute: fixed masks given to the transform (fine-tuning an
+                    already-pruned model)
+==================  ====================================================================
+
+Patterns with a sparsity floor (``NM`` allows only ``0`` or ``1 - n/m``; ``TVW`` allows
+``0`` or at least ``1 - n/m``): when the sparsity reaches the pattern as a traced value, a
+target below the floor is *rounded up to the floor*. Early in a gradual ramp the schedule's
+target can therefore be below what the masks really prune. :func:`effective_sparsity` gives
+the sparsity the masks actually have, and :class:`tvwjax.transform.PruneState` records it.
+To make the ramp start at the floor instead of jumping to it, use
+``Polynomial(final, initial_sparsity=1 - n/m, ...)``.
+
+References:
+  M. Zhu and S. Gupta, "To prune, or not to prune: exploring the efficacy of pruning for
+  model compression", arXiv:1710.01878, 2017.
+  C. Guo et al., "Accelerating Sparse DNN Models without Hardware-Support via Tile-Wise
+  Sparsity", SC 2020.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tvwjax.errors import ConfigError
+from tvwjax.patterns import NM, Pattern
+
+Array = jax.Array
+Step = int | Array
+
+
+def _check_sparsity(owner: str, name: str, value, *, allow_none: bool = False) -> None:
+    if allow_none and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, float | int | np.floating | np.integer):
+        raise ConfigError(f"{owner}: {name} must be a number in [0, 1), got {value!r}")
+    if not math.isfinite(float(value)) or not 0.0 <= float(value) < 1.0:
+        raise ConfigError(f"{owner}: {name} must be in [0, 1), got {value!r}")
+
+
+def _check_int(owner: str, name: str, value, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ConfigError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _step(step: Step) -> Array:
+    return jnp.asarray(step, jnp.int32)
+
+
+def sparsity_floor(pattern: Pattern | None) -> float:
+    """Smallest non-zero sparsity ``pattern`` produces (``1 - n/m`` for NM and TVW, else 0)."""
+    if pattern is None:
+        return 0.0
+    return 1.0 - pattern.max_density
+
+
+def effective_sparsity(pattern: Pattern | None, sparsity: float | Array) -> Array:
+    """The sparsity a pattern's masks really have for a (traced) target ``sparsity``.
+
+    ``NM`` and ``TVW`` round a traced target in ``(0, floor)`` up to their floor
+    ``1 - n/m``; ``NM`` also rounds any non-zero target to the floor. Other patterns
+    return the target unchanged.
+
+    Args:
+      pattern: the pattern the masks are built with (``None``: unchanged).
+      sparsity: the schedule's target.
+
+    Returns:
+      A float32 scalar.
+    """
+    s = jnp.asarray(sparsity, jnp.float32)
+    floor = sparsity_floor(pattern)
+    if floor == 0.0:
+        return s
+    if isinstance(pattern, NM):
+        return jnp.where(s > 0.0, jnp.float32(floor), 0.0)
+    return jnp.where(s > 0.0, jnp.maximum(s, jnp.float32(floor)), 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """Base class: ``schedule(step) -> (sparsity, update)``."""
+
+    name: ClassVar[str] = "schedule"
+    #: False for schedules that never recompute masks (the transform skips the branch).
+    updates_masks: ClassVar[bool] = True
+
+    def __call__(self, step: Step) -> tuple[Array, Array]:
+        """Target sparsity (float32) and mask-update flag (bool) at ``step``.
+
+        Args:
+          step: the optimizer step (0 for the first update); a Python int or traced int.
+
+        Returns:
+          ``(sparsity, update)`` scalars.
+        """
+        raise NotImplementedError
+
+    # Every subclass has a ``final_sparsity`` (a field or a property): where it ends.
+
+    def targets(self) -> tuple[float, ...]:
+        """Static sparsities that are guaranteed to be reached (for validation)."""
+        return (self.final_sparsity,)  # type: ignore[attr-defined]
+
+    def validate_for(self, pattern: Pattern | None) -> None:
+        """Raise :class:`ConfigError` if ``pattern`` cannot produce this schedule's targets."""
+        if pattern is None:
+            return
+        for s in self.targets():
+            pattern.validate_sparsity(float(s), f"{self.name}: sparsity")
+
+
+@dataclasses.dataclass(frozen=True)
+class OneShot(Schedule):
+    """Prune once to ``sparsity`` at ``step``; masks stay fixed afterwards.
+
+    Args:
+      sparsity: target sparsity in ``[0, 1)``.
+      step: the step at which the masks are computed (default 0, the first update).
+    """
+
+    sparsity: float
+    step: int = 0
+    name: ClassVar[str] = "OneShot"
+
+    def __post_init__(self):
+        _check_sparsity("OneShot", "sparsity", self.sparsity)
+        _check_int("OneShot", "step", self.step, minimum=0)
+
+    @property
+    def final_sparsity(self) -> float:
+        return float(self.sparsity)
+
+    def __call__(self, step: Step) -> tuple[Array, Array]:
+        t = _step(step)
+        s = jnp.where(t >= self.step, jnp.float32(self.sparsity), jnp.float32(0.0))
+        return s, t == self.step
+
+
+@dataclasses.dataclass(frozen=True)
+class Polynomial(Schedule):
+    """Gradual polynomial pruning (Zhu & Gupta, 2017), cubic by default.
+
+    ``s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n * dt)) ** power`` for
+    ``t0 <= t <= t0 + n*dt``; ``0`` before ``t0`` (dense) and ``s_f`` after. Masks are
+    recomputed at ``t0, t0 + dt, t0 + 2 dt, ...`` and always at ``end_step``, so the final
+    sparsity is reached even when ``end_step - begin_step`` is not a multiple of ``dt``.
+
+    Args:
+      final_sparsity: ``s_f`` in ``[0, 1)``.
+      begin_step: ``t0``, the first pruning step.
+      end_step: ``t0 + n*dt``, the step at which ``s_f`` is reached (``> begin_step``).
+      frequency: ``dt``, steps between mask updates (``>= 1``).
+      initial_sparsity: ``s_i`` (default 0), the sparsity at ``begin_step``.
+      power: the exponent (3 = cubic, 1 = linear).
+    """
+
+    final_sparsity: float
+    begin_step: int
+    end_step: int
+    frequency: int = 100
+    initial_sparsity: float = 0.0
+    power: float = 3.0
+    name: ClassVar[str] = "Polynomial"
+
+    def __post_init__(self):
+        _check_sparsity("Polynomial", "final_sparsity", self.final_sparsity)
+        _check_sparsity("Polynomial", "initial_sparsity", self.initial_sparsity)
+        _check_int("Polynomial", "begin_step", self.begin_step, minimum=0)
+        _check_int("Polynomial", "end_step", self.end_step, minimum=0)
+        _check_int("Polynomial", "frequency", self.frequency, minimum=1)
+        if self.end_step <= self.begin_step:
+            raise ConfigError(f"Polynomial: end_step must be greater than begin_step, got "
+                              f"begin_step={self.begin_step}, end_step={self.end_step}")
+        if self.initial_sparsity > self.final_sparsity:
+            raise ConfigError(f"Polynomial: initial_sparsity must be <= final_sparsity, got "
+                              f"{self.initial_sparsity!r} > {self.final_sparsity!r}")
+        if (isinstance(self.power, bool) or not isinstance(self.power, float | int)
+                or not math.isfinite(self.power) or self.power <= 0):
+            raise ConfigError(f"Polynomial: power must be a positive number, got {self.power!r}")
+
+    def targets(self) -> tuple[float, ...]:
+        return (float(self.final_sparsity),)
+
+    def __call__(self, step: Step) -> tuple[Array, Array]:
+        t = _step(step)
+        span = self.end_step - self.begin_step
+        progress = jnp.clip((t - self.begin_step).astype(jnp.float32) / span, 0.0, 1.0)
+        s_f, s_i = jnp.float32(self.final_sparsity), jnp.float32(self.initial_sparsity)
+        s = s_f + (s_i - s_f) * (1.0 - progress) ** self.power
+        s = jnp.where(t < self.begin_step, jnp.float32(0.0), s)
+        in_range = (t >= self.begin_step) & (t <= self.end_step)
+        on_grid = ((t - self.begin_step) % self.frequency == 0) | (t == self.end_step)
+        return s, in_range & on_grid
+
+
+@dataclasses.dataclass(frozen=True)
+class Staged(Schedule):
+    """Staged pruning (Guo et al., 2020): prune to each level once, then fine-tune.
+
+    Level ``i`` is applied at ``begin_step + sum(finetune_steps[:i])`` and held for
+    ``finetune_steps[i]`` steps; after the last level training continues at the last level.
+
+    Args:
+      levels: increasing sparsities, e.g. ``(0.25, 0.5, 0.75)``.
+      finetune_steps: steps of fine-tuning after each level: one int for all levels or one
+        per level.
+      begin_step: the step of the first level (dense before it).
+    """
+
+    levels: tuple[float, ...]
+    finetune_steps: int | tuple[int, ...]
+    begin_step: int = 0
+    name: ClassVar[str] = "Staged"
+
+    def __post_init__(self):
+        if not isinstance(self.levels, tuple | list) or len(self.levels) == 0:
+            raise ConfigError(f"Staged: levels must be a non-empty tuple of sparsities, got "
+                              f"{self.levels!r}")
+        object.__setattr__(self, "levels", tuple(float(x) if isinstance(x, float | int)
+                                                 and not isinstance(x, bool) else x
+                                                 for x in self.levels))
+        for i, s in enumerate(self.levels):
+            _check_sparsity("Staged", f"levels[{i}]", s)
+        if any(b < a for a, b in zip(self.levels, self.levels[1:], strict=False)):
+            raise ConfigError(f"Staged: levels must be non-decreasing, got {self.levels!r}")
+        ft = self.finetune_steps
+        if isinstance(ft, list):
+            ft = tuple(ft)
+            object.__setattr__(self, "finetune_steps", ft)
+        if isinstance(ft, tuple):
+            if len(ft) != len(self.levels):
+                raise ConfigError(f"Staged: finetune_steps must have one entry per level "
+                                  f"({len(self.levels)}), got {len(ft)}")
+            for i, k in enumerate(ft):
+                _check_int("Staged", f"finetune_steps[{i}]", k, minimum=1)
+        else:
+            _check_int("Staged", "finetune_steps", ft, minimum=1)
+        _check_int("Staged", "begin_step", self.begin_step, minimum=0)
+
+    @property
+    def final_sparsity(self) -> float:
+        return self.levels[-1]
+
+    def targets(self) -> tuple[float, ...]:
+        return self.levels
+
+    @property
+    def level_steps(self) -> tuple[int, ...]:
+        """The step at which each level is applied."""
+        ft = self.finetune_steps
+        ft = ft if isinstance(ft, tuple) else (ft,) * len(self.levels)
+        return tuple(int(x) for x in self.begin_step + np.concatenate([[0], np.cumsum(ft)[:-1]]))
+
+    def __call__(self, step: Step) -> tuple[Array, Array]:
+        t = _step(step)
+        starts = jnp.asarray(self.level_steps, jnp.int32)
+        idx = jnp.sum(t >= starts) - 1  # -1 before the first level
+        levels = jnp.asarray(self.levels, jnp.float32)
+        s = jnp.where(idx >= 0, levels[jnp.maximum(idx, 0)], jnp.float32(0.0))
+        return s, jnp.any(t == starts)
+
+
+@dataclasses.dataclass(frozen=True)
+class Constant(Schedule):
+    """Fixed masks: never recompute (fine-tune an already-pruned model).
+
+    The transform must then be given ``initial_masks``; the masks' zeros are enforced from
+    the first update on.
+
+    Args:
+      sparsity: the masks' sparsity, for reporting only (``None``: unknown).
+    """
+
+    sparsity: float | None = None
+    name: ClassVar[str] = "Constant"
+    updates_masks: ClassVar[bool] = False
+
+    def __post_init__(self):
+        _check_sparsity("Constant", "sparsity", self.sparsity, allow_none=True)
+
+    @property
+    def final_sparsity(self) -> float:
+        return float("nan") if self.sparsity is None else float(self.sparsity)
+
+    def targets(self) -> tuple[float, ...]:
+        return ()
+
+    def __call__(self, step: Step) -> tuple[Array, Array]:
+        del step
+        return jnp.float32(self.final_sparsity), jnp.asarray(False)
+
+
+__all__ = ["Constant", "OneShot", "Polynomial", "Schedule", "Staged", "effective_sparsity",
+           "sparsity_floor"]
