@@ -188,7 +188,7 @@ def validate_tiles(
 
 
 def pad_axis(a: Array, axis: int, size: int, value: int | float = 0) -> Array:
-    """Pad ``a`` along ``axis`` at the end up to ``size`` with ``value`` (no-op if already there)."""
+    """Pad ``a`` along ``axis`` at the end up to ``size`` with ``value`` (no-op if there)."""
     extra = size - a.shape[axis]
     if extra == 0:
         return a

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.common import (
     TVW_ROWS_PER_META,
@@ -94,7 +95,7 @@ def tvw_matmul_kernel(
                 xt = gather_xt_rows(
                     xt_ref, rows_ref, start + _GROUP * h + j, sub, stride=TVW_ROWS_PER_META
                 ).astype(dtype)
-                acc = acc + pl.dot(xt, w, trans_a=True)
+                acc = acc + plgpu.dot(xt, w, trans_a=True)
         return acc
 
     acc = jnp.zeros(o_ref.shape, jnp.float32)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.common import (
     check_counts,
@@ -56,7 +57,7 @@ def tw_matmul_kernel(xt_ref, values_ref, rows_ref, counts_ref, o_ref, *, block_k
         start = pl.multiple_of(step * block_k, block_k)
         xt = gather_xt_rows(xt_ref, rows_ref, start, block_k).astype(o_ref.dtype)
         w = values_ref[pl.ds(start, block_k), :].astype(o_ref.dtype)
-        return acc + pl.dot(xt, w, trans_a=True)
+        return acc + plgpu.dot(xt, w, trans_a=True)
 
     acc = jnp.zeros(o_ref.shape, jnp.float32)
     acc = lax.fori_loop(0, steps, body, acc)

@@ -1,0 +1,318 @@
+"""Tests of the TW / TVW Pallas kernels on the CPU.
+
+Two ways without a GPU: interpret mode (the kernel body executed on the CPU) compared with the
+plain-jnp references and with the masked dense product ``x @ (mask * W)``; and cross-lowering
+for the ``cuda`` platform, reading the serialized Triton IR out of the exported module.
+Tile data is built here from random kept-row sets, independent of ``tvwjax.formats``.
+"""
+
+from __future__ import annotations
+
+import functools
+import zlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax._src.interpreters import mlir
+from jax._src.lib.mlir import ir
+from jax._src.pallas.triton import lowering as triton_lowering
+
+from pallas_kernels import (
+    default_block_config,
+    tiles_to_dense,
+    tvw_matmul,
+    tvw_matmul_reference,
+    tw_matmul,
+    tw_matmul_reference,
+)
+from tvwjax.errors import ConfigError, DTypeError, ShapeError
+from tvwjax.nm_codec import nm_compress, nm_select, pack_index
+
+DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
+# Relative tolerance (of max |reference|) per dtype: the kernel and the reference both
+# accumulate in float32 and round once, so only summation order and that rounding differ.
+RTOL = {jnp.dtype(jnp.float32): 1e-5, jnp.dtype(jnp.bfloat16): 1.6e-2,
+        jnp.dtype(jnp.float16): 2e-3}
+
+
+def _assert_close(out, ref, dtype) -> None:
+    out = np.asarray(jnp.asarray(out, jnp.float32))
+    ref = np.asarray(jnp.asarray(ref, jnp.float32))
+    assert out.shape == ref.shape
+    scale = max(1.0, float(np.abs(ref).max()))
+    np.testing.assert_allclose(out, ref, rtol=0, atol=RTOL[jnp.dtype(dtype)] * scale)
+
+
+def _tiles(rng, k, n, g, kp, *, tvw: bool, dtype, col_keep=None):
+    """Random TW / TVW tile data with kept-row counts differing between tiles.
+
+    Columns are tiled in order after optional column pruning (``col_keep``), the last tile
+    ragged; padding columns are ``n``. Returns a dict with the tile arrays and the dense
+    masked weight ``w`` (K, N) in float32 that they encode.
+    """
+    keep = np.ones(n, bool) if col_keep is None else col_keep
+    kept_cols = np.flatnonzero(keep)
+    t = -(-len(kept_cols) // g)
+    w = np.zeros((k, n), np.float32)
+    rows = np.zeros((t, kp), np.int32)
+    cols = np.full((t, g), n, np.int32)
+    counts = np.zeros(t, np.int32)
+    blocks = np.zeros((t, kp, g), np.float32)
+    masks = np.zeros((t, kp, g), bool)
+    for i in range(t):
+        kt = int(rng.integers(1, kp + 1)) if i else kp  # tile 0 full, the others vary
+        r = np.sort(rng.choice(k, kt, replace=False))
+        c = kept_cols[i * g : (i + 1) * g]
+        rows[i, :kt], cols[i, : len(c)], counts[i] = r, c, kt
+        blk = np.zeros((kp, g), np.float32)
+        blk[:kt, : len(c)] = rng.standard_normal((kt, len(c)))
+        blk = np.asarray(jnp.asarray(blk, dtype).astype(jnp.float32))  # representable values
+        mask = np.zeros((kp, g), bool)
+        mask[:kt, : len(c)] = True
+        if tvw:
+            score = np.abs(blk) + 1e-3 * rng.random(blk.shape)
+            mask &= np.asarray(nm_select(jnp.asarray(score)))
+        blocks[i], masks[i] = blk * mask, mask
+        w[np.ix_(r, c)] = blocks[i][:kt, : len(c)]
+    out = dict(rows=jnp.asarray(rows), cols=jnp.asarray(cols), counts=jnp.asarray(counts),
+               w=w, n=n)
+    if tvw:
+        pairs = zip(blocks, masks, strict=True)
+        comp = [nm_compress(jnp.asarray(b), jnp.asarray(m)) for b, m in pairs]
+        out["values"] = jnp.stack([v for v, _ in comp]).astype(dtype)
+        out["meta"] = jnp.stack([pack_index(ix) for _, ix in comp])
+    else:
+        out["values"] = jnp.asarray(blocks, dtype)
+    return out
+
+
+def _x(rng, m, k, dtype):
+    return jnp.asarray(rng.standard_normal((m, k)), dtype)
+
+
+def _masked_dense(x, d):
+    return jnp.dot(x.astype(jnp.float32), jnp.asarray(d["w"]),
+                   precision=jax.lax.Precision.HIGHEST)
+
+
+def _run(d, x, *, tvw: bool, **kw):
+    args = (x, d["values"], d["meta"]) if tvw else (x, d["values"])
+    op = tvw_matmul if tvw else tw_matmul
+    return op(*args, d["rows"], d["cols"], n_out=d["n"], **kw)
+
+
+def _reference(d, x, *, tvw: bool):
+    if tvw:
+        return tvw_matmul_reference(x, d["values"], d["meta"], d["rows"], d["cols"], n_out=d["n"])
+    return tw_matmul_reference(x, d["values"], d["rows"], d["cols"], n_out=d["n"])
+
+
+# --------------------------------------------------------------------------- interpret mode
+
+# (M, K, N, G, Kp, block_m): M = 1; M not a multiple of block_m; N not a multiple of G.
+SHAPES = [(1, 40, 37, 16, 24, None), (19, 72, 50, 16, 32, 16)]
+
+
+@pytest.mark.parametrize("tvw", [False, True], ids=["tw", "tvw"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "M{}_K{}_N{}_G{}_Kp{}".format(*s))
+def test_interpret_matches_reference_and_masked_dense(shape, dtype, tvw):
+    m, k, n, g, kp, block_m = shape
+    rng = np.random.default_rng(zlib.crc32(repr((shape, tvw)).encode()))
+    d = _tiles(rng, k, n, g, kp, tvw=tvw, dtype=dtype)
+    x = _x(rng, m, k, dtype)
+    out = _run(d, x, tvw=tvw, block_m=block_m, interpret=True)
+    ref = _reference(d, x, tvw=tvw)
+    assert out.shape == (m, n) and out.dtype == jnp.dtype(dtype)
+    assert float(jnp.abs(ref.astype(jnp.float32)).max()) > 0.1  # not trivially zero
+    _assert_close(out, ref, dtype)
+    _assert_close(out, _masked_dense(x, d), dtype)
+
+
+@pytest.mark.parametrize("tvw", [False, True], ids=["tw", "tvw"])
+def test_counts_bound_the_loop_and_column_pruning(tvw):
+    """Per-tile counts (dynamic trip counts), pruned output columns (zero), G = 12 (padded to
+    16), Kp spanning two K steps for TW (block_k 16, Kp 24 -> padded to 32)."""
+    rng = np.random.default_rng(7)
+    k, n, g = 48, 45, 12
+    col_keep = rng.random(n) < 0.7
+    kp = 24
+    d = _tiles(rng, k, n, g, kp, tvw=tvw, dtype=jnp.float32, col_keep=col_keep)
+    x = _x(rng, 3, k, jnp.float32)
+    kw = {} if tvw else dict(block_k=16)
+    out = _run(d, x, tvw=tvw, counts=d["counts"], interpret=True, **kw)
+    _assert_close(out, _masked_dense(x, d), jnp.float32)
+    assert np.all(np.asarray(out)[:, ~col_keep] == 0)
+    # counts larger than Kp are clipped, not read past the tile
+    big = jnp.full_like(d["counts"], 10 * kp)
+    _assert_close(_run(d, x, tvw=tvw, counts=big, interpret=True, **kw),
+                  _masked_dense(x, d), jnp.float32)
+
+
+def test_mixed_dtypes_promote():
+    rng = np.random.default_rng(3)
+    d = _tiles(rng, 32, 20, 16, 16, tvw=False, dtype=jnp.bfloat16)
+    x = _x(rng, 2, 32, jnp.float32)
+    out = _run(d, x, tvw=False, interpret=True)
+    assert out.dtype == jnp.float32
+    _assert_close(out, _masked_dense(x, d), jnp.float32)
+
+
+class _TVWDense(nn.Module):
+    """A minimal Linen layer holding TVW tile data and calling the kernel (interpret mode)."""
+
+    n_out: int
+    tiles: dict
+
+    @nn.compact
+    def __call__(self, x):
+        t = {name: self.variable("tiles", name, lambda a=a: a).value
+             for name, a in self.tiles.items()}
+        return tvw_matmul(x, t["values"], t["meta"], t["rows"], t["cols"], n_out=self.n_out,
+                          interpret=True)
+
+
+def test_jitted_flax_module_with_traced_tables():
+    rng = np.random.default_rng(5)
+    d = _tiles(rng, 40, 30, 16, 16, tvw=True, dtype=jnp.float32)
+    tiles = {name: d[name] for name in ("values", "meta", "rows", "cols")}
+    layer = _TVWDense(n_out=30, tiles=tiles)
+    x = _x(rng, 4, 40, jnp.float32)
+    variables = layer.init(jax.random.key(0), x)
+    y = jax.jit(layer.apply)(variables, x)  # index tables are traced arguments here
+    _assert_close(y, _masked_dense(x, d), jnp.float32)
+
+
+def test_references_agree_with_dense_expansion():
+    rng = np.random.default_rng(11)
+    d = _tiles(rng, 24, 40, 16, 16, tvw=False, dtype=jnp.float32)
+    w = tiles_to_dense(d["values"], d["rows"], d["cols"], 24, 40)
+    np.testing.assert_array_equal(np.asarray(w), d["w"])
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def test_validation_errors_name_the_parameter():
+    rng = np.random.default_rng(1)
+    d = _tiles(rng, 16, 16, 16, 16, tvw=True, dtype=jnp.float32)
+    x = _x(rng, 2, 16, jnp.float32)
+    v, mt, r, c = d["values"], d["meta"], d["rows"], d["cols"]
+    with pytest.raises(ShapeError, match="values"):
+        tvw_matmul(x, v[:, :4], mt, r, c, n_out=16, interpret=True)
+    with pytest.raises(DTypeError, match="meta"):
+        tvw_matmul(x, v, mt.astype(jnp.int32), r, c, n_out=16, interpret=True)
+    with pytest.raises(ConfigError, match="block_k"):
+        tvw_matmul(x, v, mt, r, c, n_out=16, block_k=64, interpret=True)
+    with pytest.raises(ShapeError, match="multiple of 8"):
+        tvw_matmul(x, v[:, :6], mt, r[:, :12], c, n_out=16, interpret=True)
+    with pytest.raises(ShapeError, match="x must be 2-D"):
+        tw_matmul(x[0], v, r, c, n_out=16)
+    with pytest.raises(ShapeError, match=r"values must have shape \(T, Kp, G\)"):
+        tw_matmul(x, v, r, c, n_out=16)
+    w = jnp.zeros((1, 16, 16))
+    with pytest.raises(DTypeError, match="x must be float32"):
+        tw_matmul(x.astype(jnp.int32), w, r, c, n_out=16)
+    with pytest.raises(DTypeError, match="rows must be an integer"):
+        tw_matmul(x, w, r.astype(jnp.float32), c, n_out=16)
+    with pytest.raises(ConfigError, match="n_out"):
+        tw_matmul(x, w, r, c, n_out=0)
+    with pytest.raises(ConfigError, match="block_m"):
+        tw_matmul(x, w, r, c, n_out=16, block_m=24)
+    with pytest.raises(ConfigError, match="num_warps"):
+        tw_matmul(x, w, r, c, n_out=16, num_warps=3)
+    with pytest.raises(ShapeError, match="counts"):
+        tw_matmul(x, w, r, c, n_out=16, counts=jnp.zeros((2,), jnp.int32))
+
+
+@pytest.mark.parametrize("m", [1, 16, 100, 5000])
+@pytest.mark.parametrize("kp", [8, 24, 96, 512])
+def test_default_block_config(m, kp):
+    for tvw in (False, True):
+        cfg = default_block_config(m, kp, 128, tvw=tvw)
+        for b in (cfg.block_m, cfg.block_k, cfg.num_warps):
+            assert b & (b - 1) == 0
+        assert cfg.block_m >= 16 and cfg.block_k >= (128 if tvw else 16)
+        if not tvw and kp % 16 == 0:
+            assert kp % cfg.block_k == 0  # no padding copy of the weights
+
+
+# --------------------------------------------------------------------------- cuda lowering
+
+
+def _triton_ir(fn, *specs) -> list[str]:
+    """Export ``fn`` for cuda and return the text of every Triton module it launches.
+
+    The Triton custom call stores its module as MLIR bytecode in the ``ir`` entry of its
+    backend config (see jax/_src/pallas/triton/pallas_call_registration.py); it is parsed
+    back in a context with the Triton dialect registered.
+    """
+    exp = jax.export.export(
+        jax.jit(fn),
+        platforms=["cuda"],
+        disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
+    )(*specs)
+    calls = []
+    with mlir.make_ir_context():
+        module = ir.Module.parse(exp.mlir_module())
+
+        def walk(op):
+            for region in op.regions:
+                for block in region.blocks:
+                    for inner in block.operations:
+                        if inner.name == "stablehlo.custom_call":
+                            target = ir.StringAttr(inner.attributes["call_target_name"]).value
+                            if target == "__gpu$xla.gpu.triton":
+                                calls.append(inner.attributes["mhlo.backend_config"]["ir"])
+                        walk(inner)
+
+        walk(module.operation)
+        blobs = [ir.StringAttr(a).value_bytes for a in calls]
+    texts = []
+    with triton_lowering._new_ir_context():
+        for blob in blobs:
+            texts.append(str(ir.Module.parse(blob)))
+    return texts
+
+
+S = jax.ShapeDtypeStruct
+_TT_DTYPE = {jnp.dtype(jnp.float32): "f32", jnp.dtype(jnp.bfloat16): "bf16",
+             jnp.dtype(jnp.float16): "f16"}
+
+
+@pytest.mark.parametrize("with_counts", [False, True], ids=["static_loop", "counts"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_tw_lowers_to_triton_dot(dtype, with_counts):
+    m, k, n, g, t, kp = 33, 300, 250, 128, 2, 96
+    specs = [S((m, k), dtype), S((t, kp, g), dtype), S((t, kp), jnp.int32), S((t, g), jnp.int32)]
+    if with_counts:
+        specs.append(S((t,), jnp.int32))
+    fn = lambda x, v, r, c, *cnt: tw_matmul(x, v, r, c, n_out=n, counts=cnt[0] if cnt else None)
+    [text] = _triton_ir(fn, *specs)
+    assert "tt.dot" in text and "scf.for" in text
+    tt = _TT_DTYPE[jnp.dtype(dtype)]
+    cfg = default_block_config(m, kp, g, tvw=False)
+    # one gathered x^T block (block_k x block_m) and one weight block per step
+    assert f"tensor<{cfg.block_k}x{cfg.block_m}x!tt.ptr<{tt}>>" in text
+    assert f"tensor<{cfg.block_k}x{g}x!tt.ptr<{tt}>>" in text
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_tvw_lowers_to_triton_dot_reading_half_the_values(dtype):
+    m, k, n, g, t, kp = 8, 512, 200, 128, 2, 256
+    specs = [S((m, k), dtype), S((t, kp // 2, g), dtype), S((t, kp // 8, g), jnp.uint8),
+             S((t, kp), jnp.int32), S((t, g), jnp.int32)]
+    fn = functools.partial(lambda x, v, mt, r, c: tvw_matmul(x, v, mt, r, c, n_out=n))
+    [text] = _triton_ir(fn, *specs)
+    cfg = default_block_config(m, kp, g, tvw=True)
+    sub = cfg.block_k // 8
+    tt = _TT_DTYPE[jnp.dtype(dtype)]
+    assert text.count("tt.dot") == 8  # 2 halves x 4 positions per K step
+    # per step: 4 strided value loads of block_k/8 rows (= block_k/2 values rows: half the
+    # compact block) and one metadata byte block; never a full block_k x G weight load
+    assert text.count(f"tensor<{sub}x{g}x!tt.ptr<{tt}>>") >= 4
+    assert f"tensor<{sub}x{g}x!tt.ptr<i8>>" in text
+    assert f"tensor<{cfg.block_k}x{g}x!tt.ptr<{tt}>>" not in text
