@@ -165,6 +165,33 @@ def test_tiny_linear_kernels_are_selected_and_transposed():
     assert "pooler" not in params["params"]
 
 
+def test_selection_plugs_into_the_mask_library():
+    import tvwjax
+
+    params = minilm.params_from_hf(_random_hf_state(TINY), TINY)
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    ours = {tvwjax.path_str(kp) for kp, leaf in flat if minilm.is_linear_kernel(kp, leaf)}
+    by_string = {
+        tvwjax.path_str(kp)
+        for kp, leaf in flat
+        if minilm.is_linear_kernel(tvwjax.path_str(kp), leaf)
+    }
+    library = {
+        tvwjax.path_str(kp) for kp, leaf in flat if tvwjax.default_where(tvwjax.path_str(kp), leaf)
+    }
+    assert len(ours) == 6 * TINY.num_layers
+    assert ours == by_string == library
+    mask_tree = tvwjax.masks(params, tvwjax.EW(), 0.5, where=minilm.is_linear_kernel)
+    pruned = [
+        path
+        for path, m in jax.tree_util.tree_flatten_with_path(mask_tree, is_leaf=lambda x: x is None)[
+            0
+        ]
+        if m is not None
+    ]
+    assert {tvwjax.path_str(p) for p in pruned} == ours
+
+
 def test_params_from_hf_rejects_bad_state():
     state = _random_hf_state(TINY)
     del state["encoder.layer.1.output.dense.bias"]

@@ -521,16 +521,18 @@ def _key_name(entry: Any) -> str:
     return str(entry)
 
 
-def is_linear_kernel(path: Sequence[Any], leaf: Any) -> bool:
-    """Predicate for ``jax.tree_util.tree_map_with_path``: is this leaf one of the 36 kernels?
+def is_linear_kernel(path: str | Sequence[Any], leaf: Any) -> bool:
+    """Leaf predicate: is this one of the encoder's linear kernels (36 for all-MiniLM-L6-v2)?
 
     True for a 2-D leaf named ``kernel`` whose parent module is one of :data:`LINEAR_NAMES`
     inside a ``layer_{i}`` block; False for embeddings, LayerNorms, biases and anything else.
-    ``path`` may hold JAX key entries (``DictKey``, ``GetAttrKey``, ...) or plain strings.
-    A bool mask tree (e.g. for ``optax.masked``) is
+    ``path`` may be a ``/``-joined string (``"params/layer_0/query/kernel"``, the form
+    ``tvwjax.masks(..., where=...)`` passes) or a key path of JAX key entries (``DictKey``,
+    ``GetAttrKey``, ...) or strings, as given by ``jax.tree_util.tree_map_with_path``. A bool
+    mask tree (e.g. for ``optax.masked``) is
     ``jax.tree_util.tree_map_with_path(is_linear_kernel, params)``.
     """
-    names = [_key_name(p) for p in path]
+    names = path.split("/") if isinstance(path, str) else [_key_name(p) for p in path]
     if len(names) < 3 or names[-1] != "kernel" or names[-2] not in LINEAR_NAMES:
         return False
     if not names[-3].startswith("layer_"):
