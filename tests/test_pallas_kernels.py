@@ -23,6 +23,7 @@ from jax._src.pallas.triton import lowering as triton_lowering
 from pallas_kernels import (
     default_block_config,
     tiles_to_dense,
+    tvw_compact_blocks,
     tvw_matmul,
     tvw_matmul_reference,
     tw_matmul,
@@ -316,3 +317,34 @@ def test_tvw_lowers_to_triton_dot_reading_half_the_values(dtype):
     assert text.count(f"tensor<{sub}x{g}x!tt.ptr<{tt}>>") >= 4
     assert f"tensor<{sub}x{g}x!tt.ptr<i8>>" in text
     assert f"tensor<{cfg.block_k}x{g}x!tt.ptr<{tt}>>" not in text
+
+
+# --------------------------------------------------------------------------- GPU benchmark
+
+
+def test_bench_gpu_refuses_without_gpu(capsys):
+    from pallas_kernels import bench_gpu
+
+    if bench_gpu.has_gpu():
+        pytest.skip("a GPU is present")
+    assert bench_gpu.main(["--m", "1", "--kn", "256x256"]) == 2
+    assert "no GPU" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.75])
+def test_bench_gpu_tile_data_has_the_requested_sparsity(sparsity):
+    from pallas_kernels import bench_gpu
+
+    rng = np.random.default_rng(0)
+    k, n = 64, 200
+    for tvw in (False, True):
+        d = bench_gpu.make_tiles(rng, k, n, sparsity, 128, jnp.float32, tvw=tvw)
+        if tvw:
+            w = tiles_to_dense(tvw_compact_blocks(d["values"], d["meta"]), d["rows"],
+                               d["cols"], k, n)
+        else:
+            w = tiles_to_dense(d["values"], d["rows"], d["cols"], k, n)
+        assert abs(float(jnp.mean(w == 0)) - sparsity) < 0.02
+    rows = [dict(op="tw", M=1, K=k, N=n, sparsity=sparsity, dtype="bfloat16", median_s=1e-5,
+                 ratio_vs_dense=0.5)]
+    assert "| tw | 1 | 64 | 200 | " in bench_gpu.to_markdown(rows, "test")
