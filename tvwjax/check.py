@@ -1,0 +1,232 @@
+"""Independent validators: does a mask really follow its pattern?
+
+Written separately from the builders in :mod:`tvwjax.patterns` (plain NumPy, loops over
+tiles and groups, no shared helpers), so a bug in a builder is not mirrored here. Each
+checker inspects only the mask (and, optionally, the sparsity it should have) and raises
+:class:`~tvwjax.errors.PatternViolationError` describing the first violation found.
+
+For tile-wise masks the column tiling is re-derived from the mask itself: TW-1D tiles are
+consecutive groups of ``tile`` columns; TW-2D tiles are the columns holding any kept entry,
+in order, in groups of ``tile`` (a tile with no kept row at all removes exactly ``tile``
+columns, so later tiles keep their grouping).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from tvwjax.errors import PatternViolationError, ShapeError
+from tvwjax.patterns import BW, EW, NM, TEW, TVW, TW, VW, Pattern
+
+
+def _round(x: float) -> int:
+    return int(np.floor(x + 0.5))
+
+
+def _fail(where: str, msg: str) -> None:
+    raise PatternViolationError(f"{where}: {msg}")
+
+
+def _chunks(m: np.ndarray, tile: int, fixed: bool) -> list[np.ndarray]:
+    """Column index groups forming the tiles of a TW-style mask."""
+    n = m.shape[1]
+    cols = np.arange(n) if fixed else np.flatnonzero(m.any(axis=0))
+    return [cols[i:i + tile] for i in range(0, len(cols), tile)]
+
+
+def _check_ew(m, p, s, where):
+    if s is not None:
+        want = _round((1 - s) * m.size)
+        if int(m.sum()) != want:
+            _fail(where, f"EW at sparsity {s} keeps {want} entries, mask keeps {int(m.sum())}")
+
+
+def _check_bw(m, p: BW, s, where):
+    k, n = m.shape
+    for i in range(0, k, p.rows):
+        for j in range(0, n, p.cols):
+            blk = m[i:i + p.rows, j:j + p.cols]
+            if blk.any() and not blk.all():
+                _fail(where, f"block at ({i}, {j}) of size {blk.shape} is partially kept")
+    if s is not None and s > 0:
+        budget, kept = _round((1 - s) * m.size), int(m.sum())
+        if not budget - p.rows * p.cols < kept <= budget:
+            _fail(where, f"BW keeps {kept} entries, expected within one block of {budget}")
+
+
+def _check_vw(m, p: VW, s, where):
+    k, n = m.shape
+    counts = []
+    for i in range(0, k, p.length):
+        seg = m[i:i + p.length]
+        c = seg.sum(axis=0)
+        if s is not None:
+            want = seg.shape[0] if s == 0 else _round((1 - s) * seg.shape[0])
+            bad = np.flatnonzero(c != want)
+            if bad.size:
+                _fail(where, f"vector at rows {i}:{i + seg.shape[0]}, column {bad[0]} keeps "
+                             f"{c[bad[0]]}, expected {want}")
+        elif seg.shape[0] == p.length:
+            counts.append(c)
+    if counts:
+        allc = np.concatenate(counts)
+        if np.any(allc != allc[0]):
+            j = int(np.flatnonzero(allc != allc[0])[0])
+            _fail(where, f"vectors keep different counts ({allc[0]} vs {allc[j]})")
+
+
+def _check_groups(block: np.ndarray, n: int, m: int, where: str, what: str) -> None:
+    rows = block.shape[0]
+    if rows % m:
+        _fail(where, f"{what} has {rows} rows, not a multiple of m={m}")
+    for g in range(0, rows, m):
+        c = block[g:g + m].sum(axis=0)
+        bad = np.flatnonzero(c != n)
+        if bad.size:
+            _fail(where, f"{what}: group at rows {g}:{g + m}, column {bad[0]} keeps "
+                         f"{int(c[bad[0]])} of {m}, expected {n}")
+
+
+def _check_nm(m, p: NM, s, where):
+    if m.all() and (s is None or s == 0):
+        return
+    if m.shape[0] % p.m:
+        _fail(where, f"K={m.shape[0]} is not divisible by m={p.m}")
+    _check_groups(m, p.n, p.m, where, f"{p.n}:{p.m} mask")
+
+
+def _tile_rows(m, p: TW, where):
+    """Yield (tile index, columns, kept-row indices) after checking each tile is TW."""
+    for t, cols in enumerate(_chunks(m, p.tile, p.column_share == 0)):
+        sub = m[:, cols]
+        yield t, cols, sub
+
+
+def _check_tw(m, p: TW, s, where):
+    kept_total = 0
+    n_tiles = 0
+    for t, cols, sub in _tile_rows(m, p, where):
+        n_tiles += 1
+        full, empty = sub.all(axis=1), ~sub.any(axis=1)
+        bad = np.flatnonzero(~(full | empty))
+        if bad.size:
+            _fail(where, f"tile {t} (columns {cols[0]}..{cols[-1]}): row {bad[0]} is partially "
+                         "kept; a row segment must be kept or pruned whole")
+        if full.sum() % p.row_block:
+            _fail(where, f"tile {t}: keeps {int(full.sum())} rows, not a multiple of "
+                         f"row_block={p.row_block}")
+        kept_total += int(sub.sum())
+    if s is not None and s > 0:
+        budget = _round((1 - s) * m.size)
+        slack = p.tile * (1 + n_tiles * (p.row_block // 2 + (p.row_block > 1)))
+        if abs(kept_total - budget) > slack:
+            _fail(where, f"TW keeps {kept_total} entries, expected about {budget} "
+                         f"(+/- {slack})")
+
+
+def _check_tew(m, p: TEW, s, where):
+    _check_ew(m, EW(), s, where)
+
+
+def _groupable(sub: np.ndarray, rows: np.ndarray, n_kept: int, n: int, m: int) -> bool:
+    """Can the nonzero ``rows`` plus ``n_kept - len(rows)`` all-zero kept rows be cut, in
+    order, into groups of ``m`` with exactly ``n`` kept entries per column? (Dynamic
+    programming over (nonzero rows used, zero rows inserted).)"""
+    zeros = n_kept - rows.size
+    reach = {(0, 0)}
+    for _ in range(n_kept // m):
+        nxt = set()
+        for i, z in reach:
+            for j in range(0, m + 1):
+                if i + j > rows.size or z + m - j > zeros:
+                    continue
+                if np.all(sub[rows[i:i + j]].sum(axis=0) == n):
+                    nxt.add((i + j, z + m - j))
+        reach = nxt
+        if not reach:
+            return False
+    return (rows.size, zeros) in reach
+
+
+def _check_tvw(m, p: TVW, s, where):
+    if m.all() and (s is None or s == 0):
+        return
+    kept_total = 0
+    for t, cols, sub in _tile_rows(m, p, where):
+        what = f"tile {t} (columns {cols[0]}..{cols[-1]})"
+        c = sub.sum(axis=0)
+        if np.any(c != c[0]):
+            j = int(np.flatnonzero(c != c[0])[0])
+            _fail(where, f"{what}: columns keep different counts ({int(c[0])} in column "
+                         f"{cols[0]}, {int(c[j])} in column {cols[j]}); {p.n}:{p.m} inside a "
+                         "tile keeps the same number in every column")
+        if (int(c[0]) * p.m) % p.n:
+            _fail(where, f"{what}: {int(c[0])} kept per column is not a multiple of n={p.n}")
+        n_kept = int(c[0]) * p.m // p.n
+        if n_kept % p.row_block:
+            _fail(where, f"{what}: {n_kept} kept rows, not a multiple of "
+                         f"row_block={p.row_block}")
+        rows = np.flatnonzero(sub.any(axis=1))
+        if rows.size > n_kept or not _groupable(sub, rows, n_kept, p.n, p.m):
+            _fail(where, f"{what}: the kept rows cannot be grouped in order into "
+                         f"{p.n}:{p.m} groups of {p.m} rows")
+        kept_total += int(sub.sum())
+    if s is not None and s > 0:
+        budget = _round((1 - s) * m.size)
+        n_tiles = -(-m.shape[1] // p.tile)
+        slack = p.tile * (2 + n_tiles * p.row_block)
+        if abs(kept_total - budget) > slack:
+            _fail(where, f"TVW keeps {kept_total} entries, expected about {budget} "
+                         f"(+/- {slack})")
+
+
+_CHECKERS = [(TVW, _check_tvw), (TEW, _check_tew), (TW, _check_tw), (NM, _check_nm),
+             (VW, _check_vw), (BW, _check_bw), (EW, _check_ew)]
+
+
+def check(mask: Any, pattern: Pattern, sparsity: float | None = None,
+          where: str = "mask") -> None:
+    """Raise :class:`PatternViolationError` unless ``mask`` follows ``pattern``.
+
+    Args:
+      mask: boolean array (``ndim >= 2``; viewed as ``(prod(shape[:-1]), shape[-1])``).
+      pattern: the pattern it should follow.
+      sparsity: if given, also check the kept count the pattern implies at this sparsity
+        (exact for EW, VW, N:M and TEW; within the pattern's granularity for BW, TW, TVW).
+      where: name used in the error message (e.g. a leaf path).
+    """
+    m = np.asarray(mask)
+    if m.ndim < 2:
+        raise ShapeError(f"{where}: a mask must have ndim >= 2, got shape {m.shape}")
+    if m.dtype != np.bool_:
+        raise PatternViolationError(f"{where}: a mask must be boolean, got dtype {m.dtype}")
+    m = m.reshape(-1, m.shape[-1])
+    for cls, fn in _CHECKERS:
+        if isinstance(pattern, cls):
+            fn(m, pattern, sparsity, where)
+            return
+    raise PatternViolationError(f"{where}: no checker for pattern {pattern!r}")
+
+
+def is_valid(mask: Any, pattern: Pattern, sparsity: float | None = None) -> bool:
+    """True if :func:`check` passes."""
+    try:
+        check(mask, pattern, sparsity)
+    except PatternViolationError:
+        return False
+    return True
+
+
+def check_tree(mask_tree: Any, pattern: Pattern, sparsity: float | None = None) -> None:
+    """:func:`check` every non-``None`` mask of a pytree, naming the failing leaf's path."""
+    from tvwjax.masking import path_str
+
+    flat, _ = jax.tree_util.tree_flatten_with_path(mask_tree)
+    for kp, m in flat:
+        check(m, pattern, sparsity, where=path_str(kp))
+
+
+__all__ = ["check", "check_tree", "is_valid"]
