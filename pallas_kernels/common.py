@@ -353,7 +353,9 @@ def tvw_compact_blocks(values: Array, meta: Array) -> Array:
 
 __all__ = [
     "BlockConfig",
+    "MIN_DOT",
     "SUPPORTED_DTYPES",
+    "TVW_ROWS_PER_META",
     "check_counts",
     "compute_dtype",
     "default_block_config",

@@ -161,6 +161,11 @@ def tvw_matmul(
         (``block_k`` must be a power of two >= 128 here).
       interpret: run the kernel in Pallas interpret mode (CPU, slow; for tests).
 
+    Padding: a ``G`` that is not a power of two >= 16, or a ``Kp`` that is not a multiple
+    of ``block_k`` (pass ``Kp`` a multiple of 128 to avoid it), is zero-padded on every
+    call, a copy of the weight arrays; ``rows`` entries must lie in ``[0, K)`` (they
+    cannot be checked under jit; out-of-range rows read garbage on a GPU).
+
     Returns:
       ``(M, n_out)`` in the promoted dtype of ``x`` and ``values``, accumulated in float32.
 
