@@ -1,0 +1,197 @@
+"""The shared machinery of every compressed weight format.
+
+A compressed weight is a pytree whose only leaves are its floating-point ``values``: the
+index tables (kept rows, kept columns, counts, 2:4 metadata) are *static*: they live in the
+pytree's aux data as read-only numpy arrays (:class:`StaticArray`), next to the dense shape.
+Consequences, all intended:
+
+* ``jax.grad`` / Optax see only the values, so a compressed model can be fine-tuned with
+  its sparsity structure frozen;
+* under ``jax.jit`` the tables are compile-time constants, so the CPU path can plan its
+  batched GEMMs (bucket tiles by kept-row count) at trace time with no host round trip;
+* two weights with different tables are different pytree types for ``jit`` (one trace each,
+  like two different shapes).
+
+Tables are exposed as numpy arrays through attribute access (``cw.rows``); pass them to a
+kernel with ``jnp.asarray``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tvwjax.errors import DTypeError, ShapeError
+
+Array = jax.Array
+
+
+class StaticArray:
+    """A read-only numpy array that is hashable by content (for pytree aux data)."""
+
+    __slots__ = ("array", "_hash")
+
+    def __init__(self, array: Any):
+        a = np.array(array, copy=True)
+        a.setflags(write=False)
+        self.array = a
+        digest = hashlib.blake2b(a.tobytes(), digest_size=16).hexdigest()
+        self._hash = hash((a.shape, a.dtype.str, digest))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        return (isinstance(other, StaticArray) and self._hash == other._hash
+                and self.array.shape == other.array.shape
+                and self.array.dtype == other.array.dtype
+                and bool(np.array_equal(self.array, other.array)))
+
+    def __repr__(self) -> str:
+        return f"StaticArray(shape={self.array.shape}, dtype={self.array.dtype})"
+
+
+class CompressedWeight:
+    """Base class of the compressed formats (a pytree; see the module docstring).
+
+    Subclasses declare ``leaf_fields`` (differentiable arrays), ``table_fields`` (static
+    index tables, stored as :class:`StaticArray`) and ``static_fields`` (hashable Python
+    values). ``shape`` is always the dense ``(K, N)``.
+    """
+
+    leaf_fields: ClassVar[tuple[str, ...]] = ("values",)
+    table_fields: ClassVar[tuple[str, ...]] = ()
+    static_fields: ClassVar[tuple[str, ...]] = ("shape",)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        jax.tree_util.register_pytree_with_keys(
+            cls, cls._flatten_with_keys, cls._unflatten, flatten_func=cls._flatten)
+
+    def __init__(self, **fields: Any):
+        expected = set(self.leaf_fields) | set(self.table_fields) | set(self.static_fields)
+        if set(fields) != expected:
+            raise TypeError(f"{type(self).__name__} needs fields {sorted(expected)}, "
+                            f"got {sorted(fields)}")
+        for name in self.leaf_fields:
+            object.__setattr__(self, name, fields[name])
+        tables = {}
+        for name in self.table_fields:
+            t = fields[name]
+            tables[name] = t if isinstance(t, StaticArray) else StaticArray(t)
+        object.__setattr__(self, "_tables", tables)
+        for name in self.static_fields:
+            object.__setattr__(self, name, fields[name])
+
+    # -- pytree protocol -------------------------------------------------------------------
+    def _aux(self):
+        return (tuple(self._tables[n] for n in self.table_fields),
+                tuple(getattr(self, n) for n in self.static_fields))
+
+    def _flatten(self):
+        return tuple(getattr(self, n) for n in self.leaf_fields), self._aux()
+
+    def _flatten_with_keys(self):
+        children = tuple((jax.tree_util.GetAttrKey(n), getattr(self, n))
+                         for n in self.leaf_fields)
+        return children, self._aux()
+
+    @classmethod
+    def _unflatten(cls, aux, children):
+        obj = object.__new__(cls)
+        tables, statics = aux
+        for name, child in zip(cls.leaf_fields, children, strict=True):
+            object.__setattr__(obj, name, child)
+        object.__setattr__(obj, "_tables", dict(zip(cls.table_fields, tables, strict=True)))
+        for name, value in zip(cls.static_fields, statics, strict=True):
+            object.__setattr__(obj, name, value)
+        return obj
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        tables = self.__dict__.get("_tables", {})
+        if name in tables:
+            return tables[name].array
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"{type(self).__name__} is immutable; use .replace({name}=...)")
+
+    def static_table(self, name: str) -> StaticArray:
+        """The hashable wrapper of table ``name`` (a cache key for trace-time plans)."""
+        return self._tables[name]
+
+    def replace(self, **leaves: Any) -> CompressedWeight:
+        """A copy with some leaf arrays replaced (e.g. fine-tuned ``values``)."""
+        bad = set(leaves) - set(self.leaf_fields)
+        if bad:
+            raise TypeError(f"{type(self).__name__}.replace: only leaf fields "
+                            f"{self.leaf_fields} can be replaced, got {sorted(bad)}")
+        children = tuple(leaves.get(n, getattr(self, n)) for n in self.leaf_fields)
+        return type(self)._unflatten(self._aux(), children)
+
+    # -- common properties -------------------------------------------------------------------
+    @property
+    def dtype(self) -> np.dtype:
+        """Dtype of the stored values (and of the dense weight)."""
+        return np.dtype(self.values.dtype)
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    @property
+    def nbytes(self) -> int:
+        """Stored bytes: values + index tables + metadata."""
+        leaves = sum(int(np.prod(np.shape(getattr(self, n)))) * np.dtype(getattr(self, n).dtype)
+                     .itemsize for n in self.leaf_fields)
+        return leaves + sum(t.array.nbytes for t in self._tables.values())
+
+    def storage_bytes(self) -> int:
+        """Stored bytes (same as :attr:`nbytes`)."""
+        return self.nbytes
+
+    def dense_bytes(self) -> int:
+        """Bytes of the dense ``(K, N)`` weight in the values' dtype."""
+        return int(self.shape[0]) * int(self.shape[1]) * self.dtype.itemsize
+
+    def decompress(self) -> Array:
+        """The dense ``(K, N)`` weight, zeros where pruned (jit-able)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        tables = ", ".join(f"{n}={self._tables[n].array.shape}" for n in self.table_fields)
+        return (f"{type(self).__name__}(shape={self.shape}, values="
+                f"{tuple(np.shape(self.values))} {self.values.dtype}, {tables})")
+
+
+# -- input checks shared by every format ------------------------------------------------------
+def check_dense_and_mask(w: Any, mask: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a dense ``(K, N)`` floating weight and its bool mask; return numpy copies."""
+    if isinstance(w, jax.core.Tracer) or isinstance(mask, jax.core.Tracer):
+        raise TypeError("compress is eager (its output shapes depend on the mask's values): "
+                        "call it outside jax.jit / transformations")
+    w_np = np.asarray(w)
+    if w_np.ndim != 2:
+        raise ShapeError(f"w: expected a 2-D (K, N) weight (reshape kernels with "
+                         f"tvwjax.as_matrix first), got shape {w_np.shape}")
+    if not jnp.issubdtype(w_np.dtype, jnp.floating):
+        raise DTypeError(f"w: expected a floating-point weight, got dtype {w_np.dtype}")
+    m_np = np.asarray(mask)
+    if m_np.shape != w_np.shape:
+        raise ShapeError(f"mask: expected the weight's shape {w_np.shape}, got {m_np.shape}")
+    if m_np.dtype != np.bool_:
+        if not (jnp.issubdtype(m_np.dtype, jnp.integer) or jnp.issubdtype(m_np.dtype, np.bool_)) \
+                or not np.isin(m_np, (0, 1)).all():
+            raise DTypeError(f"mask: expected a boolean (or 0/1 integer) mask, got dtype "
+                             f"{m_np.dtype}")
+        m_np = m_np.astype(bool)
+    return w_np, m_np
+
+
+__all__ = ["CompressedWeight", "StaticArray", "check_dense_and_mask"]

@@ -1,0 +1,60 @@
+"""N:M (2:4) compressed weight along the contraction axis K (the PyTorch/CUTLASS layout)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tvwjax.errors import ConfigError, PatternViolationError, ShapeError
+from tvwjax.formats._base import CompressedWeight, check_dense_and_mask
+from tvwjax.nm_codec import nm_compress, nm_decompress, pack_index, unpack_index
+
+Array = jax.Array
+
+
+class NMSparse(CompressedWeight):
+    """N:M sparse weight: ``values`` ``(K*n/m, N)`` and ``meta`` ``(ceil(K*n/m/4), N)`` uint8,
+    the packed 2-bit position of each value inside its group of ``m`` rows (see
+    :mod:`tvwjax.nm_codec`). ``meta`` is a static table; ``values`` the only leaf.
+    """
+
+    table_fields = ("meta",)
+    static_fields = ("shape", "nm")
+
+    @classmethod
+    def from_dense(cls, w, mask, n: int = 2, m: int = 4) -> NMSparse:
+        """Compress ``w * mask`` (eager). Every group of ``m`` rows may keep at most ``n``
+        entries per column (fewer are stored as explicit zeros).
+
+        Raises:
+          ShapeError: ``K`` is not divisible by ``m``.
+          PatternViolationError: a group keeps more than ``n``.
+        """
+        if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m <= 4):
+            raise ConfigError(f"nm: need integers 0 < n < m <= 4 (2-bit indices), got "
+                              f"n={n!r}, m={m!r}")
+        w, mask = check_dense_and_mask(w, mask)
+        k, nn = w.shape
+        if k % m:
+            raise ShapeError(f"w: {n}:{m} compression needs K (axis 0) divisible by {m}, "
+                             f"got K={k}")
+        per_group = mask.reshape(k // m, m, nn).sum(axis=1)
+        bad = np.argwhere(per_group > n)
+        if bad.size:
+            g, c = (int(v) for v in bad[0])
+            raise PatternViolationError(
+                f"mask: not {n}:{m} along K: rows {g * m}..{g * m + m - 1} keep "
+                f"{int(per_group[g, c])} entries of column {c} ({len(bad)} such groups)")
+        v, idx = nm_compress(jnp.asarray(np.where(mask, w, 0).astype(w.dtype)),
+                             jnp.asarray(mask), n, m)
+        return cls(values=v, meta=np.asarray(pack_index(idx)), shape=(k, nn),
+                   nm=(n, m))
+
+    def decompress(self) -> Array:
+        n, m = self.nm
+        idx = unpack_index(jnp.asarray(self.meta), int(np.shape(self.values)[0]))
+        return nm_decompress(self.values, idx, n, m)
+
+
+__all__ = ["NMSparse"]

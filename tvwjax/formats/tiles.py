@@ -1,0 +1,253 @@
+"""Tile formats: tile-wise (:class:`TileWise`), tile-vector-wise (:class:`TileVectorWise`)
+and block-sparse (:class:`BlockSparse`).
+
+Layout (shared with ``pallas_kernels``; ``K x N`` weight, ``y = x @ W``):
+
+* ``values`` ``(T, Kp, G)``: tile ``t``'s compact block, its kept K rows in increasing
+  original row order in rows ``[0, k_t)``, zeros after (TVW: 2:4-compressed, see below);
+* ``rows`` ``(T, Kp)`` int32: original K index of each compact row; padding rows point at 0;
+* ``cols`` ``(T, G)`` int32: original output column of each tile column; padding = ``N``;
+* ``counts`` ``(T,)`` int32: ``k_t``.
+
+Tiles are inferred from the mask: the columns with any kept entry, in order, grouped into
+chunks of ``G`` (for TW-1D and TW-2D masks this is exactly the pattern's tiling). Inside a
+TW chunk every row must be kept or pruned whole.
+
+``TileVectorWise``: ``Kp`` is a multiple of 8 and each tile's compact block is N:M (2:4)
+sparse along its compact rows, stored as ``values`` ``(T, Kp//2, G)`` and ``meta``
+``(T, Kp//8, G)`` uint8 (per tile ``v, idx = nm_compress(block, block_mask)``,
+``meta = pack_index(idx)``; see :mod:`tvwjax.nm_codec`).
+
+``BlockSparse``: ``br x bc`` blocks; tiles are the fixed block columns (``G = bc``, empty
+ones included, so ``T = ceil(N / bc)``) and each tile's rows are whole blocks of ``br``
+consecutive K rows. It is a :class:`TileWise` (same tables, same matmul).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tvwjax.errors import ConfigError, PatternViolationError
+from tvwjax.formats._base import CompressedWeight, check_dense_and_mask
+from tvwjax.nm_codec import nm_compress, nm_decompress, pack_index, unpack_index
+
+Array = jax.Array
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+def _positive(name: str, v: int) -> None:
+    if not isinstance(v, int | np.integer) or isinstance(v, bool) or v <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+
+
+def infer_tiles(mask: np.ndarray, tile: int) -> list[np.ndarray]:
+    """Columns of each tile: the columns with any kept entry, in order, in chunks of ``tile``."""
+    kept = np.flatnonzero(mask.any(axis=0))
+    return [kept[i:i + tile] for i in range(0, kept.size, tile)]
+
+
+def check_whole_rows(mask: np.ndarray, tiles: list[np.ndarray], tile: int) -> None:
+    """Raise :class:`PatternViolationError` if a row segment of a tile is partly kept."""
+    for t, chunk in enumerate(tiles):
+        sub = mask[:, chunk]
+        n_kept = sub.sum(axis=1)
+        bad = np.flatnonzero((n_kept > 0) & (n_kept < chunk.size))
+        if bad.size:
+            r = int(bad[0])
+            raise PatternViolationError(
+                f"mask: not tile-wise with tile={tile}: in tile {t} (columns "
+                f"{int(chunk[0])}..{int(chunk[-1])}) row {r} is kept in {int(n_kept[r])} of "
+                f"{chunk.size} columns ({bad.size} such rows); a row segment must be kept or "
+                "pruned whole")
+
+
+def build_tables(row_sets: list[np.ndarray], tiles: list[np.ndarray], n: int, tile: int,
+                 row_multiple: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``rows`` ``(T, Kp)``, ``cols`` ``(T, G)``, ``counts`` ``(T,)`` from per-tile sets."""
+    t = len(tiles)
+    counts = np.array([r.size for r in row_sets], np.int32).reshape(t)
+    kp = _round_up(max(int(counts.max(initial=0)), 1), row_multiple)
+    rows = np.zeros((t, kp), np.int32)
+    cols = np.full((t, tile), n, np.int32)
+    for i, (r, c) in enumerate(zip(row_sets, tiles, strict=True)):
+        rows[i, :r.size] = r
+        cols[i, :c.size] = c
+    return rows, cols, counts
+
+
+def gather_blocks(w: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                  counts: np.ndarray) -> np.ndarray:
+    """Compact blocks ``(T, Kp, G)`` of ``w``: zeros on padding rows and columns."""
+    k, n = w.shape
+    wp = np.zeros((k + 1, n + 1), w.dtype)
+    wp[:k, :n] = w
+    r = np.where(np.arange(rows.shape[1])[None, :] < counts[:, None], rows, k)
+    return wp[r[:, :, None], cols[:, None, :]]
+
+
+class _Tiles(CompressedWeight):
+    """Shared behaviour of the tile formats (tables ``rows``, ``cols``, ``counts``)."""
+
+    table_fields = ("rows", "cols", "counts")
+    static_fields = ("shape", "tile")
+
+    @property
+    def num_tiles(self) -> int:
+        return int(self.rows.shape[0])
+
+    def compact_values(self) -> Array:
+        """The dense compact blocks ``(T, Kp, G)`` (what a TW GEMM consumes)."""
+        raise NotImplementedError
+
+    def decompress(self) -> Array:
+        k, n = self.shape
+        rows, cols, counts = self.rows, self.cols, self.counts
+        r = np.where(np.arange(rows.shape[1])[None, :] < counts[:, None], rows, k)
+        v = self.compact_values()
+        dense = jnp.zeros((k + 1, n + 1), v.dtype)
+        dense = dense.at[r[:, :, None], cols[:, None, :]].set(v, unique_indices=False)
+        return dense[:k, :n]
+
+
+class TileWise(_Tiles):
+    """Tile-wise compressed weight (Guo et al., SC 2020): dense compact block per tile.
+
+    Fields: ``values`` ``(T, Kp, G)`` (the only pytree leaf), tables ``rows``, ``cols``,
+    ``counts`` (static numpy), ``shape`` ``(K, N)``, ``tile`` ``G``. Build with
+    :meth:`from_dense` or :func:`tvwjax.compress`.
+    """
+
+    @classmethod
+    def from_dense(cls, w, mask, tile: int = 128) -> TileWise:
+        """Compress ``w * mask`` (eager; shapes depend on the mask).
+
+        Raises:
+          PatternViolationError: a row segment inside an inferred tile is partly kept.
+        """
+        _positive("tile", tile)
+        w, mask = check_dense_and_mask(w, mask)
+        tiles = infer_tiles(mask, tile)
+        check_whole_rows(mask, tiles, tile)
+        row_sets = [np.flatnonzero(mask[:, c[0]]) for c in tiles]
+        rows, cols, counts = build_tables(row_sets, tiles, w.shape[1], tile)
+        values = gather_blocks(np.where(mask, w, 0).astype(w.dtype), rows, cols, counts)
+        return cls(values=jnp.asarray(values), rows=rows, cols=cols, counts=counts,
+                   shape=tuple(w.shape), tile=int(tile))
+
+    def compact_values(self) -> Array:
+        return self.values
+
+
+class BlockSparse(TileWise):
+    """Block-sparse weight (``br x bc`` blocks) in the :class:`TileWise` layout.
+
+    Tiles are the fixed block columns (``G = bc``); a tile's rows are its kept blocks'
+    rows. ``block = (br, bc)`` is static.
+    """
+
+    static_fields = ("shape", "tile", "block")
+
+    @classmethod
+    def from_dense(cls, w, mask, block: tuple[int, int] = (32, 32)) -> BlockSparse:
+        """Compress ``w * mask`` where ``mask`` keeps or drops whole ``br x bc`` blocks.
+
+        Raises:
+          PatternViolationError: a block is partly kept.
+        """
+        br, bc = (int(b) for b in block)
+        _positive("block rows", br)
+        _positive("block cols", bc)
+        w, mask = check_dense_and_mask(w, mask)
+        k, n = w.shape
+        kb, nb = -(-k // br), -(-n // bc)
+        pad = np.zeros((kb * br, nb * bc), np.int32)
+        pad[:k, :n] = mask
+        valid = np.zeros_like(pad)
+        valid[:k, :n] = 1
+        kept = pad.reshape(kb, br, nb, bc).sum(axis=(1, 3))
+        size = valid.reshape(kb, br, nb, bc).sum(axis=(1, 3))
+        bad = np.argwhere((kept > 0) & (kept < size))
+        if bad.size:
+            i, j = (int(v) for v in bad[0])
+            raise PatternViolationError(
+                f"mask: not block-sparse with blocks {br}x{bc}: block ({i}, {j}) (rows "
+                f"{i * br}.., columns {j * bc}..) keeps {int(kept[i, j])} of {int(size[i, j])} "
+                f"entries ({len(bad)} such blocks)")
+        tiles = [np.arange(j * bc, min((j + 1) * bc, n)) for j in range(nb)]
+        row_sets = [np.concatenate([np.arange(i * br, min((i + 1) * br, k))
+                                    for i in np.flatnonzero(kept[:, j])] or
+                                   [np.zeros(0, np.int64)]) for j in range(nb)]
+        rows, cols, counts = build_tables(row_sets, tiles, n, bc)
+        values = gather_blocks(np.where(mask, w, 0).astype(w.dtype), rows, cols, counts)
+        return cls(values=jnp.asarray(values), rows=rows, cols=cols, counts=counts,
+                   shape=(k, n), tile=bc, block=(br, bc))
+
+
+class TileVectorWise(_Tiles):
+    """Tile-vector-wise weight: TW tiles whose compact rows are N:M (2:4) compressed.
+
+    Fields: ``values`` ``(T, Kp*n/m, G)`` (the only leaf), ``meta`` ``(T, ceil(Kp*n/m/4), G)``
+    uint8 packed 2-bit indices, ``rows``/``cols``/``counts`` as in :class:`TileWise`
+    (``Kp`` a multiple of 8), ``shape``, ``tile``, ``nm = (n, m)``.
+    """
+
+    table_fields = ("rows", "cols", "counts", "meta")
+    static_fields = ("shape", "tile", "nm")
+
+    @classmethod
+    def from_dense(cls, w, mask, tile: int = 128, n: int = 2, m: int = 4) -> TileVectorWise:
+        """Compress ``w * mask`` (eager). A tile's rows are the rows kept in any of its
+        columns; in every group of ``m`` consecutive compact rows each column may keep at
+        most ``n`` (fewer are stored as explicit zeros).
+
+        Raises:
+          PatternViolationError: a group of ``m`` compact rows keeps more than ``n`` in a column.
+        """
+        _positive("tile", tile)
+        _positive("n", n)
+        _positive("m", m)
+        if n >= m or m > 4:
+            raise ConfigError(f"nm: need n < m <= 4 (2-bit indices), got n={n}, m={m}")
+        w, mask = check_dense_and_mask(w, mask)
+        k, nn = w.shape
+        tiles = infer_tiles(mask, tile)
+        row_sets = [np.flatnonzero(mask[:, c].any(axis=1)) for c in tiles]
+        rows, cols, counts = build_tables(row_sets, tiles, nn, tile, row_multiple=8)
+        t, kp = rows.shape
+        vals = gather_blocks(np.where(mask, w, 0).astype(w.dtype), rows, cols, counts)
+        keep = gather_blocks(mask, rows, cols, counts)
+        per_group = keep.reshape(t, kp // m, m, tile).sum(axis=2)
+        bad = np.argwhere(per_group > n)
+        if bad.size:
+            ti, g, c = (int(v) for v in bad[0])
+            raise PatternViolationError(
+                f"mask: not tile-vector-wise {n}:{m}: in tile {ti}, compact rows "
+                f"{g * m}..{g * m + m - 1} (original rows {rows[ti, g * m:(g + 1) * m].tolist()})"
+                f" keep {int(per_group[ti, g, c])} entries of column {int(cols[ti, c])}; at most "
+                f"{n} of every {m} are allowed")
+        flat_v = jnp.asarray(vals.transpose(1, 0, 2).reshape(kp, t * tile))
+        flat_m = jnp.asarray(keep.transpose(1, 0, 2).reshape(kp, t * tile))
+        v, idx = nm_compress(flat_v, flat_m, n, m)
+        meta = np.asarray(pack_index(idx))
+        vr = kp * n // m
+        v = jnp.asarray(v).reshape(vr, t, tile).transpose(1, 0, 2)
+        meta = meta.reshape(meta.shape[0], t, tile).transpose(1, 0, 2)
+        return cls(values=v, meta=meta, rows=rows, cols=cols, counts=counts,
+                   shape=(k, nn), tile=int(tile), nm=(int(n), int(m)))
+
+    def compact_values(self) -> Array:
+        t, vr, g = np.shape(self.values)
+        n, m = self.nm
+        idx = unpack_index(jnp.asarray(self.meta.transpose(1, 0, 2).reshape(-1, t * g)), vr)
+        v = self.values.transpose(1, 0, 2).reshape(vr, t * g)
+        dense = nm_decompress(v, idx, n, m)
+        return dense.reshape(vr * m // n, t, g).transpose(1, 0, 2)
+
+
+__all__ = ["BlockSparse", "TileVectorWise", "TileWise", "build_tables", "check_whole_rows",
+           "gather_blocks", "infer_tiles"]
