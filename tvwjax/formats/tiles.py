@@ -90,7 +90,7 @@ def gather_blocks(w: np.ndarray, rows: np.ndarray, cols: np.ndarray,
     return wp[r[:, :, None], cols[:, None, :]]
 
 
-class _Tiles(CompressedWeight):
+class TileFormat(CompressedWeight):
     """Shared behaviour of the tile formats (tables ``rows``, ``cols``, ``counts``)."""
 
     table_fields = ("rows", "cols", "counts")
@@ -114,7 +114,7 @@ class _Tiles(CompressedWeight):
         return dense[:k, :n]
 
 
-class TileWise(_Tiles):
+class TileWise(TileFormat):
     """Tile-wise compressed weight (Guo et al., SC 2020): dense compact block per tile.
 
     Fields: ``values`` ``(T, Kp, G)`` (the only pytree leaf), tables ``rows``, ``cols``,
@@ -188,7 +188,7 @@ class BlockSparse(TileWise):
                    shape=(k, n), tile=bc, block=(br, bc))
 
 
-class TileVectorWise(_Tiles):
+class TileVectorWise(TileFormat):
     """Tile-vector-wise weight: TW tiles whose compact rows are N:M (2:4) compressed.
 
     Fields: ``values`` ``(T, Kp*n/m, G)`` (the only leaf), ``meta`` ``(T, ceil(Kp*n/m/4), G)``
@@ -249,5 +249,5 @@ class TileVectorWise(_Tiles):
         return dense.reshape(vr * m // n, t, g).transpose(1, 0, 2)
 
 
-__all__ = ["BlockSparse", "TileVectorWise", "TileWise", "build_tables", "check_whole_rows",
-           "gather_blocks", "infer_tiles"]
+__all__ = ["BlockSparse", "TileFormat", "TileVectorWise", "TileWise", "build_tables",
+           "check_whole_rows", "gather_blocks", "infer_tiles"]
