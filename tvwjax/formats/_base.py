@@ -166,8 +166,9 @@ class CompressedWeight:
 
     def __repr__(self) -> str:
         tables = ", ".join(f"{n}={self._tables[n].array.shape}" for n in self.table_fields)
-        return (f"{type(self).__name__}(shape={self.shape}, values="
-                f"{tuple(np.shape(self.values))} {self.values.dtype}, {tables})")
+        v = self.values
+        desc = f"{tuple(np.shape(v))} {v.dtype}" if hasattr(v, "dtype") else repr(v)
+        return f"{type(self).__name__}(shape={self.shape}, values={desc}, {tables})"
 
 
 # -- input checks shared by every format ------------------------------------------------------

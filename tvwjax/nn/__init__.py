@@ -1,0 +1,12 @@
+"""Flax layers over dense or compressed kernels and the dense -> compressed conversion.
+
+``SparseDense`` (Linen) and ``SparseLinear`` (NNX) are drop-ins for ``nn.Dense`` /
+``nnx.Linear``; :func:`compress_params` / :func:`compress_model` turn a trained model's
+params and masks into compressed params for jit-compiled inference.
+"""
+
+from tvwjax.nn.convert import compress_model, compress_params
+from tvwjax.nn.linen import SparseDense
+from tvwjax.nn.nnx import SparseLinear
+
+__all__ = ["SparseDense", "SparseLinear", "compress_model", "compress_params"]
