@@ -204,6 +204,10 @@ def check(mask: Any, pattern: Pattern, sparsity: float | None = None,
     if m.dtype != np.bool_:
         raise PatternViolationError(f"{where}: a mask must be boolean, got dtype {m.dtype}")
     m = m.reshape(-1, m.shape[-1])
+    if sparsity == 0 or (sparsity is None and m.all()):
+        if not m.all():
+            _fail(where, f"sparsity 0 means dense, but {int((~m).sum())} entries are pruned")
+        return
     for cls, fn in _CHECKERS:
         if isinstance(pattern, cls):
             fn(m, pattern, sparsity, where)

@@ -114,21 +114,21 @@ def _override(path: str, overrides: Mapping[str, float | None] | None, default):
 
 
 # -- global allocation -----------------------------------------------------------------------
-def _global_densities(leaves: list[_Leaf], pattern: Pattern, sparsity,
+def _global_densities(leaves: list[jax.Array], pattern: Pattern, sparsity,
                       layer_bounds: tuple[float, float]) -> list[jax.Array]:
     """Per-leaf final densities from one threshold over normalised unit scores."""
     scale = allocation_scale(pattern)
     units, sizes, ids = [], [], []
-    for i, lf in enumerate(leaves):
-        u, z = pattern.units(lf.score)
-        mean = jnp.mean(lf.score)
+    for i, score in enumerate(leaves):
+        u, z = pattern.units(score)
+        mean = jnp.mean(score)
         u = u / jnp.where(mean > 0, mean, 1.0)
         units.append(u)
         sizes.append(z.astype(jnp.float32))
         ids.append(jnp.full(u.shape, i, jnp.int32))
     u, z, ids = jnp.concatenate(units), jnp.concatenate(sizes), jnp.concatenate(ids)
     n_leaves = len(leaves)
-    totals = jnp.asarray([float(lf.score.size) for lf in leaves], jnp.float32)
+    totals = jnp.asarray([float(score.size) for score in leaves], jnp.float32)
     min_s, max_s = layer_bounds
     lo = jnp.clip((1.0 - max_s) / scale, 0.0, 1.0) * totals
     hi = jnp.clip((1.0 - min_s) / scale, 0.0, 1.0) * totals
@@ -154,6 +154,23 @@ def _global_densities(leaves: list[_Leaf], pattern: Pattern, sparsity,
     dens = kept / totals * scale
     dens = jnp.where(density >= 1.0, 1.0, dens)
     return [dens[i] for i in range(n_leaves)]
+
+
+def _masks_core(scores, sparsities, target, *, pattern, scope, layer_bounds, fixed):
+    """Masks of the selected leaves' 2-D score views (one compiled computation)."""
+    sparsities = list(sparsities)
+    pool = [i for i, f in enumerate(fixed) if not f]
+    if scope == "global" and len(pool) > 1 and not isinstance(pattern, NM):
+        dens = _global_densities([scores[i] for i in pool], pattern, target, layer_bounds)
+        for i, d in zip(pool, dens, strict=True):
+            sparsities[i] = 1.0 - d
+    return [pattern.mask(sc, sp) for sc, sp in zip(scores, sparsities, strict=True)]
+
+
+_core = jax.jit(_masks_core, static_argnames=("pattern", "scope", "layer_bounds", "fixed"))
+_core_static = jax.jit(
+    lambda scores, *, sparsities, target, **kw: _masks_core(scores, sparsities, target, **kw),
+    static_argnames=("sparsities", "target", "pattern", "scope", "layer_bounds", "fixed"))
 
 
 # -- public entry point -----------------------------------------------------------------------
@@ -223,6 +240,7 @@ def masks(
                                     f"for params {treedef}")
         score_leaves = [s for _, s in s_flat]
 
+    out: list[Any] = [None] * len(flat)
     explicit_where = where is not None
     where = where or default_where
     selected: list[_Leaf] = []
@@ -253,18 +271,23 @@ def masks(
         _check_scores(path, score)
         lf = _Leaf(i, path, leaf, score, leaf_sparsity, fixed)
         pattern.validate_shape(lf.score.shape, path)
+        if isinstance(leaf_sparsity, float) and (fixed or scope == "layer"):
+            pattern.validate_sparsity(leaf_sparsity, path)
         selected.append(lf)
 
-    pool = [lf for lf in selected if not lf.fixed]
-    if scope == "global" and len(pool) > 1 and not isinstance(pattern, NM):
-        for lf, dens in zip(pool, _global_densities(pool, pattern, sparsity, layer_bounds),
-                            strict=True):
-            lf.sparsity = 1.0 - dens
-
-    out: list[Any] = [None] * len(flat)
-    for lf in selected:
-        m = pattern.mask(lf.score, lf.sparsity, where=lf.path)
-        out[lf.index] = m.reshape(lf.leaf.shape)
+    if selected:
+        kwargs = dict(pattern=pattern, scope=scope, layer_bounds=layer_bounds,
+                      fixed=tuple(lf.fixed for lf in selected))
+        score_list = [lf.score for lf in selected]
+        sparsities = [lf.sparsity for lf in selected]
+        if all(isinstance(v, float) for v in sparsities) and isinstance(sparsity, float):
+            mask_list = _core_static(score_list, sparsities=tuple(sparsities),
+                                     target=sparsity, **kwargs)
+        else:
+            mask_list = _core(score_list, [jnp.asarray(v, jnp.float32) for v in sparsities],
+                              jnp.asarray(sparsity, jnp.float32), **kwargs)
+        for lf, m in zip(selected, mask_list, strict=True):
+            out[lf.index] = m.reshape(lf.leaf.shape)
     if unpruned == "ones":
         for i, (_, leaf) in enumerate(flat):
             if out[i] is None:

@@ -29,6 +29,7 @@ raising. Ties are broken deterministically (see :mod:`tvwjax._select`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import ClassVar
 
@@ -88,7 +89,7 @@ class Pattern:
             s = self.validate_sparsity(float(sparsity), where)
             if s == 0.0:
                 return ones
-            return self._mask(scores, 1.0 - s)
+            return _static_mask(self, scores, 1.0 - s)
         sparsity = jnp.asarray(sparsity, jnp.float32)
         density = jnp.clip(1.0 - sparsity, 0.0, 1.0)
         return jnp.where(sparsity <= 0.0, ones, self._mask(scores, density))
@@ -400,6 +401,12 @@ class TVW(TW):
         nm = nm & (jnp.arange(k)[:, None] < cnt_ext[tile_id][None, :])
         cols = jnp.broadcast_to(jnp.arange(n)[None, :], (k, n))
         return jnp.zeros((k, n), bool).at[permc, cols].set(nm)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _static_mask(pattern: Pattern, scores: Array, density: float) -> Array:
+    """One compiled computation per (pattern, shape, density) instead of op-by-op dispatch."""
+    return pattern._mask(scores, density)
 
 
 #: Scale from allocation density to final density (TVW allocates at its TW level).

@@ -1,0 +1,221 @@
+"""tvwjax.masks over pytrees: selection, overrides, scopes, jit, NNX / Linen, errors."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import tvwjax as tw
+
+
+def mlp_params(seed=0):
+    k = jax.random.split(jax.random.key(seed), 4)
+    return {
+        "embed": {"embedding": jax.random.normal(k[0], (50, 32))},
+        "fc1": {"kernel": jax.random.normal(k[1], (32, 96)), "bias": jnp.zeros((96,))},
+        "fc2": {"kernel": 3.0 * jax.random.normal(k[2], (96, 64)), "bias": jnp.zeros((64,))},
+        "conv": {"kernel": jax.random.normal(k[3], (3, 3, 8, 16))},
+    }
+
+
+def test_default_selection_and_unpruned_leaves():
+    p = mlp_params()
+    m = tw.masks(p, tw.EW(), 0.75)
+    assert m["embed"]["embedding"] is None
+    assert m["fc1"]["bias"] is None
+    assert m["fc1"]["kernel"].dtype == jnp.bool_ and m["fc1"]["kernel"].shape == (32, 96)
+    assert m["conv"]["kernel"].shape == (3, 3, 8, 16)
+    ones = tw.masks(p, tw.EW(), 0.75, unpruned="ones")
+    assert bool(ones["fc1"]["bias"].all()) and ones["embed"]["embedding"].shape == (50, 32)
+    for path in ("fc1", "fc2", "conv"):
+        assert abs(1 - float(m[path]["kernel"].mean()) - 0.75) < 1e-3
+
+
+def test_conv_kernel_viewed_as_im2col():
+    p = mlp_params()
+    m = tw.masks(p, tw.NM(), 0.5)["conv"]["kernel"]
+    view = np.asarray(m).reshape(72, 16)  # (kh*kw*Cin, Cout): groups of 4 along K
+    assert (view.reshape(18, 4, 16).sum(axis=1) == 2).all()
+    tw.check(m, tw.NM(), 0.5)
+
+
+def test_where_and_overrides():
+    p = mlp_params()
+    m = tw.masks(p, tw.EW(), 0.5, where=lambda path, x: path == "fc2/kernel")
+    assert m["fc1"]["kernel"] is None and m["fc2"]["kernel"] is not None
+    m = tw.masks(p, tw.EW(), 0.5, overrides={"fc1/*": 0.9, "conv/*": None})
+    assert abs(1 - float(m["fc1"]["kernel"].mean()) - 0.9) < 1e-3
+    assert abs(1 - float(m["fc2"]["kernel"].mean()) - 0.5) < 1e-3
+    assert m["conv"]["kernel"] is None
+
+
+def test_global_scope_differs_per_layer_and_total_matches():
+    p = mlp_params()
+    # Layers whose score distributions differ in shape (not only in scale).
+    p["fc1"]["kernel"] = p["fc1"]["kernel"] * jnp.linspace(0.05, 3.0, 96)[None, :]
+    p["conv"]["kernel"] = p["conv"]["kernel"] ** 3
+    # fc2 is 3x larger in scale; normalisation keeps it from hogging the budget, but the
+    # layers still end at different sparsities.
+    for pattern in (tw.EW(), tw.TW(16), tw.TVW(16), tw.BW(8, 8), tw.VW(16), tw.TEW(16)):
+        m = tw.masks(p, pattern, 0.75, scope="global")
+        stats = tw.summary(m)
+        per_layer = [stats[k]["sparsity"] for k in ("fc1/kernel", "fc2/kernel", "conv/kernel")]
+        assert max(per_layer) - min(per_layer) > 0.005, (pattern, per_layer)
+        assert abs(stats["total"]["sparsity"] - 0.75) < 0.02, (pattern, stats["total"])
+        tw.check_tree(m, pattern)
+
+
+def test_global_scope_normalises_scale():
+    p = mlp_params()
+    q = dict(p, fc2={"kernel": 1000.0 * p["fc2"]["kernel"], "bias": p["fc2"]["bias"]})
+    a = tw.masks(p, tw.EW(), 0.75, scope="global")
+    b = tw.masks(q, tw.EW(), 0.75, scope="global")
+    np.testing.assert_array_equal(np.asarray(a["fc2"]["kernel"]), np.asarray(b["fc2"]["kernel"]))
+
+
+def test_layer_bounds_limit_each_leaf():
+    p = mlp_params()
+    p["fc2"]["kernel"] = p["fc2"]["kernel"].at[:, :48].multiply(1e-3)  # most of it tiny
+    free = tw.summary(tw.masks(p, tw.EW(), 0.6, scope="global"))
+    bounded = tw.summary(tw.masks(p, tw.EW(), 0.6, scope="global", layer_bounds=(0.4, 0.7)))
+    assert free["fc2/kernel"]["sparsity"] > 0.7
+    for k in ("fc1/kernel", "fc2/kernel", "conv/kernel"):
+        assert 0.4 - 1e-3 <= bounded[k]["sparsity"] <= 0.7 + 1e-3
+    assert abs(bounded["total"]["sparsity"] - 0.6) < 0.01
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+@pytest.mark.parametrize("pattern", [tw.EW(), tw.TW(16), tw.TVW(16), tw.NM()])
+def test_jit_equals_eager(scope, pattern):
+    p = mlp_params(1)
+    s = 0.5 if isinstance(pattern, tw.NM) else 0.75
+    eager = tw.masks(p, pattern, s, scope=scope)
+    jitted = jax.jit(lambda q: tw.masks(q, pattern, s, scope=scope))(p)
+    traced_s = jax.jit(lambda q, s: tw.masks(q, pattern, s, scope=scope))(p, jnp.float32(s))
+    for other in (jitted, traced_s):
+        jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                     eager, other)
+
+
+def test_same_input_same_mask_every_run():
+    p = mlp_params(2)
+    runs = [tw.masks(p, tw.TVW(16), 0.75, scope="global") for _ in range(3)]
+    for r in runs[1:]:
+        jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                     runs[0], r)
+
+
+def test_custom_scores_and_taylor():
+    p = mlp_params()
+    grads = jax.tree.map(jnp.ones_like, p)
+    acc = tw.taylor_accumulate(tw.taylor_init(p), grads, p)
+    acc = tw.taylor_accumulate(acc, grads, p)
+    np.testing.assert_allclose(np.asarray(acc["fc1"]["kernel"]),
+                               2 * np.asarray(p["fc1"]["kernel"]) ** 2, rtol=1e-6)
+    m = tw.masks(p, tw.EW(), 0.5, scores=acc)
+    m_mag = tw.masks(p, tw.EW(), 0.5)
+    # (g*w)^2 with g = 1 ranks like |w|.
+    np.testing.assert_array_equal(np.asarray(m["fc1"]["kernel"]), np.asarray(m_mag["fc1"]["kernel"]))
+    inv = jax.tree.map(lambda w: 1.0 / (jnp.abs(w) + 1e-3), p)
+    m_inv = tw.masks(p, tw.EW(), 0.5, scores=inv)
+    assert not np.array_equal(np.asarray(m_inv["fc1"]["kernel"]), np.asarray(m["fc1"]["kernel"]))
+
+
+def test_linen_params():
+    model = nn.Sequential([nn.Conv(8, (3, 3)), nn.relu, lambda x: x.reshape(x.shape[0], -1),
+                           nn.Dense(32), nn.relu, nn.Dense(10)])
+    params = model.init(jax.random.key(0), jnp.ones((1, 8, 8, 1)))
+    m = tw.masks(params, tw.TW(8), 0.75)
+    assert m["params"]["layers_3"]["kernel"].shape == (512, 32)
+    assert m["params"]["layers_0"]["kernel"].shape == (3, 3, 1, 8)
+    assert m["params"]["layers_3"]["bias"] is None
+    tw.check_tree(m, tw.TW(8))
+
+
+def test_nnx_state():
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.a = nnx.Linear(64, 128, rngs=rngs)
+            self.b = nnx.Linear(128, 32, rngs=rngs)
+
+    state = nnx.state(Net(nnx.Rngs(0)), nnx.Param)
+    m = tw.masks(state, tw.TVW(32), 0.75, scope="global")
+    assert m["a"]["kernel"].value.shape == (64, 128)
+    assert m["a"]["bias"].value is None
+    tw.check_tree(m, tw.TVW(32))
+    pruned = tw.apply_masks(state, m)
+    assert float(jnp.mean(pruned["a"]["kernel"].value == 0)) >= 0.7
+    np.testing.assert_array_equal(np.asarray(pruned["a"]["bias"].value),
+                                  np.asarray(state["a"]["bias"].value))
+
+
+def test_path_strings():
+    p = {"layers": [{"kernel": jnp.ones((4, 4))}]}
+    flat, _ = jax.tree_util.tree_flatten_with_path(p)
+    assert tw.path_str(flat[0][0]) == "layers/0/kernel"
+
+
+# -- errors ----------------------------------------------------------------------------------
+def test_error_nan_scores_names_leaf():
+    p = mlp_params()
+    s = jax.tree.map(jnp.abs, p)
+    s["fc2"]["kernel"] = s["fc2"]["kernel"].at[0, 0].set(jnp.nan)
+    with pytest.raises(tw.ScoreError, match="fc2/kernel.*NaN or Inf"):
+        tw.masks(p, tw.EW(), 0.5, scores=s)
+    s["fc2"]["kernel"] = -jnp.ones((96, 64))
+    with pytest.raises(tw.ScoreError, match="fc2/kernel.*non-negative"):
+        tw.masks(p, tw.EW(), 0.5, scores=s)
+
+
+def test_error_mismatched_scores_tree():
+    p = mlp_params()
+    with pytest.raises(tw.TreeMismatchError, match="structure of params"):
+        tw.masks(p, tw.EW(), 0.5, scores={"fc1": p["fc1"]})
+    bad = jax.tree.map(jnp.abs, p)
+    bad["fc1"]["kernel"] = jnp.ones((3, 3))
+    with pytest.raises(tw.TreeMismatchError, match="fc1/kernel.*shape"):
+        tw.masks(p, tw.EW(), 0.5, scores=bad)
+
+
+def test_error_selected_leaf_ndim():
+    with pytest.raises(tw.ShapeError, match="fc1/bias.*ndim >= 2"):
+        tw.masks(mlp_params(), tw.EW(), 0.5, where=lambda path, x: path.startswith("fc1"))
+
+
+def test_error_integer_leaf():
+    p = {"kernel": jnp.ones((8, 8), jnp.int32)}
+    with pytest.raises(tw.DTypeError, match="kernel.*floating"):
+        tw.masks(p, tw.EW(), 0.5, where=lambda path, x: True)
+
+
+def test_error_nm_divisibility_names_leaf():
+    p = {"fc": {"kernel": jnp.ones((30, 8))}}
+    with pytest.raises(tw.ShapeError, match="fc/kernel.*divisible by m=4"):
+        tw.masks(p, tw.NM(), 0.5)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"sparsity": 1.2}, r"sparsity must be in \[0, 1\)"),
+    ({"sparsity": "0.5"}, "sparsity must be a number"),
+    ({"scope": "model"}, "scope must be"),
+    ({"unpruned": "zeros"}, "unpruned must be"),
+    ({"layer_bounds": (0.8, 0.2)}, "layer_bounds"),
+    ({"overrides": {"fc1/*": 2.0}}, r"fc1/kernel: override.*\[0, 1\)"),
+])
+def test_error_bad_arguments(kwargs, match):
+    args = {"sparsity": 0.5, **kwargs}
+    with pytest.raises(tw.ConfigError, match=match):
+        tw.masks(mlp_params(), tw.EW(), **args)
+
+
+def test_error_not_a_pattern():
+    with pytest.raises(tw.ConfigError, match="pattern must be a tvwjax Pattern"):
+        tw.masks(mlp_params(), "TW", 0.5)
+
+
+def test_errors_are_value_errors():
+    assert issubclass(tw.ConfigError, ValueError) and issubclass(tw.DTypeError, TypeError)
