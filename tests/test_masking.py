@@ -119,7 +119,8 @@ def test_custom_scores_and_taylor():
     m = tw.masks(p, tw.EW(), 0.5, scores=acc)
     m_mag = tw.masks(p, tw.EW(), 0.5)
     # (g*w)^2 with g = 1 ranks like |w|.
-    np.testing.assert_array_equal(np.asarray(m["fc1"]["kernel"]), np.asarray(m_mag["fc1"]["kernel"]))
+    np.testing.assert_array_equal(np.asarray(m["fc1"]["kernel"]),
+                                  np.asarray(m_mag["fc1"]["kernel"]))
     inv = jax.tree.map(lambda w: 1.0 / (jnp.abs(w) + 1e-3), p)
     m_inv = tw.masks(p, tw.EW(), 0.5, scores=inv)
     assert not np.array_equal(np.asarray(m_inv["fc1"]["kernel"]), np.asarray(m["fc1"]["kernel"]))

@@ -147,8 +147,11 @@ class BW(Pattern):
 
     def _blocks(self, scores):
         k, n = scores.shape
-        p = sel.pad_to(sel.pad_to(scores.astype(jnp.float32), self.rows, 0, 0.0), self.cols, 1, 0.0)
-        valid = sel.pad_to(sel.pad_to(jnp.ones((k, n), jnp.int32), self.rows, 0, 0), self.cols, 1, 0)
+        def pad(x, value):
+            return sel.pad_to(sel.pad_to(x, self.rows, 0, value), self.cols, 1, value)
+
+        p = pad(scores.astype(jnp.float32), 0.0)
+        valid = pad(jnp.ones((k, n), jnp.int32), 0)
         kb, nb = p.shape[0] // self.rows, p.shape[1] // self.cols
         sizes = valid.reshape(kb, self.rows, nb, self.cols).sum(axis=(1, 3))
         bscore = sel.rms(p.reshape(kb, self.rows, nb, self.cols), (1, 3), sizes)
