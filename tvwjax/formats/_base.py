@@ -147,13 +147,15 @@ class CompressedWeight:
 
     @property
     def nbytes(self) -> int:
-        """Stored bytes: values + index tables + metadata."""
+        """In-memory bytes of the (padded, static-shape) arrays: values + tables + meta."""
         leaves = sum(int(np.prod(np.shape(getattr(self, n)))) * np.dtype(getattr(self, n).dtype)
                      .itemsize for n in self.leaf_fields)
         return leaves + sum(t.array.nbytes for t in self._tables.values())
 
     def storage_bytes(self) -> int:
-        """Stored bytes (same as :attr:`nbytes`)."""
+        """Bytes needed to store the weight: values + indices + metadata, without the
+        padding the static-shape layout adds (for the tile formats: rows beyond ``k_t`` and
+        columns beyond a ragged last tile). Formats without padding return :attr:`nbytes`."""
         return self.nbytes
 
     def dense_bytes(self) -> int:

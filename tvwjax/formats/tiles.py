@@ -92,6 +92,75 @@ def gather_blocks(w: np.ndarray, rows: np.ndarray, cols: np.ndarray,
     return wp[r[:, :, None], cols[:, None, :]]
 
 
+def _nm_row_set(sub: np.ndarray, n: int, m: int, t: int) -> np.ndarray:
+    """Compact rows of one TVW tile: the rows kept in any column, such that every group of
+    ``m`` consecutive compact rows keeps at most ``n`` per column.
+
+    The union of kept rows usually is the TW row set. When some TW row is pruned in *every*
+    column of the tile (likely with narrow tiles), the groups would shift; then the union is
+    split by dynamic programming into groups of at most ``m`` kept rows, each group closed
+    early being completed with unused rows from the gap before the next kept row (where
+    the missing TW rows are).
+    """
+    union = np.flatnonzero(sub.any(axis=1))
+    pad = (-union.size) % m
+    grouped = np.concatenate([union, np.full(pad, -1)]).reshape(-1, m)
+    counts = np.where(grouped[..., None] >= 0, sub[np.maximum(grouped, 0)], False).sum(axis=1)
+    if not (counts > n).any():
+        return union
+    return _nm_regroup(sub, union, n, m, t)
+
+
+def _nm_regroup(sub: np.ndarray, union: np.ndarray, n: int, m: int, t: int) -> np.ndarray:
+    """Dynamic programme behind :func:`_nm_row_set`.
+
+    A group holds ``j <= m`` consecutive kept rows plus ``m - j`` filler rows (rows pruned
+    in the whole tile) taken from the gap before it (``a``, the part the previous group left
+    free), from inside its span (``b``) or from the gap after it (``c``). State
+    ``(i, u)``: groups start at kept row ``i`` and ``u`` rows of the gap before it are used.
+    """
+    size = union.size
+    lo = np.concatenate([[-1], union[:-1]])
+    gap_before = union - lo - 1                       # free rows below kept row i
+    ok = np.zeros((size + 1, m + 1), bool)
+    ok[size, :] = True
+    pick = np.zeros((size + 1, m + 1, 4), np.int64)  # j, a, b, c
+    for i in range(size - 1, -1, -1):
+        for j in range(min(m, size - i), 0, -1):
+            if sub[union[i:i + j]].sum(axis=0).max() > n:
+                continue
+            inner = int(union[i + j - 1] - union[i]) + 1 - j
+            for u in range(m + 1):
+                if ok[i, u]:
+                    continue
+                if i + j == size:
+                    ok[i, u], pick[i, u] = True, (j, 0, 0, 0)
+                    continue
+                need = m - j
+                a = min(need, max(int(gap_before[i]) - u, 0))
+                b = min(need - a, inner)
+                c = need - a - b
+                if c <= gap_before[i + j] and ok[i + j, c]:
+                    ok[i, u], pick[i, u] = True, (j, a, b, c)
+    if not ok[0, 0]:
+        raise PatternViolationError(
+            f"mask: not tile-vector-wise {n}:{m}: the kept rows of tile {t} cannot be split "
+            f"into groups of {m} consecutive compact rows keeping at most {n} per column")
+    out: list[int] = []
+    in_union = np.zeros(sub.shape[0] + 1, bool)
+    in_union[union] = True
+    i, u = 0, 0
+    while i < size:
+        j, a, b, c = (int(v) for v in pick[i, u])
+        first, last = int(union[i]), int(union[i + j - 1])
+        group = list(range(first - a, first)) + union[i:i + j].tolist()
+        group += [r for r in range(first, last) if not in_union[r]][:b]
+        group += list(range(last + 1, last + 1 + c))
+        out += sorted(group)
+        i, u = i + j, c
+    return np.asarray(out, np.int64)
+
+
 class TileFormat(CompressedWeight):
     """Shared behaviour of the tile formats (tables ``rows``, ``cols``, ``counts``)."""
 
@@ -105,6 +174,22 @@ class TileFormat(CompressedWeight):
     def compact_values(self) -> Array:
         """The dense compact blocks ``(T, Kp, G)`` (what a TW GEMM consumes)."""
         raise NotImplementedError
+
+    def _stored_rows(self) -> np.ndarray:
+        """Compact value rows each tile must store (``k_t``; TVW: its N:M share)."""
+        return self.counts.astype(np.int64)
+
+    def storage_bytes(self) -> int:
+        """Unpadded bytes: per tile ``k_t x g_t`` values (TVW: N:M-compressed, plus 2-bit
+        indices), ``k_t`` int32 row indices, ``g_t`` int32 column indices, and the counts."""
+        g_t = (self.cols < self.shape[1]).sum(axis=1).astype(np.int64)
+        item = np.dtype(self.values.dtype).itemsize
+        total = int((self._stored_rows() * g_t).sum()) * item
+        total += int((self.counts.astype(np.int64) + g_t).sum()) * 4 + self.counts.nbytes
+        return total + self._meta_bytes(g_t)
+
+    def _meta_bytes(self, g_t: np.ndarray) -> int:
+        return 0
 
     def decompress(self) -> Array:
         k, n = self.shape
@@ -218,7 +303,7 @@ class TileVectorWise(TileFormat):
         w, mask = check_dense_and_mask(w, mask)
         k, nn = w.shape
         tiles = infer_tiles(mask, tile)
-        row_sets = [np.flatnonzero(mask[:, c].any(axis=1)) for c in tiles]
+        row_sets = [_nm_row_set(mask[:, c], n, m, t) for t, c in enumerate(tiles)]
         rows, cols, counts = build_tables(row_sets, tiles, nn, tile, row_multiple=8)
         t, kp = rows.shape
         vals = gather_blocks(np.where(mask, w, 0).astype(w.dtype), rows, cols, counts)
@@ -241,6 +326,13 @@ class TileVectorWise(TileFormat):
         meta = meta.reshape(meta.shape[0], t, tile).transpose(1, 0, 2)
         return cls(values=v, meta=meta, rows=rows, cols=cols, counts=counts,
                    shape=(k, nn), tile=int(tile), nm=(int(n), int(m)))
+
+    def _stored_rows(self) -> np.ndarray:
+        n, m = self.nm
+        return -(-self.counts.astype(np.int64) // m) * n
+
+    def _meta_bytes(self, g_t: np.ndarray) -> int:
+        return int((-(-self._stored_rows() // 4) * g_t).sum())
 
     def compact_values(self) -> Array:
         """Decode the N:M blocks to dense compact blocks ``(T, Kp, G)`` (elementwise ops

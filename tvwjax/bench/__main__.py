@@ -1,0 +1,35 @@
+"""``python -m tvwjax.bench <subcommand>``: see :mod:`tvwjax.bench`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: subcommand -> module with ``add_arguments(parser)`` and ``run(args) -> int``.
+SUBCOMMANDS: dict[str, str] = {
+    "matmul": "tvwjax.bench.matmul",
+    "model": "tvwjax.bench.model",
+    "masks": "tvwjax.bench.masks",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run one benchmark subcommand."""
+    parser = argparse.ArgumentParser(prog="python -m tvwjax.bench",
+                                     description="tvwjax benchmarks (CPU by default)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    modules = {}
+    for name, path in SUBCOMMANDS.items():
+        mod = importlib.import_module(path)
+        modules[name] = mod
+        p = sub.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0])
+        p.add_argument("--out", default="results", help="output folder (default: results)")
+        p.add_argument("--quick", action="store_true", help="a small, fast subset")
+        mod.add_arguments(p)
+    args = parser.parse_args(argv)
+    return int(modules[args.command].run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Timing and reporting helpers shared by the benchmark subcommands."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def interleaved_medians(fns: Mapping[str, Callable[[], Any]], repeats: int = 5,
+                        warmup: int = 1, budget_s: float = 60.0) -> dict[str, float]:
+    """Median wall time (seconds) of each no-argument callable, measured round-robin.
+
+    Every callable is compiled and warmed up first, then timed once per round, so load
+    changes on a shared machine hit all of them alike. Rounds stop early (after at least 2)
+    once ``budget_s`` is spent.
+    """
+    for f in fns.values():
+        for _ in range(warmup + 1):
+            jax.block_until_ready(f())
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    start = time.perf_counter()
+    for r in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(f())
+            times[k].append(time.perf_counter() - t0)
+        if r >= 1 and time.perf_counter() - start > budget_s:
+            break
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def machine_info() -> dict[str, Any]:
+    """Where and under what load a benchmark ran."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    return {"jax": jax.__version__, "backend": jax.default_backend(),
+            "cpus": os.cpu_count(), "platform": platform.platform(),
+            "loadavg_start": [round(x, 2) for x in load],
+            "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def write_results(out_dir: str, name: str, payload: dict[str, Any], markdown: str) -> None:
+    """Write ``<out_dir>/<name>.json`` and ``<out_dir>/<name>.md``."""
+    os.makedirs(out_dir, exist_ok=True)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    payload.setdefault("machine", {})["loadavg_end"] = [round(x, 2) for x in load]
+    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+        json.dump(payload, f, indent=1)
+    with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
+        f.write(markdown)
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"

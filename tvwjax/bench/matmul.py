@@ -1,0 +1,130 @@
+"""Sparse matmul: dense vs BCOO/BCSR (unstructured), block 32x32, TW and TVW, same run.
+
+For every weight shape ``(K, N)``, batch ``M`` and sparsity, all methods are timed
+round-robin (``interleaved_medians``) and reported as speed-ups over the dense baseline:
+the faster of ``x @ W`` and ``(W^T x^T)^T``. Weights are random normal (magnitude masks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import sparse as jsparse
+
+from tvwjax.bench._timing import interleaved_medians, machine_info, md_table, write_results
+from tvwjax.formats import compress
+from tvwjax.matmul import matmul
+from tvwjax.patterns import BW, EW, TVW, TW
+
+FULL = dict(shapes=[(4096, 4096), (768, 768), (768, 3072), (3072, 768)], ms=[1, 16, 128, 512],
+            sparsities=[0.5, 0.75, 0.9])
+QUICK = dict(shapes=[(4096, 4096)], ms=[1, 16, 512], sparsities=[0.75, 0.9])
+METHODS = ["dense_xW", "dense_WtXt", "bcoo", "bcsr", "block32", "tw", "tvw"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """CLI options of ``matmul``."""
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds per point")
+    p.add_argument("--no-unstructured", action="store_true", help="skip BCOO/BCSR")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+
+
+def _weights(k: int, n: int, s: float, dtype, unstructured: bool, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    score = jnp.abs(jnp.asarray(w))
+    wd = jnp.asarray(w, dtype)
+    out: dict[str, Any] = {"dense": wd}
+    if unstructured:
+        m = np.asarray(EW().mask(score, s))
+        # Stored transposed: sparse @ dense computes y^T = W^T x^T (their fast orientation).
+        wst = jnp.asarray(np.where(m, w, 0).T, dtype)
+        out["bcoo"] = jsparse.BCOO.fromdense(wst)
+        if dtype == jnp.float32:  # BCSR's CPU kernel: 2-D, f32/f64 only
+            out["bcsr"] = jsparse.BCSR.fromdense(wst)
+    out["block32"] = compress(wd, np.asarray(BW(32, 32).mask(score, s)), BW(32, 32))
+    out["tw"] = compress(wd, np.asarray(TW().mask(score, s)), TW())
+    if s >= 0.5:
+        out["tvw"] = compress(wd, np.asarray(TVW().mask(score, s)), TVW())
+    return out
+
+
+def _fns(ws: dict[str, Any], x: jax.Array) -> dict[str, Any]:
+    xw = jax.jit(lambda x, w: x @ w)
+    wtxt = jax.jit(lambda x, w: (w.T @ x.T).T)
+    spmm = jax.jit(lambda wt, x: (wt @ x.T).T)
+    mm = jax.jit(matmul)
+    f = {"dense_xW": lambda: xw(x, ws["dense"]), "dense_WtXt": lambda: wtxt(x, ws["dense"])}
+    for k in ("bcoo", "bcsr"):
+        if k in ws:
+            f[k] = (lambda wt: (lambda: spmm(wt, x)))(ws[k])
+    for k in ("block32", "tw", "tvw"):
+        if k in ws:
+            f[k] = (lambda cw: (lambda: mm(x, cw)))(ws[k])
+    return f
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the sweep; write ``results/bench_matmul.{json,md}``."""
+    cfg = QUICK if args.quick else FULL
+    dtype = jnp.dtype(args.dtype)
+    info = machine_info()
+    records = []
+    t_start = time.perf_counter()
+    for k, n in cfg["shapes"]:
+        for s in cfg["sparsities"]:
+            ws = _weights(k, n, s, dtype, not args.no_unstructured)
+            storage = {name: (w.storage_bytes() if hasattr(w, "storage_bytes") else
+                              int(sum(np.asarray(a).nbytes for a in jax.tree.leaves(w))))
+                       for name, w in ws.items()}
+            for m in cfg["ms"]:
+                x = jnp.asarray(np.random.default_rng(1).standard_normal((m, k)), dtype)
+                fns = _fns(ws, x)
+                med = interleaved_medians(fns, repeats=args.repeats, budget_s=30.0)
+                dense = min(med["dense_xW"], med["dense_WtXt"])
+                for name, t in med.items():
+                    key = name if not name.startswith("dense") else "dense"
+                    records.append(dict(K=k, N=n, M=m, sparsity=s, method=name,
+                                        median_ms=round(t * 1e3, 4),
+                                        speedup_vs_dense=round(dense / t, 3),
+                                        storage_bytes=storage.get(key),
+                                        dense_bytes=k * n * dtype.itemsize))
+                print(f"K={k} N={n} s={s} M={m}: " + ", ".join(
+                    f"{nm} {dense / t:.2f}x" for nm, t in med.items()), flush=True)
+    payload = {"machine": info, "dtype": args.dtype, "quick": bool(args.quick),
+               "elapsed_s": round(time.perf_counter() - t_start, 1), "records": records}
+    write_results(args.out, "bench_matmul", payload, _markdown(records, payload))
+    return 0
+
+
+def _markdown(records: list[dict], payload: dict) -> str:
+    methods = [m for m in METHODS if any(r["method"] == m for r in records)]
+    keys = sorted({(r["K"], r["N"], r["sparsity"], r["M"]) for r in records},
+                  key=lambda t: (-t[0] * t[1], t[0], t[2], t[3]))
+    by = {(r["K"], r["N"], r["sparsity"], r["M"], r["method"]): r for r in records}
+    rows = []
+    for key in keys:
+        dense_ms = min(by[key + (m,)]["median_ms"] for m in ("dense_xW", "dense_WtXt"))
+        row = [f"{key[0]}x{key[1]}", f"{key[2]:.0%}", key[3], f"{dense_ms:.2f}"]
+        for m in methods:
+            r = by.get(key + (m,))
+            row.append("" if r is None else f"{r['speedup_vs_dense']:.2f}x")
+        rows.append(row)
+    mach = payload["machine"]
+    head = (f"# Sparse matmul on {mach['backend']} ({payload['dtype']})\n\n"
+            f"Speed-up over the dense baseline (the faster of `x @ W` and `(W^T x^T)^T`), "
+            f"medians of interleaved runs. jax {mach['jax']}, {mach['cpus']} CPUs, load "
+            f"average {mach['loadavg_start']} at start, {mach.get('loadavg_end')} at end, "
+            f"{payload['elapsed_s']} s.\n\n")
+    st = sorted({(r["K"], r["N"], r["sparsity"], r["method"], r["storage_bytes"],
+                  r["dense_bytes"]) for r in records if r["storage_bytes"]
+                 and r["method"] in ("tw", "tvw", "block32", "bcoo", "bcsr")})
+    srows = [[f"{k}x{n}", f"{s:.0%}", m, f"{b / d:.3f}"] for k, n, s, m, b, d in st]
+    return (head + md_table(["shape", "sparsity", "M", "dense ms"] + methods, rows)
+            + "\n## Storage (fraction of dense bytes)\n\n"
+            + md_table(["shape", "sparsity", "format", "bytes / dense"], srows))
