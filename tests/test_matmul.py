@@ -1,0 +1,173 @@
+"""tvwjax.matmul: equals the masked dense product for every format, dtype and batch rank;
+gradients w.r.t. x and the compressed values; Pallas backends in interpret mode; errors."""
+
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tvwjax.errors import ConfigError, DTypeError, ShapeError
+from tvwjax.formats import compress, decompress
+from tvwjax.matmul import BUCKET_MIN_M, M_CHUNK, matmul
+from tvwjax.patterns import BW, NM, TVW, TW, TW1D
+
+K, N = 72, 100
+FORMATS = {
+    "tw2d": (TW(tile=16), 0.75),
+    "tw1d": (TW1D(tile=16), 0.6),
+    "tvw": (TVW(tile=16), 0.75),
+    "nm": (NM(), 0.5),
+    "block": (BW(8, 16), 0.5),
+}
+TOL = {jnp.float32: 1e-4, jnp.bfloat16: 3e-2, jnp.float16: 5e-3}
+
+
+def _weight(name, dtype=jnp.float32, shape=(K, N), seed=0):
+    pattern, s = FORMATS[name]
+    w = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    m = np.asarray(pattern.mask(jnp.abs(jnp.asarray(w)), s))
+    w = np.asarray(jnp.asarray(w, dtype))
+    return compress(w, m, pattern), jnp.asarray(np.where(m, w, 0), dtype)
+
+
+def _check(y, x, wd, dtype):
+    ref = jnp.matmul(x.astype(jnp.float32), wd.astype(jnp.float32),
+                     precision=jax.lax.Precision.HIGHEST)
+    scale = float(jnp.max(jnp.abs(ref))) + 1.0
+    assert y.dtype == dtype and y.shape == ref.shape
+    np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(ref), atol=TOL[dtype] * scale,
+                               rtol=TOL[dtype])
+
+
+@pytest.mark.parametrize("name", FORMATS)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("lead", [(), (5,), (2, 3), (BUCKET_MIN_M + 3,)])
+def test_matches_masked_dense(name, dtype, lead):
+    cw, wd = _weight(name, dtype)
+    x = jnp.asarray(np.random.default_rng(1).standard_normal(lead + (K,)), dtype)
+    _check(jax.jit(matmul)(x, cw), x, wd, dtype)
+
+
+@pytest.mark.parametrize("name", ["tw2d", "tvw"])
+def test_large_m_chunks_and_buckets(name):
+    """M over several chunks (ragged last chunk) with the bucketed plan."""
+    cw, wd = _weight(name)
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((2 * M_CHUNK + 7, K)), jnp.float32)
+    _check(jax.jit(matmul)(x, cw), x, wd, jnp.float32)
+
+
+def test_many_chunks_use_lax_map():
+    cw, wd = _weight("tw1d")
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((17 * M_CHUNK + 1, K)), jnp.float32)
+    _check(jax.jit(matmul)(x, cw), x, wd, jnp.float32)
+
+
+def test_dense_weight_and_mixed_dtypes():
+    _, wd = _weight("tw2d")
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((4, K)), jnp.bfloat16)
+    y = matmul(x, wd)
+    assert y.dtype == jnp.float32
+    _check(y, x, wd, jnp.float32)
+    cw, _ = _weight("tw2d")
+    assert matmul(x, cw).dtype == jnp.float32
+
+
+def test_all_pruned_weight_gives_zeros():
+    cw = compress(np.ones((8, 8), np.float32), np.zeros((8, 8), bool), TW(tile=4))
+    np.testing.assert_array_equal(np.asarray(matmul(jnp.ones((3, 8)), cw)), np.zeros((3, 8)))
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_gradients_match_masked_dense(name):
+    cw, wd = _weight(name)
+    x = jnp.asarray(np.random.default_rng(4).standard_normal((3, 7, K)), jnp.float32)
+
+    def loss_c(x, cw):
+        return jnp.sum(jnp.sin(matmul(x, cw)))
+
+    def loss_d(x, w):
+        return jnp.sum(jnp.sin(x @ w))
+
+    gx, gcw = jax.jit(jax.grad(loss_c, argnums=(0, 1)))(x, cw)
+    rx, rw = jax.grad(loss_d, argnums=(0, 1))(x, wd)
+    np.testing.assert_allclose(np.asarray(gx), np.asarray(rx), atol=1e-4)
+    assert type(gcw) is type(cw)
+    # The gradient w.r.t. the values, decompressed, is the masked dense gradient.
+    mask = np.asarray(decompress(cw.replace(values=jnp.ones_like(cw.values)))) != 0
+    np.testing.assert_allclose(np.asarray(decompress(gcw)), np.where(mask, rw, 0),
+                               atol=1e-4)
+
+
+@settings(max_examples=6, deadline=None)
+@given(k=st.integers(4, 40), n=st.integers(1, 50), m=st.sampled_from([1, 9, 70]),
+       tile=st.sampled_from([4, 8, 16]), s=st.sampled_from([0.5, 0.75, 0.9]),
+       seed=st.integers(0, 10**6))
+def test_property_tw_matmul(k, n, m, tile, s, seed):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    pattern = TW(tile=tile)
+    mask = np.asarray(pattern.mask(jnp.abs(jnp.asarray(w)), s))
+    x = jnp.asarray(rng.standard_normal((m, k)), jnp.float32)
+    _check(matmul(x, compress(w, mask, pattern)), x, jnp.asarray(np.where(mask, w, 0)),
+           jnp.float32)
+
+
+# -- Pallas backends (interpret mode on the CPU) --------------------------------------------------
+def _kernel_available(name):
+    try:
+        mod = importlib.import_module(f"pallas_kernels.{name}")
+    except ImportError as e:
+        return False, f"pallas_kernels.{name} cannot be imported: {e}"
+    if not hasattr(mod, name):
+        return False, f"pallas_kernels.{name} has no function {name} yet"
+    return True, ""
+
+
+@pytest.mark.parametrize("name,kernel", [("tw2d", "tw_matmul"), ("tw1d", "tw_matmul"),
+                                         ("block", "tw_matmul"), ("tvw", "tvw_matmul")])
+def test_interpret_backend(name, kernel):
+    ok, why = _kernel_available(kernel)
+    if not ok:
+        pytest.skip(why)
+    cw, wd = _weight(name, shape=(64, 40))
+    x = jnp.asarray(np.random.default_rng(5).standard_normal((2, 3, 64)), jnp.float32)
+    _check(matmul(x, cw, backend="interpret"), x, wd, jnp.float32)
+    gx, gcw = jax.grad(lambda x, cw: jnp.sum(matmul(x, cw, backend="interpret") ** 2),
+                       argnums=(0, 1))(x, cw)
+    rx, rcw = jax.grad(lambda x, cw: jnp.sum(matmul(x, cw, backend="cpu") ** 2),
+                       argnums=(0, 1))(x, cw)
+    np.testing.assert_allclose(np.asarray(gx), np.asarray(rx), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(gcw.values), np.asarray(rcw.values), rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_auto_backend_is_cpu_here():
+    if jax.default_backend() == "gpu":
+        pytest.skip("auto picks the GPU kernels on a GPU")
+    cw, wd = _weight("tw2d")
+    x = jnp.ones((2, K))
+    np.testing.assert_array_equal(np.asarray(matmul(x, cw)),
+                                  np.asarray(matmul(x, cw, backend="cpu")))
+
+
+# -- errors --------------------------------------------------------------------------------------
+def test_bad_inputs_name_the_parameter():
+    cw, wd = _weight("tw2d")
+    with pytest.raises(ShapeError, match="x: last dimension"):
+        matmul(jnp.ones((2, K + 1)), cw)
+    with pytest.raises(ShapeError, match="x: last dimension"):
+        matmul(jnp.ones(()), wd)
+    with pytest.raises(DTypeError, match="x:"):
+        matmul(jnp.ones((2, K), jnp.int32), cw)
+    with pytest.raises(DTypeError, match="w:"):
+        matmul(jnp.ones((2, K)), jnp.ones((K, N), jnp.int32))
+    with pytest.raises(ShapeError, match="w:"):
+        matmul(jnp.ones((2, K)), jnp.ones((K, N, 1)))
+    with pytest.raises(ConfigError, match="w must be"):
+        matmul(jnp.ones((2, K)), "W")
+    with pytest.raises(ConfigError, match="backend"):
+        matmul(jnp.ones((2, K)), cw, backend="tpu")
