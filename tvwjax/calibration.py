@@ -356,7 +356,89 @@ def layer_groups(inputs_fn: InputsFn, params: PyTree, batch: Batch) -> list[list
     return groups
 
 
+
+
+class PairStats(NamedTuple):
+    """Statistics of a layer's inputs in two models over the same calibration rows.
+
+    ``a`` is the model being reconstructed (e.g. already-pruned earlier layers), ``b`` the
+    reference (the dense model).
+
+    Attributes:
+      count: number of (unmasked) rows.
+      gram_a: ``X_a^T X_a`` ``(K, K)``.
+      cross: ``X_a^T X_b`` ``(K, K)``.
+      gram_b: ``X_b^T X_b`` ``(K, K)``.
+    """
+
+    count: jax.Array
+    gram_a: jax.Array
+    cross: jax.Array
+    gram_b: jax.Array
+
+
+@functools.lru_cache(maxsize=256)
+def _pair_step(inputs_fn: InputsFn, paths: tuple[str, ...], row_mask: RowMaskFn | None):
+    def step(params_a, params_b, batch, acc):
+        fa, fb = inputs_fn(params_a, batch), inputs_fn(params_b, batch)
+        rm = None if row_mask is None else row_mask(batch)
+        out = dict(acc) if acc is not None else {}
+        hi = jax.lax.Precision.HIGHEST
+        for p in paths:
+            if p not in fa:
+                raise ConfigError(f"calibration: no inputs were captured for {p!r}")
+            for xa, xb in zip(fa[p], fb[p], strict=True):
+                k = xa.shape[-1]
+                ra = xa.reshape(-1, k).astype(jnp.float32)
+                rb = xb.reshape(-1, k).astype(jnp.float32)
+                if rm is None:
+                    w = jnp.ones((ra.shape[0],), jnp.float32)
+                else:
+                    if rm.shape != xa.shape[:-1]:
+                        raise ShapeError(f"{p}: row_mask has shape {rm.shape}, expected the "
+                                         f"inputs' leading shape {xa.shape[:-1]}")
+                    w = rm.reshape(-1).astype(jnp.float32)
+                raw = ra * w[:, None]
+                s = PairStats(jnp.sum(w), jnp.matmul(raw.T, ra, precision=hi),
+                              jnp.matmul(raw.T, rb, precision=hi),
+                              jnp.matmul((rb * w[:, None]).T, rb, precision=hi))
+                out[p] = s if p not in out else jax.tree.map(jnp.add, out[p], s)
+        return out
+
+    return jax.jit(step)
+
+
+def collect_pair(inputs_fn: InputsFn, params_a: PyTree, params_b: PyTree,
+                 batches: Iterable[Batch], paths: Sequence[str], *,
+                 row_mask: RowMaskFn | None = None) -> dict[str, PairStats]:
+    """Stream batches through two parameter sets and sum Gram and cross-Gram matrices.
+
+    Used to refit a layer of a partly pruned model (inputs ``X_a``) towards the dense
+    model's outputs (inputs ``X_b``): ``min ||X_b W - X_a W'||^2`` needs ``X_a^T X_a`` and
+    ``X_a^T X_b``.
+
+    Args:
+      inputs_fn: an inputs function (:func:`linen_inputs`, :func:`nnx_inputs`).
+      params_a: parameters of the model being reconstructed.
+      params_b: parameters of the reference model (same structure).
+      batches: an iterable of batches.
+      paths: the layers to collect.
+      row_mask: as in :func:`collect`.
+
+    Returns:
+      ``{kernel_path: PairStats}``.
+    """
+    step = _pair_step(inputs_fn, tuple(paths), row_mask)
+    acc = None
+    for batch in batches:
+        acc = step(params_a, params_b, batch, acc)
+    if acc is None:
+        raise ConfigError("calibration: batches is empty; give at least one batch")
+    return acc
+
+
 __all__ = [
-    "LayerStats", "add_stats", "collect", "collect_linen", "collect_nnx", "feature_norm",
+    "LayerStats", "PairStats", "add_stats", "collect", "collect_linen", "collect_nnx",
+    "collect_pair", "feature_norm",
     "feature_rms", "layer_groups", "layer_stats", "linen_inputs", "nnx_inputs",
 ]

@@ -1,0 +1,187 @@
+"""One-shot reconstruction: exact least squares, never worse than masking, pattern kept."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tvwjax
+from tvwjax import calibration as cal
+from tvwjax.errors import ConfigError, ShapeError, TreeMismatchError
+from tvwjax.reconstruct import layer_error, one_shot, reconstruct, reconstruct_layer
+
+PATTERNS = [
+    (tvwjax.EW(), 0.5), (tvwjax.EW(), 0.75), (tvwjax.NM(2, 4), 0.5),
+    (tvwjax.TW(tile=8), 0.5), (tvwjax.TW1D(tile=8), 0.75), (tvwjax.TVW(tile=8), 0.75),
+    (tvwjax.BW(8, 8), 0.5), (tvwjax.VW(8), 0.5),
+]
+
+
+def _problem(k=32, n=24, m=200, seed=0, outlier=True):
+    rng = np.random.default_rng(seed)
+    scale = rng.uniform(0.2, 2.0, k)
+    if outlier:
+        scale[:3] *= 15.0  # a few outlier features, as in pretrained transformers
+    x = (rng.standard_normal((m, k)) * scale).astype(np.float32)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    return x, w
+
+
+def _lstsq(x, w, mask):
+    x64, ref = x.astype(np.float64), np.zeros(w.shape)
+    for j in range(w.shape[1]):
+        s = np.flatnonzero(mask[:, j])
+        if s.size:
+            ref[s, j] = np.linalg.lstsq(x64[:, s], x64 @ w[:, j], rcond=None)[0]
+    return ref
+
+
+@pytest.mark.parametrize("pattern,s", PATTERNS, ids=lambda v: getattr(v, "name", str(v)))
+def test_equals_numpy_lstsq(pattern, s):
+    x, w = _problem()
+    mask = np.asarray(pattern.mask(jnp.abs(w), s))
+    new = np.asarray(reconstruct_layer(w, mask, x.T @ x, damping=0.0))
+    ref = _lstsq(x, w, mask)
+    np.testing.assert_allclose(new, ref, rtol=1e-3, atol=1e-4)
+    tvwjax.check(mask, pattern, s)
+    tvwjax.check(new != 0, pattern, None)
+    assert np.all(new[~mask] == 0.0)
+
+
+@pytest.mark.parametrize("pattern,s", PATTERNS, ids=lambda v: getattr(v, "name", str(v)))
+def test_damped_never_worse_and_keeps_pattern(pattern, s):
+    x, w = _problem(seed=1)
+    g = x.T @ x
+    mask = np.asarray(pattern.mask(jnp.abs(w), s))
+    plain = np.where(mask, w, 0)
+    e0 = float(layer_error(w, plain, g))
+    for damping in (1e-3, 0.01, 0.1, 10.0):
+        new = np.asarray(reconstruct_layer(w, mask, g, damping=damping))
+        assert float(layer_error(w, new, g)) <= e0 * (1 + 1e-6)
+        assert np.all(new[~mask] == 0.0)
+        tvwjax.check(mask | (new != 0), pattern, s)  # the support stays inside the pattern
+    # a real improvement on these data
+    assert float(layer_error(w, reconstruct_layer(w, mask, g), g)) < 0.99 * e0
+
+
+@settings(max_examples=25, deadline=None)
+@given(k=st.integers(4, 24), n=st.integers(1, 12), m=st.integers(1, 40),
+       seed=st.integers(0, 10_000), density=st.floats(0.05, 0.95))
+def test_property_never_increases_error(k, n, m, seed, density):
+    """Random masks, rank-deficient Gram matrices included (m < k)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((m, k)).astype(np.float32) * rng.uniform(0.01, 10, k)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    mask = rng.random((k, n)) < density
+    g = (x.T @ x).astype(np.float32)
+    new = np.asarray(reconstruct_layer(w, mask, g, damping=0.01))
+    e0 = float(layer_error(w, np.where(mask, w, 0), g))
+    e1 = float(layer_error(w, new, g))
+    assert e1 <= e0 + 1e-5 * (e0 + float(layer_error(w, np.zeros_like(w), g))) + 1e-6
+    assert np.all(new[~mask] == 0.0)
+    assert np.all(np.isfinite(new))
+
+
+def test_tw_solves_are_shared_per_tile():
+    """TW: every column of a tile gets the same least-squares system (one solve per tile)."""
+    from tvwjax.reconstruct import _groups
+    x, w = _problem(k=32, n=32)
+    pat = tvwjax.TW1D(tile=8)
+    mask = np.asarray(pat.mask(jnp.abs(w), 0.5))
+    groups = _groups(mask, include_full=False)
+    assert len(groups) <= 4
+    assert all(len(c) == 8 for _, c in groups)
+
+
+def test_cross_target_matches_lstsq():
+    """cross = X^T X_ref fits X (mask*w') to X_ref w."""
+    x, w = _problem(seed=3)
+    rng = np.random.default_rng(9)
+    xref = x + 0.3 * rng.standard_normal(x.shape).astype(np.float32)
+    mask = np.asarray(tvwjax.TW(tile=8).mask(jnp.abs(w), 0.5))
+    new = np.asarray(reconstruct_layer(w, mask, x.T @ x, cross=x.T @ xref, damping=0.0))
+    x64 = x.astype(np.float64)
+    for j in range(w.shape[1]):
+        s = np.flatnonzero(mask[:, j])
+        if s.size:
+            ref = np.linalg.lstsq(x64[:, s], xref.astype(np.float64) @ w[:, j], rcond=None)[0]
+            np.testing.assert_allclose(new[s, j], ref, rtol=1e-3, atol=1e-4)
+
+
+def test_errors():
+    x, w = _problem(k=8, n=4)
+    g = x.T @ x
+    with pytest.raises(ShapeError, match="gram"):
+        reconstruct_layer(w, np.ones_like(w, bool), g[:4, :4])
+    with pytest.raises(ShapeError, match="mask"):
+        reconstruct_layer(w, np.ones((3, 3), bool), g)
+    with pytest.raises(ConfigError, match="damping"):
+        reconstruct_layer(w, np.ones_like(w, bool), g, damping=-1.0)
+
+
+class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        q, k = nn.Dense(16, name="q")(x), nn.Dense(16, name="k")(x)
+        h = nn.gelu(q) * jnp.tanh(k)
+        return nn.Dense(8, name="out")(h)
+
+
+def _net_setup():
+    rng = np.random.default_rng(0)
+    scale = rng.uniform(0.2, 2, 16).astype(np.float32)
+    scale[:2] *= 10
+    xs = [(rng.standard_normal((6, 10, 16)) * scale).astype(np.float32) for _ in range(4)]
+    model = Net()
+    v = model.init(jax.random.key(0), xs[0])
+    return model, v, [(x,) for x in xs]
+
+
+@pytest.mark.parametrize("sequential,match", [(True, "self"), (False, "self"),
+                                              (True, "dense")])
+def test_model_reconstruct_sequential(sequential, match):
+    model, v, batches = _net_setup()
+    inputs_fn = cal.linen_inputs(model)
+    pat = tvwjax.TW(tile=4)
+    mk = tvwjax.masks(v, pat, 0.5)
+    new, report = reconstruct(inputs_fn, v, mk, batches, sequential=sequential, match=match)
+    assert set(report) == {"params/q/kernel", "params/k/kernel", "params/out/kernel"}
+    for p, r in report.items():
+        assert r["reconstructed"] <= r["masked"] * (1 + 1e-5), p
+    for name in ("q", "k", "out"):
+        kern = np.asarray(new["params"][name]["kernel"])
+        m = np.asarray(mk["params"][name]["kernel"])
+        assert np.all(kern[~m] == 0.0)
+        tvwjax.check(m, pat, 0.5)
+    # the pruned model is closer to the dense one than the plainly masked one
+    xs = np.concatenate([b[0] for b in batches])
+    dense = model.apply(v, xs)
+    e_plain = float(jnp.mean((model.apply(tvwjax.apply_masks(v, mk), xs) - dense) ** 2))
+    e_rec = float(jnp.mean((model.apply(new, xs) - dense) ** 2))
+    assert e_rec < e_plain
+
+
+def test_one_shot_and_errors():
+    model, v, batches = _net_setup()
+    inputs_fn = cal.linen_inputs(model)
+    new, mk, report = one_shot(inputs_fn, v, tvwjax.TVW(tile=4), 0.75, batches)
+    assert report and all(r["reconstructed"] <= r["masked"] + 1e-6 for r in report.values())
+    tvwjax.check_tree(mk, tvwjax.TVW(tile=4), 0.75)
+    p2, _, rep2 = one_shot(inputs_fn, v, tvwjax.EW(), 0.5, batches, score="magnitude",
+                           refit=False)
+    assert rep2 == {}
+    with pytest.raises(ConfigError, match="score"):
+        one_shot(inputs_fn, v, tvwjax.EW(), 0.5, batches, score="nope")
+    with pytest.raises(ConfigError, match="match"):
+        reconstruct(inputs_fn, v, mk, batches, match="x")
+    with pytest.raises(TreeMismatchError):
+        reconstruct(inputs_fn, v, {"params": {}}, batches)
+    # a masked layer the inputs function never captures
+    only_q = cal.linen_inputs(model, where=lambda p, leaf: p.endswith("q/kernel"))
+    with pytest.raises(ConfigError, match="out/kernel"):
+        reconstruct(only_q, v, mk, batches)

@@ -1,0 +1,411 @@
+"""One-shot reconstruction: refit the kept weights of each layer under a fixed mask.
+
+After a mask ``M`` is chosen, the kept weights of a layer ``y = x @ W`` are refit on
+calibration inputs ``X`` (rows = tokens) to minimise the layer's output error
+
+    E(W') = ||X W - X (M * W')||_F^2,
+
+a linear least-squares problem whose normal equations only need the Gram matrix
+``G = X^T X`` (:mod:`tvwjax.calibration`). Columns (output features) are independent; for
+column ``j`` with kept rows ``S``:
+
+    (G_SS + lambda I) w'_S = ((G + lambda I) w)_S ,       w'_P = 0 (pruned rows),
+
+i.e. the minimiser of ``E + lambda ||w'_S - w_S||^2`` (damping ``lambda`` = ``damping`` x
+mean of ``diag(G)``, as in SparseGPT, Frantar & Alistarh 2023). This is the exact
+multi-weight Optimal Brain Surgeon update (Hassibi & Stork, 1992) for the given mask.
+Because ``w'_S = w_S`` (the plainly masked weights) is feasible, the damped optimum never has
+a larger error than plain masking; a per-column safeguard additionally keeps the masked
+weights wherever the float32 solve would not reduce the error (or is not finite).
+
+Columns with the *same* kept set share one system: a tile-wise (TW) mask has one kept row
+set per tile, so TW costs one ``K_t x K_t`` Cholesky solve per tile with the tile's ``G``
+columns as right-hand sides. EW, 2:4 and TVW masks give (almost) one system per column. All
+systems of a layer are gathered, padded to one size (padding rows are identity), batched in
+memory-bounded chunks and solved by a jit-compiled, Jacobi-scaled float32 Cholesky.
+
+:func:`reconstruct` does this for a whole model *sequentially* (as SparseGPT and Wanda do):
+layers are visited in execution order and each layer's Gram matrix is computed on the
+inputs produced by the model whose earlier layers are already pruned and refit, so later
+layers compensate for the errors of earlier ones. With ``match="dense"`` the target is the
+dense model's layer output (``min ||X_dense W - X_pruned W'||^2``, using the cross-Gram
+``X_pruned^T X_dense``) rather than the pruned inputs' own dense output.
+
+References:
+  B. Hassibi and D. G. Stork, "Second order derivatives for network pruning: Optimal Brain
+  Surgeon", NeurIPS 1992.
+  E. Frantar and D. Alistarh, "SparseGPT: Massive Language Models Can Be Accurately Pruned in
+  One-Shot", ICML 2023.
+  M. Sun, Z. Liu, A. Bair and J. Z. Kolter, "A Simple and Effective Pruning Approach for Large
+  Language Models" (Wanda), arXiv:2306.11695, 2023.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tvwjax.calibration import (
+    Batch,
+    InputsFn,
+    RowMaskFn,
+    collect,
+    collect_pair,
+    layer_groups,
+)
+from tvwjax.data_aware import ScoreFn, data_scores, wanda
+from tvwjax.errors import ConfigError, ShapeError, TreeMismatchError
+from tvwjax.masking import as_matrix, masks, path_str
+from tvwjax.patterns import Pattern
+
+PyTree = Any
+Array = jax.Array
+
+_HI = jax.lax.Precision.HIGHEST
+
+
+def _round_up(x: int, m: int) -> int:
+    return max(m, -(-x // m) * m)
+
+
+def _pow2(x: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(1, x))))
+
+
+# -- jit-compiled pieces -----------------------------------------------------------------------
+@jax.jit
+def _solve_chunk(h: Array, rhs: Array, rows: Array, rvalid: Array, cols: Array,
+                 cvalid: Array) -> Array:
+    """Solve ``h[S, S] x = rhs[S, C]`` for a batch of (row set, column set) systems.
+
+    ``rows`` ``(c, k)`` / ``cols`` ``(c, r)`` hold padded indices with validity masks;
+    padding rows become identity equations with zero right-hand side.
+    """
+    k = rows.shape[1]
+    a = h[rows[:, :, None], rows[:, None, :]]
+    vv = rvalid[:, :, None] & rvalid[:, None, :]
+    eye = jnp.eye(k, dtype=jnp.float32)
+    a = jnp.where(vv, a, eye)
+    b = rhs[rows[:, :, None], cols[:, None, :]]
+    b = jnp.where(rvalid[:, :, None] & cvalid[:, None, :], b, 0.0)
+    d = jax.lax.rsqrt(jnp.maximum(jnp.diagonal(a, axis1=1, axis2=2), 1e-30))  # Jacobi scaling
+    a = a * d[:, :, None] * d[:, None, :]
+    b = b * d[:, :, None]
+    chol = jnp.linalg.cholesky(a)
+    y = jax.lax.linalg.triangular_solve(chol, b, left_side=True, lower=True)
+    x = jax.lax.linalg.triangular_solve(chol, y, left_side=True, lower=True, transpose_a=True)
+    return x * d[:, :, None]
+
+
+@jax.jit
+def _scatter(w: Array, rows: Array, rvalid: Array, cols: Array, cvalid: Array,
+             vals: Array) -> Array:
+    k, n = w.shape
+    r = jnp.where(rvalid, rows, k)[:, :, None]
+    c = jnp.where(cvalid, cols, n)[:, None, :]
+    r, c = jnp.broadcast_arrays(r, c)
+    return w.at[r, c].set(vals, mode="drop")
+
+
+@jax.jit
+def _column_objective(x: Array, g: Array, t: Array) -> Array:
+    """Per-column ``x^T G x - 2 x^T t`` (the error up to a column constant)."""
+    return jnp.sum(x * (jnp.matmul(g, x, precision=_HI) - 2.0 * t), axis=0)
+
+
+@jax.jit
+def _finish(w_plain: Array, w_new: Array, g: Array, t: Array) -> Array:
+    e_plain = _column_objective(w_plain, g, t)
+    e_new = _column_objective(w_new, g, t)
+    ok = jnp.all(jnp.isfinite(w_new), axis=0) & (e_new <= e_plain)
+    return jnp.where(ok[None, :], w_new, w_plain)
+
+
+# -- one layer ---------------------------------------------------------------------------------
+def layer_error(w_ref: Array, w: Array, gram: Array) -> Array:
+    """Calibration output error ``||X w_ref - X w||_F^2 = tr((w_ref - w)^T G (w_ref - w))``.
+
+    Args:
+      w_ref: reference kernel ``(K, N)`` (e.g. the dense weights).
+      w: the kernel to compare (e.g. masked or reconstructed), same shape.
+      gram: ``X^T X`` ``(K, K)``.
+
+    Returns:
+      A float32 scalar.
+    """
+    d = as_matrix(jnp.asarray(w_ref, jnp.float32)) - as_matrix(jnp.asarray(w, jnp.float32))
+    return jnp.sum(d * jnp.matmul(jnp.asarray(gram, jnp.float32), d, precision=_HI))
+
+
+def _groups(m: np.ndarray, include_full: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Columns with identical kept-row sets: ``[(rows, cols), ...]``."""
+    k, _ = m.shape
+    cnt = m.sum(axis=0)
+    active = np.flatnonzero((cnt > 0) & ((cnt < k) | include_full))
+    if active.size == 0:
+        return []
+    uniq, inv = np.unique(m[:, active].T, axis=0, return_inverse=True)
+    inv = np.asarray(inv).reshape(-1)
+    return [(np.flatnonzero(u), active[inv == i]) for i, u in enumerate(uniq)]
+
+
+def reconstruct_layer(w: Array, mask: Array, gram: Array, *, damping: float = 0.01,
+                      cross: Array | None = None, chunk_bytes: int = 1 << 28,
+                      where: str = "w") -> Array:
+    """Refit the kept weights of one layer under a fixed mask (exact damped least squares).
+
+    Minimises ``||X w - X (mask * w')||^2 + lambda ||w'_S - w_S||^2`` column by column
+    (multi-weight OBS, Hassibi & Stork 1992; damping as in SparseGPT, Frantar & Alistarh
+    2023). Columns sharing a kept-row set (a TW tile) are solved as one system.
+
+    Args:
+      w: kernel ``(K, N)`` (or any shape whose :func:`tvwjax.as_matrix` view is ``(K, N)``).
+      mask: bool keep-mask shaped like ``w``; must be concrete (it fixes the systems).
+      gram: ``X^T X`` ``(K, K)`` of the layer's calibration inputs.
+      damping: ``lambda`` relative to ``mean(diag(gram))`` (``>= 0``; 0 = plain least
+        squares, which needs a non-singular ``gram``).
+      cross: optional ``X^T X_ref`` ``(K, K)``: fit ``X (mask * w')`` to ``X_ref w`` instead
+        of ``X w`` (inputs of the dense model, see :func:`reconstruct`).
+      chunk_bytes: memory bound for one batch of gathered systems.
+      where: name used in error messages.
+
+    Returns:
+      The refit kernel (float32, shape of ``w``): exactly 0 where ``mask`` is False; columns
+      where the solve would not lower the (undamped) error keep the masked weights.
+
+    Raises:
+      ShapeError: inconsistent shapes. ConfigError: negative ``damping``.
+    """
+    if not (isinstance(damping, int | float) and math.isfinite(damping) and damping >= 0):
+        raise ConfigError(f"{where}: damping must be a finite number >= 0, got {damping!r}")
+    shape = jnp.shape(w)
+    w2 = as_matrix(jnp.asarray(w, jnp.float32))
+    if jnp.shape(mask) != shape:
+        raise ShapeError(f"{where}: mask has shape {jnp.shape(mask)}, expected {shape}")
+    m = np.asarray(as_matrix(jnp.asarray(mask)), bool)
+    k, n = w2.shape
+    g = jnp.asarray(gram, jnp.float32)
+    if g.shape != (k, k):
+        raise ShapeError(f"{where}: gram has shape {g.shape}, expected ({k}, {k}) for a "
+                         f"kernel with K={k} input features")
+    if cross is not None and jnp.shape(cross) != (k, k):
+        raise ShapeError(f"{where}: cross has shape {jnp.shape(cross)}, expected ({k}, {k})")
+    lam = damping * jnp.mean(jnp.diag(g))
+    h = g + lam * jnp.eye(k, dtype=jnp.float32)
+    c = g if cross is None else jnp.asarray(cross, jnp.float32)
+    t = jnp.matmul(c, w2, precision=_HI)  # target X^T (X_ref w)
+    rhs = t + lam * w2
+    w_plain = jnp.where(m, w2, 0.0)
+    w_new = w_plain
+    groups = _groups(m, include_full=cross is not None)
+    if groups:
+        kmax = _round_up(max(len(r) for r, _ in groups), 32)
+        rmax = _pow2(max(len(c_) for _, c_ in groups))
+        per = 4 * kmax * (3 * kmax + 2 * rmax)
+        chunk = max(1, min(len(groups), chunk_bytes // per))
+        chunk = 1 << int(math.floor(math.log2(chunk)))
+        n_pad = _round_up(len(groups), chunk)
+        rows = np.zeros((n_pad, kmax), np.int32)
+        rval = np.zeros((n_pad, kmax), bool)
+        cols = np.zeros((n_pad, rmax), np.int32)
+        cval = np.zeros((n_pad, rmax), bool)
+        for i, (r, c_) in enumerate(groups):
+            rows[i, :len(r)], rval[i, :len(r)] = r, True
+            cols[i, :len(c_)], cval[i, :len(c_)] = c_, True
+        for s in range(0, n_pad, chunk):
+            sl = slice(s, s + chunk)
+            args = (jnp.asarray(rows[sl]), jnp.asarray(rval[sl]), jnp.asarray(cols[sl]),
+                    jnp.asarray(cval[sl]))
+            vals = _solve_chunk(h, rhs, *args)
+            w_new = _scatter(w_new, *args, vals)
+    out = _finish(w_plain, w_new, g, t)
+    return jnp.where(m, out, 0.0).reshape(shape)
+
+
+# -- whole model, sequential -------------------------------------------------------------------
+def _leaf_index(tree: PyTree, is_leaf=None) -> tuple[list[str], list[Any], Any]:
+    flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
+    return [path_str(kp) for kp, _ in flat], [v for _, v in flat], treedef
+
+
+def reconstruct(inputs_fn: InputsFn, params: PyTree, mask_tree: PyTree,
+                batches: Iterable[Batch], *, row_mask: RowMaskFn | None = None,
+                damping: float = 0.01, sequential: bool = True, match: str = "self",
+                chunk_bytes: int = 1 << 28,
+                progress: Callable[[str], None] | None = None) -> tuple[PyTree, dict]:
+    """Prune ``params`` with ``mask_tree`` and refit every pruned layer on calibration data.
+
+    Layers are visited in execution order (groups of layers that read the same input, such
+    as query/key/value, share one calibration pass). With ``sequential=True`` each group's
+    Gram matrix comes from the model whose earlier layers are already pruned and refit
+    (SparseGPT-style sequential calibration); XLA drops the part of the forward pass after
+    the group, so a pass costs a prefix of the model.
+
+    Args:
+      inputs_fn: from :func:`tvwjax.calibration.linen_inputs` / ``nnx_inputs``; reuse the
+        same object across calls so compiled passes are reused.
+      params: dense parameters (Linen variables or ``nnx.State``).
+      mask_tree: masks from :func:`tvwjax.masks` (``None`` for unpruned leaves), same
+        structure as ``params``.
+      batches: calibration batches (a list; it is iterated once per layer group).
+      row_mask: ``row_mask(batch)`` -> weights over the inputs' leading axes (padding = 0).
+      damping: relative damping of :func:`reconstruct_layer`.
+      sequential: compute each group's statistics on the already-pruned model (True) or all
+        on the dense model at once (False).
+      match: ``"self"`` -- fit ``X_pruned W`` (the layer's dense output on its actual
+        inputs); ``"dense"`` -- fit ``X_dense W`` (the dense model's layer output; needs a
+        second forward pass and the cross-Gram). Only with ``sequential=True``.
+      chunk_bytes: memory bound per batch of solves.
+      progress: optional callback receiving a message per layer group.
+
+    Returns:
+      ``(new_params, report)``: pruned, refit params (pruned entries exactly 0, dtype of
+      ``params`` kept) and ``{path: {"masked": e0, "reconstructed": e1}}`` with the layer's
+      relative calibration errors ``E / ||X_ref W||^2`` before and after the refit.
+
+    Raises:
+      ConfigError: bad ``match``, empty ``batches``, or a masked layer that ``inputs_fn``
+        never captures. TreeMismatchError: masks that do not fit ``params``.
+    """
+    if match not in ("self", "dense"):
+        raise ConfigError(f"match must be 'self' or 'dense', got {match!r}")
+    if match == "dense" and not sequential:
+        raise ConfigError("match='dense' needs sequential=True (with sequential=False the "
+                          "inputs are the dense model's and 'self' is the same fit)")
+    batches = list(batches)
+    if not batches:
+        raise ConfigError("reconstruct: batches is empty; give at least one batch")
+    p_paths, p_leaves, p_def = _leaf_index(params)
+    m_paths, m_leaves, _ = _leaf_index(mask_tree, is_leaf=lambda x: x is None)
+    if m_paths != p_paths:
+        raise TreeMismatchError("mask_tree must have the structure of params (masks from "
+                                "tvwjax.masks(params, ...))")
+    masked = {p: m for p, m in zip(m_paths, m_leaves, strict=True) if m is not None}
+    for p, m in masked.items():
+        leaf = p_leaves[p_paths.index(p)]
+        if jnp.shape(m) != jnp.shape(leaf):
+            raise TreeMismatchError(f"{p}: mask shape {jnp.shape(m)} != parameter shape "
+                                    f"{jnp.shape(leaf)}")
+    groups = [[p for p in grp if p in masked]
+              for grp in layer_groups(inputs_fn, params, batches[0])]
+    groups = [grp for grp in groups if grp]
+    captured = {p for grp in groups for p in grp}
+    missing = sorted(set(masked) - captured)
+    if missing:
+        raise ConfigError(f"reconstruct: no calibration inputs for masked layer(s) {missing[:5]}"
+                          "; inputs_fn must capture every pruned kernel")
+
+    leaves = list(p_leaves)
+    index = {p: i for i, p in enumerate(p_paths)}
+
+    def current():
+        return jax.tree_util.tree_unflatten(p_def, leaves)
+
+    dense_stats = None
+    if not sequential:
+        dense_stats = collect(inputs_fn, params, batches, row_mask=row_mask,
+                              paths=sorted(captured), gram=True)
+    report: dict[str, dict[str, float]] = {}
+    for gi, grp in enumerate(groups):
+        if progress is not None:
+            progress(f"group {gi + 1}/{len(groups)}: {', '.join(grp)}")
+        if match == "dense":
+            pair = collect_pair(inputs_fn, current(), params, batches, grp, row_mask=row_mask)
+        elif sequential:
+            stats = collect(inputs_fn, current(), batches, row_mask=row_mask, paths=grp)
+        else:
+            stats = dense_stats
+        for p in grp:
+            i = index[p]
+            w = p_leaves[i]
+            if match == "dense":
+                ps = pair[p]
+                g, cross, gref = ps.gram_a, ps.cross, ps.gram_b
+            else:
+                g, cross, gref = stats[p].gram, None, stats[p].gram
+            new = reconstruct_layer(w, masked[p], g, damping=damping, cross=cross,
+                                    chunk_bytes=chunk_bytes, where=p)
+            report[p] = _errors(w, masked[p], new, g, cross, gref)
+            leaves[i] = new.astype(jnp.asarray(w).dtype)
+    return current(), report
+
+
+@jax.jit
+def _errors_jit(w, plain, new, g, c, gref):
+    def err(x):
+        # ||X_ref w - X x||^2 = w^T Gref w - 2 x^T C w + x^T G x
+        return (jnp.sum(w * jnp.matmul(gref, w, precision=_HI))
+                - 2.0 * jnp.sum(x * jnp.matmul(c, w, precision=_HI))
+                + jnp.sum(x * jnp.matmul(g, x, precision=_HI)))
+    ref = jnp.sum(w * jnp.matmul(gref, w, precision=_HI))
+    return err(plain) / ref, err(new) / ref
+
+
+def _errors(w, mask, new, g, cross, gref) -> dict[str, float]:
+    w2 = as_matrix(jnp.asarray(w, jnp.float32))
+    m2 = as_matrix(jnp.asarray(mask))
+    c = g if cross is None else cross
+    e0, e1 = _errors_jit(w2, jnp.where(m2, w2, 0.0), as_matrix(new), g, c, gref)
+    return {"masked": float(e0), "reconstructed": float(e1)}
+
+
+# -- the whole recipe --------------------------------------------------------------------------
+def one_shot(inputs_fn: InputsFn, params: PyTree, pattern: Pattern, sparsity: float,
+             batches: Iterable[Batch], *, score: str | ScoreFn = "activation",
+             refit: bool = True, row_mask: RowMaskFn | None = None,
+             where: Callable[[str, Any], bool] | None = None, scope: str = "layer",
+             layer_bounds: tuple[float, float] | None = None,
+             overrides: Mapping[str, float | None] | None = None, damping: float = 0.01,
+             sequential: bool = True, match: str = "self",
+             progress: Callable[[str], None] | None = None) -> tuple[PyTree, PyTree, dict]:
+    """One-shot pruning of a pretrained model: data-aware masks, then optional refit.
+
+    1. Calibration statistics of every captured layer on the dense model
+       (:func:`tvwjax.calibration.collect`, sums of squares only).
+    2. Scores: ``"magnitude"`` (``|w|``), ``"activation"`` (Wanda, ``|w| * ||x_k||``) or a
+       user function ``fn(w2d, stats) -> scores``; masks by :func:`tvwjax.masks` with the
+       given pattern, scope, per-layer bounds and overrides.
+    3. If ``refit``: :func:`reconstruct` (sequential, damped least squares per tile/column).
+
+    Args:
+      inputs_fn: inputs function of the model (see :mod:`tvwjax.calibration`).
+      params: dense parameters.
+      pattern: the sparsity pattern (``EW()``, ``NM()``, ``TW(tile=64)``, ``TVW(tile=64)``).
+      sparsity: target sparsity.
+      batches: calibration batches (a list).
+      score: ``"magnitude"``, ``"activation"`` or a score function.
+      refit: run the reconstruction.
+      row_mask, damping, sequential, match, progress: see :func:`reconstruct`.
+      where, scope, layer_bounds, overrides: see :func:`tvwjax.masks`.
+
+    Returns:
+      ``(params, masks, report)``: pruned (and refit) parameters, the masks, and the
+      per-layer error report of :func:`reconstruct` (empty without ``refit``).
+    """
+    batches = list(batches)
+    if score == "magnitude":
+        scores = None
+    elif score == "activation" or callable(score):
+        fn = wanda if score == "activation" else score
+        stats = collect(inputs_fn, params, batches, row_mask=row_mask, gram=False)
+        scores = data_scores(params, stats, fn, where=where)
+    else:
+        raise ConfigError(f"score must be 'magnitude', 'activation' or a callable, "
+                          f"got {score!r}")
+    mask_tree = masks(params, pattern, sparsity, scores=scores, where=where, scope=scope,
+                      layer_bounds=layer_bounds, overrides=overrides)
+    if not refit:
+        from tvwjax.masking import apply_masks
+        return apply_masks(params, mask_tree), mask_tree, {}
+    new, report = reconstruct(inputs_fn, params, mask_tree, batches, row_mask=row_mask,
+                              damping=damping, sequential=sequential, match=match,
+                              progress=progress)
+    return new, mask_tree, report
+
+
+__all__ = ["layer_error", "one_shot", "reconstruct", "reconstruct_layer"]
