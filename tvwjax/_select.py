@@ -31,16 +31,40 @@ def rank_desc(scores: Array, axis: int = -1) -> Array:
     return jnp.argsort(order, axis=axis, stable=True)
 
 
+def _prefix_mask(scores: Array, sizes: Array | None, budget: Array | int) -> Array:
+    """Keep the longest prefix of the (score desc, index asc) order whose size fits ``budget``.
+
+    One sort of ``(-score, index[, size])`` plus a cumulative sum; the prefix is turned back
+    into a mask by comparing every entry with the last kept (score, index) pair, which avoids
+    a scatter (slow on the CPU).
+    """
+    flat = scores.reshape(-1).astype(jnp.float32)
+    n = flat.shape[0]
+    idx = jnp.arange(n, dtype=jnp.int32)
+    if sizes is None:
+        neg, sidx = jax.lax.sort((-flat, idx), num_keys=2)
+        kept = jnp.clip(jnp.asarray(budget, jnp.int32), 0, n)
+    else:
+        z = sizes.reshape(-1).astype(jnp.int32)
+        neg, sidx, sz = jax.lax.sort((-flat, idx, z), num_keys=2)
+        kept = jnp.sum(jnp.cumsum(sz) <= budget, dtype=jnp.int32)
+    last = jnp.maximum(kept - 1, 0)
+    thr, thr_idx = -neg[last], sidx[last]
+    keep = (flat > thr) | ((flat == thr) & (idx <= thr_idx))
+    keep = keep & (kept > 0)
+    if sizes is not None:
+        keep = keep & (sizes.reshape(-1) > 0)
+    return keep.reshape(scores.shape)
+
+
 def topk_mask(scores: Array, k: Array | int, axis: int | None = None) -> Array:
     """Boolean mask keeping the ``k`` largest scores (over all entries, or along ``axis``).
 
-    ``k`` may be traced, and may be an array broadcastable against the ranks along ``axis``.
+    ``k`` may be traced; with ``axis`` it may be an array broadcastable against the ranks.
     """
     if axis is None:
-        ranks = rank_desc(scores.reshape(-1)).reshape(scores.shape)
-    else:
-        ranks = rank_desc(scores, axis=axis)
-    return ranks < k
+        return _prefix_mask(scores, None, k)
+    return rank_desc(scores, axis=axis) < k
 
 
 def budget_mask(scores: Array, sizes: Array, budget: Array | int) -> Array:
@@ -50,11 +74,7 @@ def budget_mask(scores: Array, sizes: Array, budget: Array | int) -> Array:
     The kept units are a prefix of the ranking, so the result is deterministic and the kept
     size lies in ``(budget - max(size), budget]`` whenever enough units exist.
     """
-    order = jnp.argsort(-scores, stable=True)
-    csum = jnp.cumsum(sizes[order])
-    keep_sorted = csum <= budget
-    keep = jnp.zeros(scores.shape, bool).at[order].set(keep_sorted)
-    return keep & (sizes > 0)
+    return _prefix_mask(scores, sizes, budget)
 
 
 def rms(x: Array, axis, count_: Array) -> Array:

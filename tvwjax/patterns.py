@@ -402,8 +402,10 @@ class TVW(TW):
         compact = sel.pad_to(compact, self.m, 0, -jnp.inf)
         nm = nm_select(compact, self.n, self.m)[:k]
         nm = nm & (jnp.arange(k)[:, None] < cnt_ext[tile_id][None, :])
-        cols = jnp.broadcast_to(jnp.arange(n)[None, :], (k, n))
-        return jnp.zeros((k, n), bool).at[permc, cols].set(nm)
+        # Back to the original row order with the inverse permutation (a gather, not a
+        # scatter: scatters are slow on the CPU).
+        inv_ext = jnp.argsort(perm_ext, axis=0).astype(jnp.int32)
+        return jnp.take_along_axis(nm, inv_ext[:, tile_id], axis=0)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
