@@ -53,9 +53,11 @@ PyTree = Any
 #: Pruned layers and their (K, N) matrix views.
 PRUNED_LAYERS: dict[str, tuple[int, int]] = {"conv2": (288, 64), "fc1": (1024, 128)}
 #: Patterns of the table, and the sparsities each allows.
+#: 97% is a stress level beyond the issue's 50 / 75 / 90% (digits saturates below it); VW
+#: vectors of 16 cannot go past 93.75%, 2:4 is 50% only.
 KINDS: dict[str, tuple[float, ...]] = {
-    "EW": (0.5, 0.75, 0.9), "BW": (0.5, 0.75, 0.9), "VW": (0.5, 0.75, 0.9),
-    "2:4": (0.5,), "TW": (0.5, 0.75, 0.9), "TVW": (0.5, 0.75, 0.9),
+    "EW": (0.5, 0.75, 0.9, 0.97), "BW": (0.5, 0.75, 0.9, 0.97), "VW": (0.5, 0.75, 0.9),
+    "2:4": (0.5,), "TW": (0.5, 0.75, 0.9, 0.97), "TVW": (0.5, 0.75, 0.9, 0.97),
 }
 #: The small configuration's rows (test suite).
 SMALL_KINDS: dict[str, tuple[float, ...]] = {"EW": (0.75,), "BW": (0.75,), "TVW": (0.75,)}
@@ -213,9 +215,9 @@ def pattern_label(kind: str) -> str:
 class Budget:
     """Training budget of one row (steps of batch ``batch``)."""
 
-    pretrain_steps: int = 600
-    prune_steps: int = 400
-    finetune_steps: int = 400
+    pretrain_steps: int = 500
+    prune_steps: int = 300
+    finetune_steps: int = 300
     frequency: int = 25
     batch: int = 64
     lr: float = 2e-3
@@ -307,6 +309,7 @@ def run_table(seeds: Sequence[int] = (0, 1, 2), budget: Budget = FULL,
                 f"[{time.perf_counter() - t0:.0f}s]")
     return {"config": {"budget": dataclasses.asdict(budget), "seeds": list(seeds),
                        "split": "load_digits, stratified 75/25, random_state=0",
+                       "test_images": int(len(yte)),
                        "pruned_layers": {k: list(v) for k, v in PRUNED_LAYERS.items()},
                        "seconds": round(time.perf_counter() - t0, 1),
                        "jax": jax.__version__, "backend": jax.default_backend()},
@@ -321,7 +324,9 @@ def to_markdown(result: dict) -> str:
         f"Digits CNN, test accuracy (%) mean ± std over seeds {cfg['seeds']}; "
         f"{b['pretrain_steps']} dense steps, then {b['prune_steps']} steps of cubic "
         f"pruning (masks every {b['frequency']}) + {b['finetune_steps']} fine-tune steps, "
-        f"batch {b['batch']}, Adam {b['lr']:g} cosine. Pruned: conv2 (288x64), fc1 (1024x128).",
+        f"batch {b['batch']}, Adam {b['lr']:g} cosine. Pruned: conv2 (288x64), fc1 (1024x128). "
+        f"{cfg['test_images']} test images: one image is "
+        f"{100 / cfg['test_images']:.2f} points.",
         "",
         "| pattern | sizes | target sparsity | measured zeros | accuracy |",
         "|---|---|---:|---:|---:|",
@@ -347,7 +352,8 @@ def plot(result: dict, path: Path) -> None:
     for kind in dict.fromkeys(r["pattern"] for r in rows if r["pattern"] != "dense"):
         rs = [r for r in rows if r["pattern"] == kind]
         ax.errorbar([100 * r["sparsity"] for r in rs], [100 * r["acc_mean"] for r in rs],
-                    yerr=[100 * r["acc_std"] for r in rs], marker="o", capsize=3, label=kind)
+                    yerr=[100 * r["acc_std"] for r in rs], marker="o", capsize=3, label=kind,
+                    alpha=0.8)
     ax.set_xlabel("sparsity of the pruned layers (%)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("scikit-learn digits CNN")

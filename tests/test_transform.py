@@ -371,11 +371,11 @@ def test_mask_state_is_sharded_like_params():
     """On 4 (fake CPU) devices the masks in the state take the params' sharding."""
     code = textwrap.dedent("""
         import jax, jax.numpy as jnp, optax
-        from jax.sharding import NamedSharding, PartitionSpec as P
+        from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
         from tvwjax.patterns import EW
         from tvwjax.schedules import OneShot
         from tvwjax.transform import prune, get_masks
-        mesh = jax.make_mesh((4,), ("x",))
+        mesh = jax.make_mesh((4,), ("x",), axis_types=(AxisType.Auto,))
         sh = NamedSharding(mesh, P(None, "x"))
         params = {"kernel": jax.device_put(jax.random.normal(jax.random.key(0), (64, 32)), sh)}
         tx = optax.chain(optax.adam(1e-2), prune(EW(), OneShot(0.5)))

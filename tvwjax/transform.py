@@ -156,11 +156,12 @@ def prune(
     schedule.validate_for(pattern)
 
     def _template(params):
-        # All-True masks on the selected leaves; runs the library's leaf selection and
-        # shape checks (sparsity 0 needs no mask computation).
+        # Which leaves get masks: the library's leaf selection and shape checks, traced
+        # abstractly (no score is computed or copied to the host).
         if pattern is None:
             return None
-        return compute_masks(params, pattern, 0.0, where=where, overrides=overrides)
+        return jax.eval_shape(
+            lambda p: compute_masks(p, pattern, 0.0, where=where, overrides=overrides), params)
 
     def init_fn(params: PyTree) -> PruneState:
         if initial_masks is not None:
