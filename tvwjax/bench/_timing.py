@@ -45,11 +45,17 @@ def machine_info() -> dict[str, Any]:
             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
+def record_end_load(payload: dict[str, Any]) -> None:
+    """Store the load average at the end of a run in ``payload["machine"]``."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    payload.setdefault("machine", {})["loadavg_end"] = [round(x, 2) for x in load]
+
+
 def write_results(out_dir: str, name: str, payload: dict[str, Any], markdown: str) -> None:
     """Write ``<out_dir>/<name>.json`` and ``<out_dir>/<name>.md``."""
     os.makedirs(out_dir, exist_ok=True)
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    payload.setdefault("machine", {})["loadavg_end"] = [round(x, 2) for x in load]
+    if "loadavg_end" not in payload.get("machine", {}):
+        record_end_load(payload)
     with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
         json.dump(payload, f, indent=1)
     with open(os.path.join(out_dir, f"{name}.md"), "w") as f:

@@ -16,7 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import sparse as jsparse
 
-from tvwjax.bench._timing import interleaved_medians, machine_info, md_table, write_results
+from tvwjax.bench._timing import (
+    interleaved_medians,
+    machine_info,
+    md_table,
+    record_end_load,
+    write_results,
+)
 from tvwjax.formats import compress
 from tvwjax.matmul import matmul
 from tvwjax.patterns import BW, EW, TVW, TW
@@ -98,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
                     f"{nm} {dense / t:.2f}x" for nm, t in med.items()), flush=True)
     payload = {"machine": info, "dtype": args.dtype, "quick": bool(args.quick),
                "elapsed_s": round(time.perf_counter() - t_start, 1), "records": records}
+    record_end_load(payload)
     write_results(args.out, "bench_matmul", payload, _markdown(records, payload))
     return 0
 
