@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, path in SUBCOMMANDS.items():
         mod = importlib.import_module(path)
         modules[name] = mod
-        p = sub.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0])
+        summary = (mod.__doc__ or name).strip().splitlines()[0]
+        p = sub.add_parser(name, help=summary.replace("%", "%%"))
         p.add_argument("--out", default="results", help="output folder (default: results)")
         p.add_argument("--quick", action="store_true", help="a small, fast subset")
         mod.add_arguments(p)
