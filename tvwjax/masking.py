@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tvwjax._select import max_key_where, order_key
 from tvwjax.errors import ConfigError, DTypeError, ScoreError, ShapeError, TreeMismatchError
 from tvwjax.patterns import NM, Pattern, allocation_scale
 from tvwjax.scores import magnitude
@@ -124,7 +125,7 @@ def _global_densities(leaves: list[jax.Array], pattern: Pattern, sparsity,
         mean = jnp.mean(score)
         u = u / jnp.where(mean > 0, mean, 1.0)
         units.append(u)
-        sizes.append(z.astype(jnp.float32))
+        sizes.append(z.astype(jnp.int32))
         ids.append(jnp.full(u.shape, i, jnp.int32))
     u, z, ids = jnp.concatenate(units), jnp.concatenate(sizes), jnp.concatenate(ids)
     n_leaves = len(leaves)
@@ -135,22 +136,15 @@ def _global_densities(leaves: list[jax.Array], pattern: Pattern, sparsity,
     density = 1.0 - jnp.asarray(sparsity, jnp.float32)
     budget = jnp.clip(density / scale, 0.0, 1.0) * jnp.sum(totals)
 
-    sorted_u = jnp.sort(u)[::-1]
+    key = order_key(u)
 
-    def kept_at(thr):
-        kept = jax.ops.segment_sum(jnp.where(u >= thr, z, 0.0), ids, num_segments=n_leaves)
-        return jnp.clip(kept, lo, hi)
+    def kept_at(t):
+        kept = jax.ops.segment_sum(jnp.where(key >= t, z, 0), ids, num_segments=n_leaves)
+        return jnp.clip(kept.astype(jnp.float32), lo, hi)
 
-    def body(_, carry):
-        a, b = carry
-        mid = (a + b) // 2
-        ok = jnp.sum(kept_at(sorted_u[mid])) >= budget
-        return jnp.where(ok, a, mid + 1), jnp.where(ok, mid, b)
-
-    n_units = sorted_u.shape[0]
-    a, _ = jax.lax.fori_loop(0, max(1, int(np.ceil(np.log2(n_units + 1))) + 1), body,
-                             (jnp.int32(0), jnp.int32(n_units - 1)))
-    kept = kept_at(sorted_u[a])
+    # The largest threshold whose kept total still reaches the budget (bisection, no sort).
+    t = max_key_where(lambda t: jnp.sum(kept_at(t)) >= budget)
+    kept = kept_at(t)
     dens = kept / totals * scale
     dens = jnp.where(density >= 1.0, 1.0, dens)
     return [dens[i] for i in range(n_leaves)]
