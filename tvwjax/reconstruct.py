@@ -77,6 +77,12 @@ def _pow2(x: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(1, x))))
 
 
+def _bucket(x: int) -> int:
+    """Round up to 2^j or 1.5 * 2^j (at least 32): few distinct compiled system sizes."""
+    p = _pow2(max(x, 32))
+    return 3 * p // 4 if 3 * p // 4 >= x and p >= 64 else p
+
+
 # -- jit-compiled pieces -----------------------------------------------------------------------
 @jax.jit
 def _solve_chunk(h: Array, rhs: Array, rows: Array, rvalid: Array, cols: Array,
@@ -126,6 +132,52 @@ def _finish(w_plain: Array, w_new: Array, g: Array, t: Array) -> Array:
     return jnp.where(ok[None, :], w_new, w_plain)
 
 
+def _obs_sequential_impl(w: Array, m: Array, h: Array, block: int) -> Array:
+    """SparseGPT's blocked OBS sweep with a fixed mask (rows of ``w`` = input features).
+
+    Rows are visited in order; the pruned entries of row ``i`` are set to zero and their
+    error is compensated on the rows not yet visited through the upper Cholesky factor of
+    ``H^-1`` (Frantar & Alistarh, 2023, Algorithm 1 with a given mask). Kept entries are
+    frozen once visited. ``K`` must be a multiple of ``block``.
+    """
+    k, n = w.shape
+    d = jax.lax.rsqrt(jnp.maximum(jnp.diag(h), 1e-30))  # Jacobi scaling
+    hs = h * d[:, None] * d[None, :]
+    ws = w / d[:, None]
+    lh = jnp.linalg.cholesky(hs)
+    hinv = jax.scipy.linalg.cho_solve((lh, True), jnp.eye(k, dtype=jnp.float32))
+    u = jnp.linalg.cholesky(hinv).T  # upper: H^-1 = U^T U
+    rows = jnp.arange(k)
+    local = jnp.arange(block)
+
+    def block_step(b, wcur):
+        i1 = b * block
+        wb = jax.lax.dynamic_slice(wcur, (i1, 0), (block, n))
+        mb = jax.lax.dynamic_slice(m, (i1, 0), (block, n))
+        ub = jax.lax.dynamic_slice(u, (i1, i1), (block, block))
+
+        def inner(i, carry):
+            wb, err = carry
+            wi = wb[i]
+            q = jnp.where(mb[i], wi, 0.0)
+            e = (wi - q) / ub[i, i]
+            upd = jnp.where((local > i)[:, None], ub[i][:, None] * e[None, :], 0.0)
+            wb = (wb - upd).at[i].set(q)
+            return wb, err.at[i].set(e)
+
+        wb, err = jax.lax.fori_loop(0, block, inner, (wb, jnp.zeros((block, n), jnp.float32)))
+        wcur = jax.lax.dynamic_update_slice(wcur, wb, (i1, 0))
+        urow = jax.lax.dynamic_slice(u, (i1, 0), (block, k))
+        later = (rows >= i1 + block)[:, None]
+        return wcur - jnp.where(later, jnp.matmul(urow.T, err, precision=_HI), 0.0)
+
+    out = jax.lax.fori_loop(0, k // block, block_step, ws)
+    return jnp.where(m, out * d[:, None], 0.0)
+
+
+_obs_sequential = jax.jit(_obs_sequential_impl, static_argnames="block")
+
+
 # -- one layer ---------------------------------------------------------------------------------
 def layer_error(w_ref: Array, w: Array, gram: Array) -> Array:
     """Calibration output error ``||X w_ref - X w||_F^2 = tr((w_ref - w)^T G (w_ref - w))``.
@@ -155,13 +207,22 @@ def _groups(m: np.ndarray, include_full: bool) -> list[tuple[np.ndarray, np.ndar
 
 
 def reconstruct_layer(w: Array, mask: Array, gram: Array, *, damping: float = 0.01,
-                      cross: Array | None = None, chunk_bytes: int = 1 << 28,
-                      where: str = "w") -> Array:
+                      cross: Array | None = None, method: str = "auto",
+                      chunk_bytes: int = 1 << 28, where: str = "w") -> Array:
     """Refit the kept weights of one layer under a fixed mask (exact damped least squares).
 
     Minimises ``||X w - X (mask * w')||^2 + lambda ||w'_S - w_S||^2`` column by column
     (multi-weight OBS, Hassibi & Stork 1992; damping as in SparseGPT, Frantar & Alistarh
     2023). Columns sharing a kept-row set (a TW tile) are solved as one system.
+
+    ``method="exact"`` solves every distinct kept-row set exactly (batched Cholesky).
+    ``method="sequential"`` runs SparseGPT's blocked OBS sweep with the given mask instead:
+    ``O(K^3 + K^2 N)`` however many distinct sets there are, but approximate (kept weights
+    only compensate pruned weights of earlier rows). ``"auto"`` picks exact unless its cost
+    (``sum of |S|^3 / 3`` over distinct sets) exceeds ``max(2e9, 4 (K^3 + K^2 N))`` flops --
+    in practice exact for TW / BW and for small EW / 2:4 layers, sequential for large
+    unstructured ones. Either way the per-column safeguard keeps the masked weights where
+    the refit would not lower the error.
 
     Args:
       w: kernel ``(K, N)`` (or any shape whose :func:`tvwjax.as_matrix` view is ``(K, N)``).
@@ -171,6 +232,7 @@ def reconstruct_layer(w: Array, mask: Array, gram: Array, *, damping: float = 0.
         squares, which needs a non-singular ``gram``).
       cross: optional ``X^T X_ref`` ``(K, K)``: fit ``X (mask * w')`` to ``X_ref w`` instead
         of ``X w`` (inputs of the dense model, see :func:`reconstruct`).
+      method: ``"auto"``, ``"exact"`` or ``"sequential"`` (see above).
       chunk_bytes: memory bound for one batch of gathered systems.
       where: name used in error messages.
 
@@ -183,6 +245,9 @@ def reconstruct_layer(w: Array, mask: Array, gram: Array, *, damping: float = 0.
     """
     if not (isinstance(damping, int | float) and math.isfinite(damping) and damping >= 0):
         raise ConfigError(f"{where}: damping must be a finite number >= 0, got {damping!r}")
+    if method not in ("auto", "exact", "sequential"):
+        raise ConfigError(f"{where}: method must be 'auto', 'exact' or 'sequential', "
+                          f"got {method!r}")
     shape = jnp.shape(w)
     w2 = as_matrix(jnp.asarray(w, jnp.float32))
     if jnp.shape(mask) != shape:
@@ -203,8 +268,26 @@ def reconstruct_layer(w: Array, mask: Array, gram: Array, *, damping: float = 0.
     w_plain = jnp.where(m, w2, 0.0)
     w_new = w_plain
     groups = _groups(m, include_full=cross is not None)
+    if method == "auto":
+        cost = sum(len(r) ** 3 / 3 for r, _ in groups)
+        method = "exact" if cost <= max(2e9, 4.0 * (k ** 3 + k * k * n)) else "sequential"
+    if method == "sequential" and groups:
+        if damping == 0:
+            lam = jnp.maximum(lam, 1e-6 * jnp.mean(jnp.diag(g)) + 1e-12)
+            h = g + lam * jnp.eye(k, dtype=jnp.float32)
+            rhs = t + lam * w2
+        block = min(128, _round_up(k, 8))
+        kp = _round_up(k, block)
+        hp = jnp.eye(kp, dtype=jnp.float32).at[:k, :k].set(h)
+        # the unconstrained optimum (= w without a cross target) is what the sweep prunes
+        lh = jnp.linalg.cholesky(h)
+        w_star = jax.scipy.linalg.cho_solve((lh, True), rhs) if cross is not None else w2
+        wp = jnp.zeros((kp, n), jnp.float32).at[:k].set(w_star)
+        mp = jnp.ones((kp, n), bool).at[:k].set(jnp.asarray(m))
+        w_new = _obs_sequential(wp, mp, hp, block=block)[:k]
+        groups = []
     if groups:
-        kmax = _round_up(max(len(r) for r, _ in groups), 32)
+        kmax = _bucket(max(len(r) for r, _ in groups))
         rmax = _pow2(max(len(c_) for _, c_ in groups))
         per = 4 * kmax * (3 * kmax + 2 * rmax)
         chunk = max(1, min(len(groups), chunk_bytes // per))
@@ -236,6 +319,7 @@ def _leaf_index(tree: PyTree, is_leaf=None) -> tuple[list[str], list[Any], Any]:
 def reconstruct(inputs_fn: InputsFn, params: PyTree, mask_tree: PyTree,
                 batches: Iterable[Batch], *, row_mask: RowMaskFn | None = None,
                 damping: float = 0.01, sequential: bool = True, match: str = "self",
+                group_by: Callable[[str], Any] | None = None, method: str = "auto",
                 chunk_bytes: int = 1 << 28,
                 progress: Callable[[str], None] | None = None) -> tuple[PyTree, dict]:
     """Prune ``params`` with ``mask_tree`` and refit every pruned layer on calibration data.
@@ -260,6 +344,12 @@ def reconstruct(inputs_fn: InputsFn, params: PyTree, mask_tree: PyTree,
       match: ``"self"`` -- fit ``X_pruned W`` (the layer's dense output on its actual
         inputs); ``"dense"`` -- fit ``X_dense W`` (the dense model's layer output; needs a
         second forward pass and the cross-Gram). Only with ``sequential=True``.
+      group_by: ``group_by(path) -> key``: consecutive layer groups with the same key share
+        one calibration pass (e.g. ``lambda p: p.split("/")[1]`` = one pass per transformer
+        block, as SparseGPT and Wanda do: fewer passes, but layers of a block see inputs
+        from the block's dense layers). Default: one pass per shared-input group.
+      method: solver of :func:`reconstruct_layer` (``"auto"``, ``"exact"``,
+        ``"sequential"``).
       chunk_bytes: memory bound per batch of solves.
       progress: optional callback receiving a message per layer group.
 
@@ -294,6 +384,14 @@ def reconstruct(inputs_fn: InputsFn, params: PyTree, mask_tree: PyTree,
     groups = [[p for p in grp if p in masked]
               for grp in layer_groups(inputs_fn, params, batches[0])]
     groups = [grp for grp in groups if grp]
+    if group_by is not None:
+        merged: list[list[str]] = []
+        for grp in groups:
+            if merged and group_by(merged[-1][0]) == group_by(grp[0]):
+                merged[-1].extend(grp)
+            else:
+                merged.append(list(grp))
+        groups = merged
     captured = {p for grp in groups for p in grp}
     missing = sorted(set(masked) - captured)
     if missing:
@@ -329,7 +427,7 @@ def reconstruct(inputs_fn: InputsFn, params: PyTree, mask_tree: PyTree,
             else:
                 g, cross, gref = stats[p].gram, None, stats[p].gram
             new = reconstruct_layer(w, masked[p], g, damping=damping, cross=cross,
-                                    chunk_bytes=chunk_bytes, where=p)
+                                    method=method, chunk_bytes=chunk_bytes, where=p)
             report[p] = _errors(w, masked[p], new, g, cross, gref)
             leaves[i] = new.astype(jnp.asarray(w).dtype)
     return current(), report
@@ -362,6 +460,7 @@ def one_shot(inputs_fn: InputsFn, params: PyTree, pattern: Pattern, sparsity: fl
              layer_bounds: tuple[float, float] | None = None,
              overrides: Mapping[str, float | None] | None = None, damping: float = 0.01,
              sequential: bool = True, match: str = "self",
+             group_by: Callable[[str], Any] | None = None,
              progress: Callable[[str], None] | None = None) -> tuple[PyTree, PyTree, dict]:
     """One-shot pruning of a pretrained model: data-aware masks, then optional refit.
 
@@ -380,7 +479,7 @@ def one_shot(inputs_fn: InputsFn, params: PyTree, pattern: Pattern, sparsity: fl
       batches: calibration batches (a list).
       score: ``"magnitude"``, ``"activation"`` or a score function.
       refit: run the reconstruction.
-      row_mask, damping, sequential, match, progress: see :func:`reconstruct`.
+      row_mask, damping, sequential, match, group_by, progress: see :func:`reconstruct`.
       where, scope, layer_bounds, overrides: see :func:`tvwjax.masks`.
 
     Returns:
@@ -404,7 +503,7 @@ def one_shot(inputs_fn: InputsFn, params: PyTree, pattern: Pattern, sparsity: fl
         return apply_masks(params, mask_tree), mask_tree, {}
     new, report = reconstruct(inputs_fn, params, mask_tree, batches, row_mask=row_mask,
                               damping=damping, sequential=sequential, match=match,
-                              progress=progress)
+                              group_by=group_by, progress=progress)
     return new, mask_tree, report
 
 
