@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from tvwjax.errors import ConfigError, DTypeError, ShapeError
 from tvwjax.formats import compress, decompress
-from tvwjax.matmul import BUCKET_MIN_M, M_CHUNK, matmul
+from tvwjax.matmul import BUCKET_MIN_M, M_CHUNK, SCAN_MIN_M, matmul
 from tvwjax.patterns import BW, NM, TVW, TW, TW1D
 
 K, N = 72, 100
@@ -53,17 +53,29 @@ def test_matches_masked_dense(name, dtype, lead):
 
 
 @pytest.mark.parametrize("name", ["tw2d", "tvw"])
-def test_large_m_chunks_and_buckets(name):
-    """M over several chunks (ragged last chunk) with the bucketed plan."""
+def test_two_chunks_and_buckets(name):
+    """M over two chunks (ragged last chunk) with the bucketed plan."""
     cw, wd = _weight(name)
-    x = jnp.asarray(np.random.default_rng(2).standard_normal((2 * M_CHUNK + 7, K)), jnp.float32)
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((M_CHUNK + 7, K)), jnp.float32)
     _check(jax.jit(matmul)(x, cw), x, wd, jnp.float32)
 
 
-def test_many_chunks_use_lax_map():
-    cw, wd = _weight("tw1d")
-    x = jnp.asarray(np.random.default_rng(2).standard_normal((17 * M_CHUNK + 1, K)), jnp.float32)
-    _check(jax.jit(matmul)(x, cw), x, wd, jnp.float32)
+@pytest.mark.parametrize("name", ["tw1d", "tw2d", "tvw", "block"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_large_m_tile_loop(name, dtype):
+    """From SCAN_MIN_M rows on, the loop over tiles gathering rows of x^T."""
+    cw, wd = _weight(name, dtype)
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((SCAN_MIN_M + 5, K)), dtype)
+    _check(jax.jit(matmul)(x, cw), x, wd, dtype)
+
+
+def test_tvw_decoded_to_tile_wise_is_the_same_weight():
+    cw, wd = _weight("tvw")
+    tw_form = cw.to_tile_wise()
+    assert type(tw_form).__name__ == "TileWise"
+    np.testing.assert_array_equal(np.asarray(decompress(tw_form)), np.asarray(decompress(cw)))
+    x = jnp.asarray(np.random.default_rng(4).standard_normal((9, K)), jnp.float32)
+    _check(matmul(x, tw_form), x, wd, jnp.float32)
 
 
 def test_dense_weight_and_mixed_dtypes():

@@ -11,6 +11,8 @@ The CPU path (``backend="cpu"``) for the tile formats, measured on a 2-core CPU:
   copy of the weights); at ``M >= 64`` tiles are bucketed by their kept-row count (at most
   4 buckets, counts rounded up to 8) so padding rows cost no FLOPs; bucket plans are built
   at trace time from the static index tables;
+* from ``M >= 256`` a loop over tiles gathers each tile's kept rows of ``x^T`` (contiguous
+  rows) and runs ``W_t^T x^T[rows_t]``: about 2x faster than the above at large ``M``;
 * the per-tile outputs ``(M, T*G)`` are placed into the ``N`` output columns by one static
   column gather (skipped when it is the identity, as for TW-1D with ``G | N``).
 
@@ -48,6 +50,7 @@ BUCKET_MIN_M = 64      # from this M on, tiles are bucketed by kept-row count
 MAX_BUCKETS = 4
 BUCKET_ROUND = 8
 DENSE_TRANSPOSED_MAX_M = 64
+SCAN_MIN_M = 256       # from this M on, loop over tiles gathering rows of x^T
 
 
 # -- plans ---------------------------------------------------------------------------------------
@@ -128,23 +131,40 @@ def _tile_chunk(xc: Array, weights: list[Array], plan: _Plan, n_out: int,
                                      preferred_element_type=acc))     # (Tb, mc, G)
     y = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0)
     y = jnp.transpose(y, (1, 0, 2)).reshape(mc, -1)                    # (mc, T*G)
+    return _place(y, plan, n_out)
+
+
+def _place(y: Array, plan: _Plan, n_out: int) -> Array:
+    """Move the per-tile outputs ``(M, T*G)`` to their ``N`` output columns (pruned -> 0)."""
     if plan.identity:
         return y[:, :n_out]
-    y = jnp.concatenate([y, jnp.zeros((mc, 1), y.dtype)], axis=1)
+    y = jnp.concatenate([y, jnp.zeros((y.shape[0], 1), y.dtype)], axis=1)
     return y.at[:, plan.inv].get(mode="promise_in_bounds")
 
 
+def _tiles_scan(x2d: Array, values: Array, rows: np.ndarray, acc: jnp.dtype) -> Array:
+    """Large-``M`` form: a loop over tiles, each gathering its kept rows of ``x^T``
+    (contiguous rows of ``M`` values, one ``(Kp, M)`` block that stays in cache) and running
+    ``W_t^T @ x^T[rows_t]``; returns ``(M, T*G)``. Measured on 2 cores at K = N = 4096,
+    TW 75%: about 2x faster than the chunked column gather + batched GEMM at M >= 512."""
+    xt = x2d.T
+
+    def body(_, inp):
+        r, v = inp
+        g = xt.at[r].get(mode="promise_in_bounds")                      # (Kp, M)
+        return None, lax.dot_general(v, g, (((0,), (0,)), ((), ())),
+                                     preferred_element_type=acc)       # (G, M)
+
+    _, ys = lax.scan(body, None, (jnp.asarray(rows), values))          # (T, G, M)
+    return ys.reshape(-1, x2d.shape[0]).T
+
+
 def _map_chunks(f, x2d: Array, chunk: int) -> Array:
-    """Apply ``f`` to row chunks of ``x2d`` (unrolled up to 16 chunks, else ``lax.map``)."""
+    """Apply ``f`` to row chunks of ``x2d`` (``M < SCAN_MIN_M``: a few chunks, unrolled)."""
     m = x2d.shape[0]
     if m <= chunk:
         return f(x2d)
-    n = -(-m // chunk)
-    if n <= 16:
-        return jnp.concatenate([f(x2d[i:i + chunk]) for i in range(0, m, chunk)], axis=0)
-    xp = jnp.pad(x2d, ((0, n * chunk - m), (0, 0))).reshape(n, chunk, -1)
-    y = lax.map(f, xp)
-    return y.reshape(n * chunk, -1)[:m]
+    return jnp.concatenate([f(x2d[i:i + chunk]) for i in range(0, m, chunk)], axis=0)
 
 
 def _tiles_xla(x2d: Array, cw: TileFormat, out_dtype) -> Array:
@@ -152,9 +172,15 @@ def _tiles_xla(x2d: Array, cw: TileFormat, out_dtype) -> Array:
     n_out = int(cw.shape[1])
     if cw.num_tiles == 0:
         return jnp.zeros((m, n_out), out_dtype)
+    values = cw.compact_values().astype(out_dtype)
+    acc = jnp.float32 if jnp.dtype(out_dtype).itemsize < 4 else out_dtype
+    if m >= SCAN_MIN_M:
+        plan = _tile_plan(cw.static_table("rows"), cw.static_table("cols"),
+                          cw.static_table("counts"), n_out, False)
+        y = _tiles_scan(x2d.astype(out_dtype), values, cw.rows, acc)
+        return _place(y, plan, n_out).astype(out_dtype)
     plan = _tile_plan(cw.static_table("rows"), cw.static_table("cols"),
                       cw.static_table("counts"), n_out, m >= BUCKET_MIN_M)
-    values = cw.compact_values().astype(out_dtype)
     kp = values.shape[1]
     weights = []
     for b in plan.buckets:
@@ -163,7 +189,6 @@ def _tiles_xla(x2d: Array, cw: TileFormat, out_dtype) -> Array:
         else:
             wb = jnp.take(values, jnp.asarray(b.tiles, jnp.int32), axis=0)
         weights.append(wb if b.k == kp else wb[:, :b.k])
-    acc = jnp.float32 if jnp.dtype(out_dtype).itemsize < 4 else out_dtype
     x2d = x2d.astype(out_dtype)
     y = _map_chunks(lambda xc: _tile_chunk(xc, weights, plan, n_out, acc), x2d, M_CHUNK)
     return y.astype(out_dtype)
@@ -242,6 +267,9 @@ def _check_inputs(x: Any, w: Any) -> tuple[Array, tuple[int, int]]:
                               f"{type(w).__name__}")
         if len(w.shape) != 2:
             raise ShapeError(f"w: expected a 2-D (K, N) weight, got shape {tuple(w.shape)}")
+        if 0 in tuple(w.shape):
+            raise ShapeError(f"w: empty weight of shape {tuple(w.shape)}; expected K >= 1 and "
+                             "N >= 1")
         shape = tuple(int(s) for s in w.shape)
         wdt = w.dtype
     if not jnp.issubdtype(wdt, jnp.floating):

@@ -30,7 +30,7 @@ from tvwjax.patterns import BW, EW, TVW, TW
 FULL = dict(shapes=[(4096, 4096), (768, 768), (768, 3072), (3072, 768)], ms=[1, 16, 128, 512],
             sparsities=[0.5, 0.75, 0.9])
 QUICK = dict(shapes=[(4096, 4096)], ms=[1, 16, 512], sparsities=[0.75, 0.9])
-METHODS = ["dense_xW", "dense_WtXt", "bcoo", "bcsr", "block32", "tw", "tvw"]
+METHODS = ["dense_xW", "dense_WtXt", "bcoo", "bcsr", "block32", "tw", "tvw", "tvw_cpu"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,6 +57,8 @@ def _weights(k: int, n: int, s: float, dtype, unstructured: bool, seed: int = 0)
     out["tw"] = compress(wd, np.asarray(TW().mask(score, s)), TW())
     if s >= 0.5:
         out["tvw"] = compress(wd, np.asarray(TVW().mask(score, s)), TVW())
+        # How TVW runs on a CPU: its TW part, decoded once at load (no 2:4 hardware).
+        out["tvw_cpu"] = out["tvw"].to_tile_wise()
     return out
 
 
@@ -69,7 +71,7 @@ def _fns(ws: dict[str, Any], x: jax.Array) -> dict[str, Any]:
     for k in ("bcoo", "bcsr"):
         if k in ws:
             f[k] = (lambda wt: (lambda: spmm(wt, x)))(ws[k])
-    for k in ("block32", "tw", "tvw"):
+    for k in ("block32", "tw", "tvw", "tvw_cpu"):
         if k in ws:
             f[k] = (lambda cw: (lambda: mm(x, cw)))(ws[k])
     return f

@@ -352,6 +352,18 @@ class TileVectorWise(TileFormat):
             slots.append(functools.reduce(jnp.add, hit))
         return jnp.stack(slots, axis=2).reshape(t, vr // n * m, g)
 
+    def to_tile_wise(self) -> TileWise:
+        """The same weight as a :class:`TileWise` of its decoded compact blocks.
+
+        A CPU has no 2:4 hardware: decoding the N:M values on every call costs more than
+        the GEMM it feeds, so on the CPU TVW runs as its TW part (at twice TVW's density).
+        Decode once at load time with this method (memory: the TW compact blocks; the
+        stored/serialised form stays the N:M-compressed one).
+        """
+        return TileWise(values=self.compact_values(), rows=self.static_table("rows"),
+                        cols=self.static_table("cols"), counts=self.static_table("counts"),
+                        shape=self.shape, tile=self.tile)
+
 
 __all__ = ["BlockSparse", "TileFormat", "TileVectorWise", "TileWise", "build_tables",
            "check_whole_rows", "gather_blocks", "infer_tiles"]

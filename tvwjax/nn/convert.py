@@ -7,8 +7,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from tvwjax.errors import TreeMismatchError
-from tvwjax.formats import compress
+from tvwjax.errors import DTypeError, TreeMismatchError
+from tvwjax.formats import TileVectorWise, compress
 from tvwjax.masking import as_matrix, path_str
 from tvwjax.patterns import Pattern
 
@@ -16,7 +16,7 @@ PyTree = Any
 
 
 def compress_params(params: PyTree, mask_tree: PyTree, pattern: Pattern, *,
-                    keep_dense_if_full: bool = True) -> PyTree:
+                    keep_dense_if_full: bool = True, decode_nm: bool = False) -> PyTree:
     """Replace every masked leaf of ``params`` by its compressed weight (eager).
 
     Args:
@@ -25,6 +25,10 @@ def compress_params(params: PyTree, mask_tree: PyTree, pattern: Pattern, *,
         pruned leaves, ``None`` (or all-True masks) elsewhere.
       pattern: the pattern the masks follow (picks the format, see :func:`tvwjax.compress`).
       keep_dense_if_full: leave leaves whose mask keeps everything dense.
+      decode_nm: hold TVW weights as their decoded TW compact blocks
+        (:meth:`~tvwjax.TileVectorWise.to_tile_wise`): how TVW runs fastest on a CPU, which
+        has no 2:4 hardware (memory: TW at twice the TVW density). Keep ``False`` for the
+        GPU kernels and for storage.
 
     Returns:
       ``params`` with each pruned kernel replaced by a compressed ``(K, N)`` weight (kernels
@@ -53,14 +57,22 @@ def compress_params(params: PyTree, mask_tree: PyTree, pattern: Pattern, *,
         if np.shape(mask) != np.shape(leaf):
             raise TreeMismatchError(f"{path}: mask shape {np.shape(mask)} differs from the "
                                     f"leaf's {np.shape(leaf)}")
-        m = np.asarray(mask, bool)
+        m = np.asarray(mask)
+        if m.dtype != np.bool_:
+            if not np.issubdtype(m.dtype, np.integer) or not np.isin(m, (0, 1)).all():
+                raise DTypeError(f"{path}: mask must be boolean (or 0/1 integer), got dtype "
+                                 f"{m.dtype}")
+            m = m.astype(bool)
         if keep_dense_if_full and m.all():
             out.append(leaf)
             continue
         try:
-            out.append(compress(as_matrix(leaf), as_matrix(m), pattern))
+            cw = compress(as_matrix(leaf), as_matrix(m), pattern)
         except ValueError as e:
             raise type(e)(f"{path}: {e}") from e
+        if decode_nm and isinstance(cw, TileVectorWise):
+            cw = cw.to_tile_wise()
+        out.append(cw)
     return jax.tree_util.tree_unflatten(p_def, out)
 
 
