@@ -61,6 +61,11 @@ def test_linen_matches_dense_with_masked_weights(pattern, dtype):
     np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(ref, np.float32),
                                atol=tol * 10, rtol=tol)
     assert y.dtype == ref.dtype
+    if isinstance(pattern, TVW):  # the CPU execution form: TVW decoded once to its TW part
+        cpu = compress_params(params, masks, pattern, decode_nm=True)
+        assert {type(v["kernel"]) for v in cpu.values()} == {TileWise}
+        np.testing.assert_allclose(np.asarray(jax.jit(sparse.apply)({"params": cpu}, X)),
+                                   np.asarray(y), rtol=1e-6, atol=1e-6)
 
 
 def test_linen_fine_tune_compressed_values():
