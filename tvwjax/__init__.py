@@ -1,6 +1,20 @@
-"""tvwjax: tile-wise (TW) and tile-vector-wise (TVW) sparsity for JAX, Flax and Optax."""
+"""tvwjax: tile-wise (TW) and tile-vector-wise (TVW) sparsity for JAX, Flax and Optax.
 
-from tvwjax import errors
+The flat public API:
+
+* patterns -- :class:`EW`, :class:`BW`, :class:`VW`, :class:`NM`, :class:`TW` (+ :func:`TW1D`),
+  :class:`TEW`, :class:`TVW`;
+* masks -- :func:`masks` (any pytree, layer or global scope), :func:`apply_masks`,
+  scores :func:`magnitude`, :func:`taylor_init`, :func:`taylor_accumulate`;
+* validation -- :func:`check`, :func:`check_tree`, :func:`summary`, :func:`plot_mask`;
+* training -- :func:`prune` (an Optax transform) and the schedules :class:`OneShot`,
+  :class:`Polynomial`, :class:`Staged`, :class:`Constant`;
+* execution -- :func:`compress`, :func:`decompress`, :func:`matmul`, the formats
+  :class:`TileWise`, :class:`TileVectorWise`, :class:`NMSparse`, :class:`BlockSparse`, and the
+  Flax modules in :mod:`tvwjax.nn`.
+"""
+
+from tvwjax import errors, nn, schedules, transform
 from tvwjax.check import check, check_tree, is_valid
 from tvwjax.errors import (
     ConfigError,
@@ -11,19 +25,49 @@ from tvwjax.errors import (
     TreeMismatchError,
     TvwError,
 )
+from tvwjax.formats import (
+    BlockSparse,
+    CompressedWeight,
+    NMSparse,
+    TileVectorWise,
+    TileWise,
+    compress,
+    decompress,
+)
 from tvwjax.masking import apply_masks, as_matrix, default_where, masks, path_str
+from tvwjax.matmul import matmul
 from tvwjax.patterns import BW, EW, NM, TEW, TVW, TW, TW1D, VW, Pattern
 from tvwjax.plot import plot_mask, plot_masks
+from tvwjax.schedules import (
+    Constant,
+    OneShot,
+    Polynomial,
+    Schedule,
+    Staged,
+    effective_sparsity,
+    sparsity_floor,
+)
 from tvwjax.scores import magnitude, taylor_accumulate, taylor_init, taylor_scores
 from tvwjax.summary import format_summary, summary
+from tvwjax.transform import PruneState, get_masks, kept_fraction, prune
 
 __version__ = "0.1.0"
 
 __all__ = [
+    # patterns
     "BW", "EW", "NM", "TEW", "TVW", "TW", "TW1D", "VW", "Pattern",
+    # errors
     "ConfigError", "DTypeError", "PatternViolationError", "ScoreError", "ShapeError",
     "TreeMismatchError", "TvwError", "errors",
+    # masks and scores
     "apply_masks", "as_matrix", "default_where", "masks", "path_str",
     "magnitude", "taylor_accumulate", "taylor_init", "taylor_scores",
+    # validation and inspection
     "check", "check_tree", "is_valid", "format_summary", "summary", "plot_mask", "plot_masks",
+    # training
+    "Constant", "OneShot", "Polynomial", "PruneState", "Schedule", "Staged", "get_masks",
+    "kept_fraction", "prune", "effective_sparsity", "sparsity_floor", "schedules", "transform",
+    # execution
+    "BlockSparse", "CompressedWeight", "NMSparse", "TileVectorWise", "TileWise", "compress",
+    "decompress", "matmul", "nn",
 ]
