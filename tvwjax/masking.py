@@ -290,7 +290,24 @@ def masks(
 
 
 def apply_masks(params: PyTree, mask_tree: PyTree) -> PyTree:
-    """``params * mask`` on every leaf with a mask (``None`` masks leave the leaf as is)."""
+    """``params * mask`` on every leaf with a mask (``None`` masks leave the leaf as is).
+
+    Raises:
+      TreeMismatchError: ``mask_tree`` does not have the leaf paths of ``params``, or a
+        mask's shape differs from its leaf's (no broadcasting).
+    """
+    m_flat = jax.tree_util.tree_flatten_with_path(mask_tree, is_leaf=lambda x: x is None)[0]
+    p_flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    m_paths, p_paths = [path_str(kp) for kp, _ in m_flat], [path_str(kp) for kp, _ in p_flat]
+    if m_paths != p_paths:
+        missing = [p for p in p_paths if p not in set(m_paths)][:5]
+        extra = [p for p in m_paths if p not in set(p_paths)][:5]
+        raise TreeMismatchError(f"mask_tree must have the structure of params (a mask or None "
+                                f"per leaf): missing {missing}, unexpected {extra}")
+    for path, (_, m), (_, p) in zip(p_paths, m_flat, p_flat, strict=True):
+        if m is not None and jnp.shape(m) != jnp.shape(p):
+            raise TreeMismatchError(f"{path}: mask shape {jnp.shape(m)} differs from the "
+                                    f"leaf's {jnp.shape(p)}")
     return jax.tree.map(
         lambda m, p: p if m is None else jnp.where(m, p, jnp.zeros((), p.dtype)),
         mask_tree, params, is_leaf=lambda x: x is None)

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tvwjax import _select as sel
-from tvwjax.errors import ConfigError, ShapeError
+from tvwjax.errors import ConfigError, ScoreError, ShapeError
 from tvwjax.nm_codec import nm_select
 from tvwjax.tiling import column_tiles, num_tiles, segment_sumsq
 
@@ -49,6 +49,20 @@ _EPS = 1e-9
 
 def _is_static(x) -> bool:
     return isinstance(x, float | int | np.floating | np.integer)
+
+
+def _check_concrete_scores(scores: Array, where: str) -> None:
+    """Raise :class:`ScoreError` for NaN/Inf or negative concrete scores (traced: skipped)."""
+    if isinstance(scores, jax.core.Tracer):
+        return
+    s = np.asarray(scores, np.float32)
+    finite = np.isfinite(s)
+    if not finite.all():
+        raise ScoreError(f"{where}: scores contain {int(s.size - finite.sum())} NaN or Inf "
+                         "value(s); expected finite, non-negative scores")
+    if (s < 0).any():
+        raise ScoreError(f"{where}: scores must be non-negative (use |w| or a squared score), "
+                         f"got minimum {float(s.min())!r}")
 
 
 def _positive_int(name: str, value, owner: str) -> None:
@@ -84,6 +98,7 @@ class Pattern:
             raise ShapeError(f"{where}: {self.name} masks need a 2-D (K, N) array, "
                              f"got shape {scores.shape}")
         self.validate_shape(scores.shape, where)
+        _check_concrete_scores(scores, where)
         ones = jnp.ones(scores.shape, bool)
         if _is_static(sparsity):
             s = self.validate_sparsity(float(sparsity), where)

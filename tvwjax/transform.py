@@ -95,6 +95,23 @@ def _masks_by_path(params: PyTree, given: PyTree, arg: str) -> PyTree:
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
+def _check_updates(updates: PyTree, params: PyTree) -> None:
+    """Raise :class:`TreeMismatchError` unless ``updates`` has the leaf paths and shapes of
+    ``params`` (static: runs at trace time, costs nothing under ``jit``)."""
+    u_flat = jax.tree_util.tree_flatten_with_path(updates)[0]
+    p_flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    u_paths, p_paths = [path_str(kp) for kp, _ in u_flat], [path_str(kp) for kp, _ in p_flat]
+    if u_paths != p_paths:
+        missing = [p for p in p_paths if p not in set(u_paths)][:5]
+        extra = [p for p in u_paths if p not in set(p_paths)][:5]
+        raise TreeMismatchError(f"prune: updates must have the structure of params: missing "
+                                f"{missing}, unexpected {extra}")
+    for path, (_, u), (_, p) in zip(p_paths, u_flat, p_flat, strict=True):
+        if jnp.shape(u) != jnp.shape(p):
+            raise TreeMismatchError(f"prune: updates: {path}: shape {jnp.shape(u)} differs "
+                                    f"from the parameter's {jnp.shape(p)}")
+
+
 def prune(
     pattern: Pattern | None,
     schedule: Schedule,
@@ -190,6 +207,7 @@ def prune(
                 "prune: update needs params (tx.update(grads, state, params)); the masks are "
                 "computed from the weights. optax.chain, nnx.Optimizer.update and "
                 "TrainState.apply_gradients pass them.")
+        _check_updates(updates, params)
         old = state.masks
         target, do_update = schedule(state.count)
 

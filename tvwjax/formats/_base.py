@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tvwjax.errors import DTypeError, ShapeError
+from tvwjax.errors import DTypeError, ScoreError, ShapeError
 
 Array = jax.Array
 
@@ -185,6 +185,9 @@ def check_dense_and_mask(w: Any, mask: Any) -> tuple[np.ndarray, np.ndarray]:
                          f"tvwjax.as_matrix first), got shape {w_np.shape}")
     if not jnp.issubdtype(w_np.dtype, jnp.floating):
         raise DTypeError(f"w: expected a floating-point weight, got dtype {w_np.dtype}")
+    if w_np.size == 0:
+        raise ShapeError(f"w: cannot compress an empty weight of shape {w_np.shape}; expected "
+                         "K >= 1 and N >= 1")
     m_np = np.asarray(mask)
     if m_np.shape != w_np.shape:
         raise ShapeError(f"mask: expected the weight's shape {w_np.shape}, got {m_np.shape}")
@@ -194,6 +197,11 @@ def check_dense_and_mask(w: Any, mask: Any) -> tuple[np.ndarray, np.ndarray]:
             raise DTypeError(f"mask: expected a boolean (or 0/1 integer) mask, got dtype "
                              f"{m_np.dtype}")
         m_np = m_np.astype(bool)
+    bad = m_np & ~np.isfinite(w_np.astype(np.float32))
+    if bad.any():
+        r, c = (int(v) for v in np.argwhere(bad)[0])
+        raise ScoreError(f"w: {int(bad.sum())} NaN or Inf value(s) at kept positions (first at "
+                         f"({r}, {c})); expected finite weights")
     return w_np, m_np
 
 
