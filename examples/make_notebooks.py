@@ -314,19 +314,19 @@ from tvwjax.nn import SparseDense, SparseLinear, compress_model, compress_params
 class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
-        return SparseDense(10)(nn.relu(SparseDense(512)(x)))
+        h = nn.relu(SparseDense(512, name="hidden")(x))
+        return SparseDense(10, name="out")(h)
 
 
 mlp = MLP()
 xb = jnp.asarray(rng.standard_normal((8, 1024)), jnp.float32)
 p = mlp.init(jax.random.key(0), xb)["params"]
 pattern = tvwjax.TW(tile=64)
-masks = tvwjax.masks(p, pattern, 0.75,
-                     where=lambda path, leaf: path == "SparseDense_0/kernel")
+masks = tvwjax.masks(p, pattern, 0.75, where=lambda path, leaf: path == "hidden/kernel")
 ref = mlp.apply({"params": tvwjax.apply_masks(p, masks)}, xb)
 cp = compress_params(p, masks, pattern)
 y = jax.jit(mlp.apply)({"params": cp}, xb)
-print(type(cp["SparseDense_0"]["kernel"]).__name__, "max |diff|",
+print(type(cp["hidden"]["kernel"]).__name__, "max |diff|",
       float(jnp.max(jnp.abs(y - ref))))'''),
     ("md", """\
 ## Flax NNX: `SparseLinear`
