@@ -150,15 +150,39 @@ def _global_densities(leaves: list[jax.Array], pattern: Pattern, sparsity,
     return [dens[i] for i in range(n_leaves)]
 
 
+def _explicit_sharding(x: jax.Array):
+    """The sharding of ``x``'s type if it is sharded over *explicit* mesh axes, else None.
+
+    (Auto-axis and single-device arrays carry no sharding in their type; XLA's sharding
+    propagation handles them.)
+    """
+    sharding = jax.typeof(x).sharding
+    spec = getattr(sharding, "spec", None)
+    if spec is None or all(p is None for p in spec):
+        return None
+    return sharding
+
+
 def _masks_core(scores, sparsities, target, *, pattern, scope, layer_bounds, fixed):
-    """Masks of the selected leaves' 2-D score views (one compiled computation)."""
+    """Masks of the selected leaves' 2-D score views (one compiled computation).
+
+    Scores sharded over explicit mesh axes are replicated for the selection (sorts, prefix
+    sums and the global threshold need the whole leaf; under auto axes XLA does the same),
+    and each mask is resharded back to its leaf's layout.
+    """
+    specs = [_explicit_sharding(sc) for sc in scores]
+    scores = [sc if sp is None else jax.sharding.reshard(
+        sc, jax.sharding.NamedSharding(sp.mesh, jax.sharding.PartitionSpec()))
+        for sc, sp in zip(scores, specs, strict=True)]
     sparsities = list(sparsities)
     pool = [i for i, f in enumerate(fixed) if not f]
     if scope == "global" and len(pool) > 1 and not isinstance(pattern, NM):
         dens = _global_densities([scores[i] for i in pool], pattern, target, layer_bounds)
         for i, d in zip(pool, dens, strict=True):
             sparsities[i] = 1.0 - d
-    return [pattern.mask(sc, sp) for sc, sp in zip(scores, sparsities, strict=True)]
+    out = [pattern.mask(sc, sp) for sc, sp in zip(scores, sparsities, strict=True)]
+    return [m if sp is None else jax.sharding.reshard(m, sp)
+            for m, sp in zip(out, specs, strict=True)]
 
 
 _core = jax.jit(_masks_core, static_argnames=("pattern", "scope", "layer_bounds", "fixed"))

@@ -1,0 +1,146 @@
+"""Sharded vs single-device results, run by ``tests/test_sharding.py`` in a subprocess.
+
+It must start with ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` in the
+environment (the flag is read when JAX initialises, hence the separate process). Parameters
+are sharded with ``NamedSharding`` over a ``(data=2, model=4)`` mesh; every check compares
+against the same computation on one device and records the output sharding. The report is
+one JSON object on the last line of stdout: ``{check: {"equal": bool, "max_abs": float,
+"spec": str, "replicated": bool, "input_spec": str}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import tvwjax
+
+
+def _spec(x) -> str:
+    s = x.sharding
+    return str(s.spec) if isinstance(s, NamedSharding) else type(s).__name__
+
+
+def _record(report: dict, name: str, sharded, single, inp, *, exact: bool = True) -> None:
+    a, b = np.asarray(sharded), np.asarray(single)
+    if a.dtype == np.bool_:
+        diff = float(np.sum(a != b))
+    else:
+        diff = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)), initial=0.0))
+    report[name] = {
+        "equal": bool(np.array_equal(a, b)) if exact else bool(diff <= 1e-5),
+        "max_abs": diff,
+        "spec": _spec(sharded),
+        "replicated": bool(sharded.sharding.is_fully_replicated),
+        "input_spec": _spec(inp),
+    }
+
+
+def run(mesh: jax.sharding.Mesh, prefix: str, full: bool) -> dict:
+    """All checks on ``mesh`` (``full=False``: one case per family), keyed ``prefix/...``."""
+    devices = jax.devices()
+    one = jax.sharding.SingleDeviceSharding(devices[0])
+    rng = np.random.default_rng(0)
+    host = {"a": {"kernel": rng.standard_normal((64, 32)).astype(np.float32),
+                  "bias": np.zeros(32, np.float32)},
+            "b": {"kernel": rng.standard_normal((32, 64)).astype(np.float32) * 0.5,
+                  "bias": np.zeros(64, np.float32)}}
+    specs = {"a": {"kernel": P("data", "model"), "bias": P("model")},
+             "b": {"kernel": P(None, "model"), "bias": P("model")}}
+    sharded = jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), host, specs)
+    single = jax.tree.map(lambda x: jax.device_put(x, one), host)
+    report: dict = {}
+
+    # -- masks, layer and global scope ----------------------------------------------------------
+    cases = [("EW", tvwjax.EW(), 0.7, "layer"), ("TW", tvwjax.TW(tile=8), 0.5, "layer"),
+             ("TVW", tvwjax.TVW(tile=8), 0.75, "layer"), ("NM", tvwjax.NM(), 0.5, "layer"),
+             ("EW-global", tvwjax.EW(), 0.7, "global"),
+             ("TW-global", tvwjax.TW(tile=8), 0.6, "global"),
+             ("TVW-global", tvwjax.TVW(tile=8), 0.8, "global")]
+    if not full:
+        cases = [c for c in cases if c[0] in ("TVW", "TW-global")]
+    for name, pat, s, scope in cases:
+        ms = tvwjax.masks(sharded, pat, s, scope=scope)
+        m1 = tvwjax.masks(single, pat, s, scope=scope)
+        for layer in ("a", "b"):
+            _record(report, f"masks/{name}/{layer}", ms[layer]["kernel"], m1[layer]["kernel"],
+                    sharded[layer]["kernel"])
+        if scope != "global":
+            continue
+        # Traced sparsity (the schedule path) too.
+        f = jax.jit(lambda p, s_, pat=pat, scope=scope: tvwjax.masks(p, pat, s_, scope=scope))
+        mt = f(sharded, jnp.float32(s))
+        _record(report, f"masks-jit/{name}/a", mt["a"]["kernel"], m1["a"]["kernel"],
+                sharded["a"]["kernel"])
+
+    # -- the prune transform inside a jitted training step ---------------------------------------
+    # Global scope (layer scope is covered by the masks checks; the step runs the same code).
+    for name, pat, scope in [("TW-global", tvwjax.TW(tile=8), "global")]:
+        tx = optax.chain(optax.adam(1e-2),
+                         tvwjax.prune(pat, tvwjax.Polynomial(0.75, 1, 5, frequency=1),
+                                      scope=scope))
+        xs = rng.standard_normal((6, 16, 64)).astype(np.float32)
+
+        def loss(p, x):
+            h = jnp.tanh(x @ p["a"]["kernel"] + p["a"]["bias"])
+            return jnp.mean((h @ p["b"]["kernel"] + p["b"]["bias"]) ** 2)
+
+        @jax.jit
+        def step(p, st, x, tx=tx, loss=loss):
+            u, st = tx.update(jax.grad(loss)(p, x), st, p)
+            return optax.apply_updates(p, u), st
+
+        results = []
+        for params in (sharded, single):
+            st = tx.init(params)
+            x_sharding = NamedSharding(mesh, P("data", None)) if params is sharded else one
+            for i in range(6):
+                params, st = step(params, st, jax.device_put(xs[i], x_sharding))
+            results.append((params, tvwjax.get_masks(st)))
+        (ps, mks), (p1, mk1) = results
+        for layer in ("a", "b"):
+            _record(report, f"prune/{name}/{layer}/params", ps[layer]["kernel"],
+                    p1[layer]["kernel"], sharded[layer]["kernel"], exact=False)
+            _record(report, f"prune/{name}/{layer}/masks", mks[layer]["kernel"],
+                    mk1[layer]["kernel"], sharded[layer]["kernel"])
+
+    # -- compressed matmul: tiles over "model", batch over "data" --------------------------------
+    w = host["a"]["kernel"]
+    mm_cases = [("TW", tvwjax.TW(tile=8, column_share=0.0), 0.5),
+                ("TVW", tvwjax.TVW(tile=8, column_share=0.0), 0.75)]
+    for name, pat, s in mm_cases[0 if full else 1:]:
+        mask = np.asarray(pat.mask(jnp.abs(jnp.asarray(w)), s))
+        cw = tvwjax.compress(w, mask, pat)
+        spec = P("model", *([None] * (cw.values.ndim - 1)))
+        cw_s = cw.replace(values=jax.device_put(cw.values, NamedSharding(mesh, spec)))
+        cw_1 = cw.replace(values=jax.device_put(cw.values, one))
+        x = rng.standard_normal((32, 64)).astype(np.float32)
+        x_s = jax.device_put(x, NamedSharding(mesh, P("data", None)))
+        y_s = jax.jit(tvwjax.matmul)(x_s, cw_s)
+        y_1 = jax.jit(tvwjax.matmul)(jax.device_put(x, one), cw_1)
+        _record(report, f"matmul/{name}", y_s, y_1, cw_s.values, exact=False)
+        _record(report, f"matmul/{name}/vs-dense", y_s, x @ np.where(mask, w, 0), x_s,
+                exact=False)
+
+    return {f"{prefix}/{k}": v for k, v in report.items()}
+
+
+def main() -> None:
+    assert len(jax.devices()) == 8, f"expected 8 simulated devices, got {len(jax.devices())}"
+    explicit = jax.make_mesh((2, 4), ("data", "model"),
+                             axis_types=(jax.sharding.AxisType.Explicit,) * 2)
+    auto = jax.make_mesh((2, 4), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    report = run(explicit, "explicit", full=True)
+    report.update(run(auto, "auto", full=False))
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Sharded parameters (8 simulated CPU devices, a (data=2, model=4) mesh): masks, the prune
+transform and compressed matmul give the single-device results and keep a sharded layout.
+
+The checks run in a subprocess (``tests/sharding_check.py``) because
+``XLA_FLAGS=--xla_force_host_platform_device_count=8`` must be set before JAX initialises.
+They run on a mesh with *explicit* axes (``jax.make_mesh``'s default, sharding in types) and
+on one with *auto* axes (classic GSPMD propagation).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).with_name("sharding_check.py")
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
+                          " --xla_force_host_platform_device_count=8").strip())
+    proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True,
+                          env=env, timeout=600, cwd=SCRIPT.parent.parent)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_every_family_is_checked_on_both_mesh_kinds(report):
+    for mode in ("explicit", "auto"):
+        keys = [k for k in report if k.startswith(mode + "/")]
+        for family in ("masks/", "masks-jit/", "prune/", "matmul/"):
+            assert any(k.startswith(f"{mode}/{family}") for k in keys), (mode, family)
+        assert any("global" in k for k in keys if "/masks/" in f"/{k}")
+    # Global scope for every pattern that has it (and NM, which falls back to layer scope).
+    for name in ("EW", "TW", "TVW", "NM", "EW-global", "TW-global", "TVW-global"):
+        assert f"explicit/masks/{name}/a" in report
+
+
+def test_sharded_results_equal_single_device(report):
+    bad = {k: v for k, v in report.items() if not v["equal"]}
+    assert not bad, bad
+    # Masks (and thus the pruning decisions) are bit-identical, not just close.
+    assert all(v["max_abs"] == 0 for k, v in report.items() if k.endswith("masks") or
+               "/masks" in k)
+
+
+def test_outputs_stay_sharded(report):
+    replicated = {k: v for k, v in report.items() if v["replicated"]}
+    assert not replicated, replicated
+    # Masks and updated params keep their parameter's layout on the explicit mesh.
+    for k, v in report.items():
+        if k.startswith("explicit/masks") or k.startswith("explicit/prune"):
+            assert v["spec"] == v["input_spec"], (k, v)
+    # Compressed matmul keeps the batch split over "data".
+    for k, v in report.items():
+        if "/matmul/" in k:
+            assert "data" in v["spec"], (k, v)
