@@ -376,14 +376,20 @@ def test_errors_keep_builtin_bases():
 DEMO = REPO / "tvwjax" / "demo.py"
 
 
-@pytest.mark.skipif(not DEMO.exists(), reason="tvwjax/demo.py is not written yet (issue: demo "
-                    "CLI); this test runs as soon as it exists")
-@pytest.mark.parametrize("argv", [["--sparsity", "1.5"], ["--sparsity", "-0.2"],
-                                  ["--sparsity", "abc"]])
-def test_demo_cli_rejects_bad_flags(argv):
+@pytest.mark.skipif(not DEMO.exists(), reason="tvwjax/demo.py (the demo CLI) is not present")
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["--sparsity", "1.5"], "--sparsity"),
+    (["--sparsity", "-0.2"], "--sparsity"),
+    (["--sparsity", "abc"], "--sparsity"),
+    (["--pattern", "XYZ"], "--pattern"),
+    (["--pattern", "NM", "--sparsity", "0.3"], "--sparsity"),
+    (["--tile", "0"], "tile"),
+], ids=["sparsity-above-1", "sparsity-negative", "sparsity-not-a-number", "unknown-pattern",
+        "nm-inconsistent-sparsity", "tile-zero"])
+def test_demo_cli_rejects_bad_flags(argv, needle):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-m", "tvwjax.demo", *argv], capture_output=True,
                           text=True, timeout=120, env=env, cwd=REPO)
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
-    assert "sparsity" in proc.stderr
+    assert needle in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
