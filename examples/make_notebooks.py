@@ -291,7 +291,7 @@ batch_sizes = (16,) if SMALL else (1, 16, 128)
 rows = []
 for bsz in batch_sizes:
     xb = jnp.asarray(np.resize(xte, (bsz, 8, 8, 1)))
-    t = interleaved_medians({k: (lambda p=p: logits(p, xb)) for k, p in models.items()},
+    t = interleaved_medians({k: (lambda p=p, xb=xb: logits(p, xb)) for k, p in models.items()},
                             repeats=3 if SMALL else 15, budget_s=20)
     rows += [(k, bsz, t[k], t["dense"] / t[k]) for k in models]
 print(f"{'model':6} {'accuracy':>8} {'MB':>6} {'vs dense':>8}")

@@ -26,7 +26,7 @@ def test_tiny_run_prints_one_table(capsys):
             ([c.strip() for c in line.strip("|").split("|")] for line in table[2:])}
     assert list(rows) == ["dense", "TVW 75%", "TW 75%"]
     assert rows["dense"][5] == "1.000" and rows["dense"][7] == "1.00x"
-    assert rows["TVW 75%"][1] == "TileVectorWise" and rows["TW 75%"][1] == "TileWise"
+    assert rows["TVW 75%"][1].startswith("TileVectorWise") and rows["TW 75%"][1] == "TileWise"
     for name in ("TVW 75%", "TW 75%"):
         sparsity = float(rows[name][3].rstrip("%"))
         assert 74.0 <= sparsity <= 78.0, rows[name]

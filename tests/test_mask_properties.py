@@ -5,12 +5,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import tvwjax as tw
 
-SETTINGS = settings(max_examples=8, deadline=None,
+SETTINGS = settings(max_examples=8, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
 
 dims = st.integers(min_value=1, max_value=40)
@@ -56,6 +56,7 @@ def test_nm_valid(groups, n, seed):
 @given(k=dims, n=dims, tile=st.integers(2, 24), share=st.sampled_from([0.0, 0.5, 1.0]),
        rb=st.sampled_from([1, 2, 4]), s=sparsities, seed=seeds)
 def test_tw_valid(k, n, tile, share, rb, s, seed):
+    assume(k >= rb)  # smaller K is rejected with a ShapeError (test_patterns)
     p = tw.TW(tile, column_share=share, row_block=rb)
     m = np.asarray(p.mask(scores(k, n, seed), s))
     tw.check(m, p, s)

@@ -183,6 +183,13 @@ def test_bad_sparsity(s):
         tw.EW().mask(scores_for((8, 8)), s)
 
 
+def test_row_block_larger_than_k_is_rejected():
+    with pytest.raises(tw.ShapeError, match="row_block=4.*at least 4"):
+        tw.TVW(8).mask(scores_for((3, 16)), 0.75)
+    with pytest.raises(tw.ShapeError, match="row_block=2"):
+        tw.TW(2, row_block=2).mask(scores_for((1, 4)), 0.3)
+
+
 def test_nm_needs_divisible_k():
     with pytest.raises(tw.ShapeError, match="divisible by m=4"):
         tw.NM().mask(scores_for((30, 8)), 0.5)

@@ -14,7 +14,16 @@ The flat public API:
   Flax modules in :mod:`tvwjax.nn`.
 """
 
-from tvwjax import errors, nn, schedules, transform
+from tvwjax import (
+    calibration,
+    checkpoint,
+    data_aware,
+    errors,
+    nn,
+    reconstruct,
+    schedules,
+    transform,
+)
 from tvwjax.check import check, check_tree, is_valid
 from tvwjax.errors import (
     ConfigError,
@@ -38,6 +47,7 @@ from tvwjax.masking import apply_masks, as_matrix, default_where, masks, path_st
 from tvwjax.matmul import matmul
 from tvwjax.patterns import BW, EW, NM, TEW, TVW, TW, TW1D, VW, Pattern
 from tvwjax.plot import plot_mask, plot_masks
+from tvwjax.reconstruct import one_shot, reconstruct_layer
 from tvwjax.schedules import (
     Constant,
     OneShot,
@@ -70,4 +80,6 @@ __all__ = [
     # execution
     "BlockSparse", "CompressedWeight", "NMSparse", "TileVectorWise", "TileWise", "compress",
     "decompress", "matmul", "nn",
+    # data-aware one-shot pruning and checkpoints
+    "calibration", "checkpoint", "data_aware", "one_shot", "reconstruct", "reconstruct_layer",
 ]

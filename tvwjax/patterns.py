@@ -283,6 +283,13 @@ class TW(Pattern):
             raise ConfigError(f"{type(self).__name__}: column_share must be in [0, 1], "
                               f"got {self.column_share!r}")
 
+    def validate_shape(self, shape, where="scores"):
+        super().validate_shape(shape, where)
+        if self.row_block > 1 and shape[0] < self.row_block:
+            raise ShapeError(f"{where}: {type(self).__name__} keeps rows in multiples of "
+                             f"row_block={self.row_block}, so K (axis 0) must be at least "
+                             f"{self.row_block}, got K={shape[0]}")
+
     def _tw_keep(self, scores, density):
         """Column keep ``(N,)``, tile id ``(N,)`` and segment keep ``(K, T)``."""
         k, n = scores.shape
