@@ -28,6 +28,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from tvwjax.errors import ConfigError, DTypeError, ShapeError
+from tvwjax.formats.tiles import tiles_to_dense
 from tvwjax.nm_codec import nm_decompress, unpack_index
 
 Array = jax.Array
@@ -329,19 +330,6 @@ def launch_tile_kernel(
         name=name,
     )(*operands)
     return scatter_columns(compact[:m], cols, n_out)
-
-
-def tiles_to_dense(values: Array, rows: Array, cols: Array, k: int, n_out: int) -> Array:
-    """The dense ``(K, n_out)`` weight of TW tile data (zeros where pruned).
-
-    Plain jnp (a scatter-add, so padding rows pointing at row 0 with zero values are harmless;
-    padding columns ``== n_out`` are dropped). This is the reference the kernels are tested
-    against and the TW decompression.
-    """
-    dense = jnp.zeros((k, n_out), values.dtype)
-    r = rows.astype(jnp.int32)[:, :, None]
-    c = cols.astype(jnp.int32)[:, None, :]
-    return dense.at[r, c].add(values, mode="drop")
 
 
 def tvw_compact_blocks(values: Array, meta: Array) -> Array:

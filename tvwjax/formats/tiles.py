@@ -161,6 +161,20 @@ def _nm_regroup(sub: np.ndarray, union: np.ndarray, n: int, m: int, t: int) -> n
     return np.asarray(out, np.int64)
 
 
+def tiles_to_dense(values: Array, rows: Array, cols: Array, k: int, n_out: int) -> Array:
+    """The dense ``(K, n_out)`` weight of tile data (zeros where pruned).
+
+    ``values`` ``(T, Kp, G)`` compact blocks, ``rows`` ``(T, Kp)``, ``cols`` ``(T, G)``.
+    A scatter-add: padding rows (pointing at row 0, values zero) are harmless and padding
+    columns (``== n_out``) are dropped. The decompression of every tile format and the
+    reference of the Pallas tile kernels (:mod:`pallas_kernels`).
+    """
+    dense = jnp.zeros((k, n_out), values.dtype)
+    r = jnp.asarray(rows).astype(jnp.int32)[:, :, None]
+    c = jnp.asarray(cols).astype(jnp.int32)[:, None, :]
+    return dense.at[r, c].add(values, mode="drop")
+
+
 class TileFormat(CompressedWeight):
     """Shared behaviour of the tile formats (tables ``rows``, ``cols``, ``counts``)."""
 
@@ -193,12 +207,7 @@ class TileFormat(CompressedWeight):
 
     def decompress(self) -> Array:
         k, n = self.shape
-        rows, cols, counts = self.rows, self.cols, self.counts
-        r = np.where(np.arange(rows.shape[1])[None, :] < counts[:, None], rows, k)
-        v = self.compact_values()
-        dense = jnp.zeros((k + 1, n + 1), v.dtype)
-        dense = dense.at[r[:, :, None], cols[:, None, :]].set(v, unique_indices=False)
-        return dense[:k, :n]
+        return tiles_to_dense(self.compact_values(), self.rows, self.cols, k, n)
 
 
 class TileWise(TileFormat):
@@ -366,4 +375,5 @@ class TileVectorWise(TileFormat):
 
 
 __all__ = ["BlockSparse", "TileFormat", "TileVectorWise", "TileWise", "build_tables",
+           "tiles_to_dense",
            "check_whole_rows", "gather_blocks", "infer_tiles"]
