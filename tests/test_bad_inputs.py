@@ -181,7 +181,7 @@ CASES = [
     Case("apply-masks-broadcastable-shape",
          lambda: tvwjax.apply_masks(_params(), {"dense": {"kernel": np.ones((1, N), bool),
                                                          "bias": None}}),
-         TreeMismatchError, ("dense/kernel", "mask shape", f"({K}, {N})")),
+         TreeMismatchError, ("mask_tree", "dense/kernel", "shape", f"({K}, {N})")),
     # -- schedules and the prune transform -------------------------------------------------------
     Case("polynomial-final-out-of-range",
          lambda: tvwjax.Polynomial(1.2, 0, 10), ConfigError, ("final_sparsity", "[0, 1)")),

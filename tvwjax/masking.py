@@ -313,6 +313,25 @@ def masks(
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
+def check_same_leaves(tree: PyTree, params: PyTree, what: str, *, none_ok: bool) -> None:
+    """Raise :class:`TreeMismatchError` unless ``tree`` has the leaf paths and leaf shapes of
+    ``params`` (``None`` leaves allowed where ``none_ok``). Static: costs nothing under jit."""
+    is_leaf = (lambda x: x is None) if none_ok else None
+    t_flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]
+    p_flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    t_paths, p_paths = [path_str(kp) for kp, _ in t_flat], [path_str(kp) for kp, _ in p_flat]
+    if t_paths != p_paths:
+        missing = [p for p in p_paths if p not in set(t_paths)][:5]
+        extra = [p for p in t_paths if p not in set(p_paths)][:5]
+        raise TreeMismatchError(f"{what} must have the structure of params"
+                                f"{' (a mask or None per leaf)' if none_ok else ''}: missing "
+                                f"{missing}, unexpected {extra}")
+    for path, (_, t), (_, p) in zip(p_paths, t_flat, p_flat, strict=True):
+        if t is not None and jnp.shape(t) != jnp.shape(p):
+            raise TreeMismatchError(f"{what}: {path}: shape {jnp.shape(t)} differs from the "
+                                    f"parameter's {jnp.shape(p)}")
+
+
 def apply_masks(params: PyTree, mask_tree: PyTree) -> PyTree:
     """``params * mask`` on every leaf with a mask (``None`` masks leave the leaf as is).
 
@@ -320,18 +339,7 @@ def apply_masks(params: PyTree, mask_tree: PyTree) -> PyTree:
       TreeMismatchError: ``mask_tree`` does not have the leaf paths of ``params``, or a
         mask's shape differs from its leaf's (no broadcasting).
     """
-    m_flat = jax.tree_util.tree_flatten_with_path(mask_tree, is_leaf=lambda x: x is None)[0]
-    p_flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    m_paths, p_paths = [path_str(kp) for kp, _ in m_flat], [path_str(kp) for kp, _ in p_flat]
-    if m_paths != p_paths:
-        missing = [p for p in p_paths if p not in set(m_paths)][:5]
-        extra = [p for p in m_paths if p not in set(p_paths)][:5]
-        raise TreeMismatchError(f"mask_tree must have the structure of params (a mask or None "
-                                f"per leaf): missing {missing}, unexpected {extra}")
-    for path, (_, m), (_, p) in zip(p_paths, m_flat, p_flat, strict=True):
-        if m is not None and jnp.shape(m) != jnp.shape(p):
-            raise TreeMismatchError(f"{path}: mask shape {jnp.shape(m)} differs from the "
-                                    f"leaf's {jnp.shape(p)}")
+    check_same_leaves(mask_tree, params, "mask_tree", none_ok=True)
     return jax.tree.map(
         lambda m, p: p if m is None else jnp.where(m, p, jnp.zeros((), p.dtype)),
         mask_tree, params, is_leaf=lambda x: x is None)

@@ -35,8 +35,8 @@ import jax.numpy as jnp
 import optax
 
 from tvwjax.errors import ConfigError, TreeMismatchError
+from tvwjax.masking import check_same_leaves, path_str
 from tvwjax.masking import masks as compute_masks
-from tvwjax.masking import path_str
 from tvwjax.patterns import Pattern
 from tvwjax.schedules import Schedule, effective_sparsity
 
@@ -96,20 +96,8 @@ def _masks_by_path(params: PyTree, given: PyTree, arg: str) -> PyTree:
 
 
 def _check_updates(updates: PyTree, params: PyTree) -> None:
-    """Raise :class:`TreeMismatchError` unless ``updates`` has the leaf paths and shapes of
-    ``params`` (static: runs at trace time, costs nothing under ``jit``)."""
-    u_flat = jax.tree_util.tree_flatten_with_path(updates)[0]
-    p_flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    u_paths, p_paths = [path_str(kp) for kp, _ in u_flat], [path_str(kp) for kp, _ in p_flat]
-    if u_paths != p_paths:
-        missing = [p for p in p_paths if p not in set(u_paths)][:5]
-        extra = [p for p in u_paths if p not in set(p_paths)][:5]
-        raise TreeMismatchError(f"prune: updates must have the structure of params: missing "
-                                f"{missing}, unexpected {extra}")
-    for path, (_, u), (_, p) in zip(p_paths, u_flat, p_flat, strict=True):
-        if jnp.shape(u) != jnp.shape(p):
-            raise TreeMismatchError(f"prune: updates: {path}: shape {jnp.shape(u)} differs "
-                                    f"from the parameter's {jnp.shape(p)}")
+    """Updates must have the leaf paths and shapes of params (static, free under jit)."""
+    check_same_leaves(updates, params, "prune: updates", none_ok=False)
 
 
 def prune(
