@@ -183,3 +183,20 @@ def test_bad_inputs_name_the_parameter():
         matmul(jnp.ones((2, K)), "W")
     with pytest.raises(ConfigError, match="backend"):
         matmul(jnp.ones((2, K)), cw, backend="tpu")
+
+
+@pytest.mark.parametrize("name", ["tw2d", "tvw"])
+def test_padding_rows_get_no_gradient(name):
+    """Padding rows point at row 0 of x: fine-tuning must leave their values at zero."""
+    cw, _ = _weight(name)
+    x = jnp.asarray(np.random.default_rng(5).standard_normal((6, K)), jnp.float32)
+    g = jax.grad(lambda c: jnp.sum(matmul(x, c) ** 2))(cw)
+    if name == "tw2d":
+        valid = np.arange(cw.values.shape[1])[None, :, None] < cw.counts[:, None, None]
+        assert (~valid).any()
+        assert np.all(np.asarray(g.values)[~np.broadcast_to(valid, g.values.shape)] == 0)
+    # After a large step, the weight still equals its decompressed form in products.
+    stepped = cw.replace(values=cw.values - 10.0 * g.values)
+    y = matmul(x, stepped)
+    ref = x @ decompress(stepped)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-4, atol=1e-3)

@@ -167,12 +167,29 @@ def _map_chunks(f, x2d: Array, chunk: int) -> Array:
     return jnp.concatenate([f(x2d[i:i + chunk]) for i in range(0, m, chunk)], axis=0)
 
 
+def _kept_rows_only_grad(values: Array, counts: np.ndarray) -> Array:
+    """Identity on ``values`` ``(T, Kp, G)`` whose gradient is zero on each tile's padding
+    rows (``>= counts[t]``): padding rows point at row 0 of ``x``, and fine-tuning must not
+    turn their zero values into weights. Free in the forward pass."""
+    valid = np.arange(values.shape[1])[None, :, None] < np.asarray(counts)[:, None, None]
+    if valid.all():
+        return values
+
+    @jax.custom_vjp
+    def ident(v):
+        return v
+
+    ident.defvjp(lambda v: (v, None),
+                 lambda _, g: (jnp.where(jnp.asarray(valid), g, jnp.zeros((), g.dtype)),))
+    return ident(values)
+
+
 def _tiles_xla(x2d: Array, cw: TileFormat, out_dtype) -> Array:
     m = x2d.shape[0]
     n_out = int(cw.shape[1])
     if cw.num_tiles == 0:
         return jnp.zeros((m, n_out), out_dtype)
-    values = cw.compact_values().astype(out_dtype)
+    values = _kept_rows_only_grad(cw.compact_values(), cw.counts).astype(out_dtype)
     acc = jnp.float32 if jnp.dtype(out_dtype).itemsize < 4 else out_dtype
     if m >= SCAN_MIN_M:
         plan = _tile_plan(cw.static_table("rows"), cw.static_table("cols"),

@@ -161,18 +161,22 @@ def _nm_regroup(sub: np.ndarray, union: np.ndarray, n: int, m: int, t: int) -> n
     return np.asarray(out, np.int64)
 
 
-def tiles_to_dense(values: Array, rows: Array, cols: Array, k: int, n_out: int) -> Array:
+def tiles_to_dense(values: Array, rows: Array, cols: Array, k: int, n_out: int,
+                   counts: Array | None = None) -> Array:
     """The dense ``(K, n_out)`` weight of tile data (zeros where pruned).
 
     ``values`` ``(T, Kp, G)`` compact blocks, ``rows`` ``(T, Kp)``, ``cols`` ``(T, G)``.
-    A scatter-add: padding rows (pointing at row 0, values zero) are harmless and padding
-    columns (``== n_out``) are dropped. The decompression of every tile format and the
-    reference of the Pallas tile kernels (:mod:`pallas_kernels`).
+    Padding columns (``== n_out``) are dropped; with ``counts`` (``(T,)`` kept rows per
+    tile) padding rows are dropped too, whatever their values; without it they must hold
+    zeros (they point at row 0 and are added). The decompression of every tile format and
+    the reference of the Pallas tile kernels (:mod:`pallas_kernels`).
     """
-    dense = jnp.zeros((k, n_out), values.dtype)
-    r = jnp.asarray(rows).astype(jnp.int32)[:, :, None]
+    r = jnp.asarray(rows).astype(jnp.int32)
+    if counts is not None:
+        r = jnp.where(jnp.arange(r.shape[1])[None, :] < jnp.asarray(counts)[:, None], r, k)
     c = jnp.asarray(cols).astype(jnp.int32)[:, None, :]
-    return dense.at[r, c].add(values, mode="drop")
+    dense = jnp.zeros((k, n_out), values.dtype)
+    return dense.at[r[:, :, None], c].add(values, mode="drop")
 
 
 class TileFormat(CompressedWeight):
@@ -207,7 +211,7 @@ class TileFormat(CompressedWeight):
 
     def decompress(self) -> Array:
         k, n = self.shape
-        return tiles_to_dense(self.compact_values(), self.rows, self.cols, k, n)
+        return tiles_to_dense(self.compact_values(), self.rows, self.cols, k, n, self.counts)
 
 
 class TileWise(TileFormat):
