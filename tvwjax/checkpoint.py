@@ -49,7 +49,7 @@ import numpy as np
 
 from tvwjax.errors import ConfigError, TreeMismatchError
 from tvwjax.formats import CompressedWeight
-from tvwjax.masking import path_str
+from tvwjax.masking import path_difference, path_str
 
 PyTree = Any
 FORMAT_VERSION = 1
@@ -215,8 +215,7 @@ def restore(path: str | os.PathLike, target: PyTree | None = None) -> PyTree:
         t_paths = [path_str(kp) for kp, _ in t_flat]
         s_paths = [e["path"] for e in entries]
         if t_paths != s_paths:
-            missing = [p for p in s_paths if p not in set(t_paths)][:5]
-            extra = [p for p in t_paths if p not in set(s_paths)][:5]
+            missing, extra = path_difference(s_paths, t_paths)
             raise TreeMismatchError(f"target must have the structure of the saved tree: "
                                     f"saved leaves missing from target {missing}, target "
                                     f"leaves not saved {extra}")

@@ -313,6 +313,14 @@ def masks(
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
+def path_difference(want: list[str], got: list[str], limit: int = 5
+                    ) -> tuple[list[str], list[str]]:
+    """The first ``limit`` paths of ``want`` missing from ``got``, and of ``got`` not in
+    ``want`` (for error messages about mismatched pytrees)."""
+    w, g = set(want), set(got)
+    return [p for p in want if p not in g][:limit], [p for p in got if p not in w][:limit]
+
+
 def check_same_leaves(tree: PyTree, params: PyTree, what: str, *, none_ok: bool) -> None:
     """Raise :class:`TreeMismatchError` unless ``tree`` has the leaf paths and leaf shapes of
     ``params`` (``None`` leaves allowed where ``none_ok``). Static: costs nothing under jit."""
@@ -321,8 +329,7 @@ def check_same_leaves(tree: PyTree, params: PyTree, what: str, *, none_ok: bool)
     p_flat = jax.tree_util.tree_flatten_with_path(params)[0]
     t_paths, p_paths = [path_str(kp) for kp, _ in t_flat], [path_str(kp) for kp, _ in p_flat]
     if t_paths != p_paths:
-        missing = [p for p in p_paths if p not in set(t_paths)][:5]
-        extra = [p for p in t_paths if p not in set(p_paths)][:5]
+        missing, extra = path_difference(p_paths, t_paths)
         raise TreeMismatchError(f"{what} must have the structure of params"
                                 f"{' (a mask or None per leaf)' if none_ok else ''}: missing "
                                 f"{missing}, unexpected {extra}")
