@@ -373,10 +373,8 @@ def test_errors_keep_builtin_bases():
 
 
 # -- the demo CLI -----------------------------------------------------------------------------
-DEMO = REPO / "tvwjax" / "demo.py"
 
 
-@pytest.mark.skipif(not DEMO.exists(), reason="tvwjax/demo.py (the demo CLI) is not present")
 @pytest.mark.parametrize(("argv", "needle"), [
     (["--sparsity", "1.5"], "--sparsity"),
     (["--sparsity", "-0.2"], "--sparsity"),

@@ -8,9 +8,6 @@ import sys
 
 import pytest
 
-pytest.importorskip("sklearn")
-pytest.importorskip("tqdm")
-
 from tvwjax import demo  # noqa: E402
 
 
