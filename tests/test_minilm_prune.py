@@ -37,3 +37,26 @@ def test_quick_run(mp, tmp_path):
     assert "| TW | 50% |" in md and "Command:" in md
     assert (tmp_path / "minilm.json").is_file()
     assert np.isfinite(res["total_seconds"])
+
+
+def test_spliced_batch_joins_a_prefix_and_a_suffix(mp):
+    rng = np.random.default_rng(0)
+    batches = []
+    for length in (16, 32):
+        ids = np.zeros((4, length), np.int32)
+        am = np.zeros((4, length), np.int32)
+        for r in range(4):
+            n = int(rng.integers(3, length + 1))
+            ids[r, :n] = [101, *rng.integers(1000, 2000, n - 2), 102]
+            am[r, :n] = 1
+        batches.append((ids, am))
+    sources = {int(t) for ids, _ in batches for t in ids.ravel() if t >= 1000}
+    for _ in range(20):
+        ids, am = mp.spliced_batch(batches, rng, max_len=32)
+        assert ids.shape == am.shape and ids.shape[1] in (16, 32) and ids.shape[0] == 4
+        for row, m in zip(ids, am, strict=True):
+            n = int(m.sum())
+            assert m[:n].all() and not m[n:].any()  # contiguous, right-padded
+            assert row[0] == 101 and row[n - 1] == 102  # [CLS] ... [SEP]
+            assert {int(t) for t in row[1:n - 1]} <= sources  # only train tokens inside
+            assert not (row[n:]).any()
