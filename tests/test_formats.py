@@ -15,9 +15,10 @@ from tvwjax.formats import (
     TileWise,
     compress,
     decompress,
+    has_format,
 )
 from tvwjax.nm_codec import nm_compress, pack_index
-from tvwjax.patterns import BW, EW, NM, TEW, TVW, TW, TW1D
+from tvwjax.patterns import BW, EW, NM, TEW, TVW, TW, TW1D, VW
 
 CASES = [
     (TW(tile=32), 0.75, TileWise),
@@ -45,6 +46,20 @@ def test_round_trip_exact(pattern, s, cls, shape):
     assert type(cw) is cls
     np.testing.assert_array_equal(np.asarray(decompress(cw)), np.where(m, w, 0))
     np.testing.assert_array_equal(np.asarray(jax.jit(decompress)(cw)), np.where(m, w, 0))
+
+
+@pytest.mark.parametrize("pattern,s", [(p, s) for p, s, _ in CASES]
+                         + [(EW(), 0.5), (VW(), 0.5), (TEW(tile=32, delta=0.02), 0.75)],
+                         ids=lambda v: repr(v)[:24])
+def test_has_format_agrees_with_compress(pattern, s):
+    w, m = _masked((64, 96), pattern, s)
+    if has_format(pattern):
+        assert isinstance(compress(w, m, pattern), TileWise | TileVectorWise | NMSparse
+                          | BlockSparse)
+    else:
+        with pytest.raises(ConfigError, match="pattern"):
+            compress(w, m, pattern)
+    assert has_format(pattern) == (type(pattern) not in (EW, VW, TEW))
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])

@@ -36,7 +36,7 @@ import optax
 from tvwjax import digits
 from tvwjax.bench._timing import interleaved_medians
 from tvwjax.errors import TvwError
-from tvwjax.formats import CompressedWeight
+from tvwjax.formats import CompressedWeight, has_format
 from tvwjax.nn import compress_params
 from tvwjax.patterns import BW, EW, NM, TEW, TVW, TW, VW, Pattern
 from tvwjax.schedules import Polynomial
@@ -45,7 +45,6 @@ from tvwjax.transform import get_masks, prune
 PyTree = Any
 PATTERNS = ("EW", "BW", "VW", "NM", "TW", "TEW", "TVW")
 #: Patterns whose masks :func:`tvwjax.compress` turns into a compressed format.
-COMPRESSIBLE = ("BW", "NM", "TW", "TVW")
 
 
 def make_pattern(name: str, tile: int) -> Pattern:
@@ -271,7 +270,7 @@ def run(cfg: Config, log: Callable[[str], None] | None = None) -> list[dict[str,
             tx, dense, *data, f"{name} {100 * cfg.sparsity:g}% prune + fine-tune", model)
         zeros = digits.pruned_sparsity(pruned)
         stored = None
-        if name in COMPRESSIBLE:
+        if has_format(pattern):
             t0 = time.perf_counter()
             run_params = compress_params(pruned, get_masks(state), pattern)
             log(f"compressed {name} in {time.perf_counter() - t0:.1f}s: "

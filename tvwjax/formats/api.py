@@ -15,6 +15,15 @@ from tvwjax.patterns import BW, NM, TEW, TVW, TW, Pattern
 Array = jax.Array
 
 
+def has_format(pattern: Pattern) -> bool:
+    """Whether :func:`compress` has a format for ``pattern`` (TW, TW1D, TVW, NM, BW).
+
+    EW, VW and TEW have none (EW / VW: use ``jax.experimental.sparse.BCSR``; TEW: compress
+    its TW part and keep the residual sparse).
+    """
+    return isinstance(pattern, TW | NM | BW) and not isinstance(pattern, TEW)
+
+
 def compress(w: Any, mask: Any, pattern: Pattern) -> CompressedWeight:
     """Compress a dense ``(K, N)`` weight ``w`` with its keep-``mask`` into ``pattern``'s format.
 
@@ -55,7 +64,7 @@ def compress(w: Any, mask: Any, pattern: Pattern) -> CompressedWeight:
         return NMSparse.from_dense(w, mask, n=pattern.n, m=pattern.m)
     if isinstance(pattern, BW):
         return BlockSparse.from_dense(w, mask, block=(pattern.rows, pattern.cols))
-    if isinstance(pattern, Pattern):
+    if isinstance(pattern, Pattern):  # not has_format(pattern)
         raise ConfigError(f"pattern: {pattern.name} has no compressed format here (only TW, "
                           "TVW, NM and BW); use jax.experimental.sparse.BCSR.fromdense(w * mask)")
     raise ConfigError(f"pattern must be a tvwjax Pattern (TW(), TVW(), NM(), BW()), got "
