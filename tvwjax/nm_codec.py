@@ -20,33 +20,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from tvwjax._select import nm_select  # noqa: F401 (moved; kept until the codec moves)
 from tvwjax.errors import ConfigError, ShapeError
 
 _BITS = 2
 _PER_BYTE = 8 // _BITS
-
-
-def nm_select(scores: jax.Array, n: int = 2, m: int = 4) -> jax.Array:
-    """Boolean N:M mask along axis 0: the ``n`` largest scores of every ``m`` rows, per column.
-
-    Ties are broken towards the lower row index. ``scores.shape[0]`` must be divisible by ``m``.
-    """
-    rows, cols = scores.shape
-    if rows % m:
-        raise ShapeError(f"N:M selection needs axis 0 ({rows}) divisible by m={m}")
-    g = scores.reshape(rows // m, m, cols)
-    # Rank of each entry in its group by pairwise comparisons (m*(m-1) elementwise ops,
-    # much faster than a sort for small m): entries that beat it are larger, or equal and
-    # earlier.
-    keep = []
-    for i in range(m):
-        rank = jnp.zeros((rows // m, cols), jnp.int32)
-        for j in range(m):
-            if j != i:
-                beats = g[:, j] >= g[:, i] if j < i else g[:, j] > g[:, i]
-                rank = rank + beats.astype(jnp.int32)
-        keep.append(rank < n)
-    return jnp.stack(keep, axis=1).reshape(rows, cols)
 
 
 def nm_compress(dense: jax.Array, mask: jax.Array, n: int = 2, m: int = 4):
@@ -114,8 +92,7 @@ def unpack_index(meta: jax.Array, rows: int) -> jax.Array:
 __all__ = [
     "nm_compress",
     "nm_decompress",
-    "nm_select",
-    "pack_index",
+        "pack_index",
     "unpack_index",
     "unpack_plane",
 ]

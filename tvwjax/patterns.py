@@ -39,7 +39,7 @@ import numpy as np
 
 from tvwjax import _select as sel
 from tvwjax.errors import ConfigError, ScoreError, ShapeError
-from tvwjax.nm_codec import nm_select
+from tvwjax._select import nm_select
 from tvwjax.tiling import column_tiles, num_tiles, segment_sumsq
 
 Array = jax.Array

@@ -1,0 +1,140 @@
+"""The one validation layer: every public entry point checks its arguments through here.
+
+Each helper checks one kind of value the same way whatever its Python type (a Python
+number, a NumPy scalar or 0-d array, a concrete JAX scalar) and raises a
+:mod:`tvwjax.errors` exception whose message starts with the parameter name or leaf path and
+says what was expected and what arrived. Traced values cannot be inspected; the helpers pass
+them through unchanged and the callers document what happens to them under ``jit``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tvwjax.errors import ConfigError, DTypeError, ScoreError
+
+Array = jax.Array
+
+
+def is_traced(x: Any) -> bool:
+    """True for a JAX tracer (a value inside ``jit`` / ``grad`` / ``vmap``)."""
+    return isinstance(x, jax.core.Tracer)
+
+
+def round_up(x: int, multiple: int) -> int:
+    """``x`` rounded up to a multiple of ``multiple`` (``round_up(0, m) == 0``)."""
+    return -(-int(x) // int(multiple)) * int(multiple)
+
+
+def positive_int(value: Any, name: str) -> int:
+    """``value`` as an ``int`` if it is an integer ``>= 1`` (not a bool), else ConfigError."""
+    return int_at_least(value, name, 1)
+
+
+def int_at_least(value: Any, name: str, minimum: int) -> int:
+    """``value`` as an ``int`` if it is an integer ``>= minimum`` (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigError(f"{name} must be {what}, got {value!r}")
+    return int(value)
+
+
+def _scalar(value: Any, name: str, what: str) -> Any:
+    """A concrete number as a Python float, a traced scalar unchanged; else ConfigError."""
+    if is_traced(value):
+        if jnp.ndim(value) != 0:
+            raise ConfigError(f"{name} must be a scalar {what}, got a traced array of shape "
+                              f"{jnp.shape(value)}")
+        return value
+    if isinstance(value, bool | np.bool_) or value is None:
+        raise ConfigError(f"{name} must be {what}, got {value!r}")
+    if isinstance(value, np.ndarray | jax.Array | np.generic):
+        if np.ndim(value) != 0:
+            raise ConfigError(f"{name} must be a scalar {what}, got an array of shape "
+                              f"{np.shape(value)}")
+        if not (jnp.issubdtype(value.dtype, jnp.floating)
+                or jnp.issubdtype(value.dtype, jnp.integer)):
+            raise ConfigError(f"{name} must be {what}, got dtype {value.dtype}")
+        return float(np.asarray(value))
+    if isinstance(value, int | float):
+        return float(value)
+    raise ConfigError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
+
+
+def sparsity(value: Any, name: str = "sparsity", *, upper_inclusive: bool = False
+             ) -> float | Array:
+    """Check a sparsity: a number in ``[0, 1)`` (``[0, 1]`` with ``upper_inclusive``).
+
+    Python, NumPy and concrete JAX scalars are checked alike and returned as a Python float;
+    a traced scalar is returned unchanged (its range cannot be checked under ``jit``).
+    """
+    v = _scalar(value, name, "a number in [0, 1)")
+    if is_traced(v):
+        return v
+    ok = 0.0 <= v <= 1.0 if upper_inclusive else 0.0 <= v < 1.0
+    if not math.isfinite(v) or not ok:
+        rng = "[0, 1]" if upper_inclusive else "[0, 1)"
+        raise ConfigError(f"{name} must be in {rng}, got {v!r}")
+    return v
+
+
+def nm_pair(n: Any, m: Any, name: str, *, max_m: int | None = None) -> tuple[int, int]:
+    """Check an N:M pair: integers ``1 <= n < m`` (and ``m <= max_m`` when given)."""
+    n = positive_int(n, f"{name}: n")
+    m = positive_int(m, f"{name}: m")
+    if n >= m:
+        raise ConfigError(f"{name}: n must be smaller than m, got n={n}, m={m}")
+    if max_m is not None and m > max_m:
+        raise ConfigError(f"{name}: m must be at most {max_m} (2-bit position indices), "
+                          f"got m={m}")
+    return n, m
+
+
+def finite_nonnegative(scores: Any, name: str) -> None:
+    """Raise :class:`ScoreError` for NaN/Inf or negative concrete scores (traced: skipped)."""
+    if is_traced(scores):
+        return
+    s = np.asarray(scores, np.float32)
+    finite = np.isfinite(s)
+    if not finite.all():
+        raise ScoreError(f"{name}: scores contain {int(s.size - finite.sum())} NaN or Inf "
+                         "value(s); expected finite, non-negative scores")
+    if (s < 0).any():
+        raise ScoreError(f"{name}: scores must be non-negative (use |w| or a squared score), "
+                         f"got minimum {float(s.min())!r}")
+
+
+def bool_mask(mask: Any, name: str) -> Any:
+    """A keep-mask as a boolean array.
+
+    Accepts bool arrays, and integer or floating arrays holding only 0 and 1 (checked when
+    concrete). A traced non-boolean mask must have an integer dtype (compared ``!= 0``);
+    anything else raises :class:`DTypeError` rather than reading 0.3 as True.
+    Concrete NumPy input stays NumPy; JAX input stays JAX.
+    """
+    dtype = np.dtype(getattr(mask, "dtype", np.asarray(mask).dtype))
+    if dtype == np.bool_:
+        return mask
+    numeric = jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)
+    if not numeric:
+        raise DTypeError(f"{name}: a mask must be boolean (or 0/1), got dtype {dtype}")
+    if is_traced(mask):
+        if not jnp.issubdtype(dtype, jnp.integer):
+            raise DTypeError(f"{name}: a traced mask must be boolean or integer 0/1, got "
+                             f"dtype {dtype}")
+        return mask != 0
+    values = np.asarray(mask)
+    if not np.isin(values, (0, 1)).all():
+        bad = values[~np.isin(values, (0, 1))].reshape(-1)[0]
+        raise DTypeError(f"{name}: a mask must be boolean (or hold only 0 and 1), got dtype "
+                         f"{dtype} with value {bad!r}")
+    return values.astype(bool) if isinstance(mask, np.ndarray) else jnp.asarray(mask) != 0
+
+
+__all__ = ["bool_mask", "finite_nonnegative", "int_at_least", "is_traced", "nm_pair",
+           "positive_int", "round_up", "sparsity"]
