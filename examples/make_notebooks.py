@@ -18,6 +18,7 @@ HERE = Path(__file__).resolve().parent
 
 SETUP = '''\
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,9 @@ import numpy as np
 import optax
 
 import tvwjax
-from tvwjax import digits
+
+sys.path.insert(0, os.path.dirname(os.getcwd()))  # the repository root, from examples/
+from examples import digits  # noqa: E402
 
 SMALL = os.environ.get("TVWJAX_SMALL", "") not in ("", "0")  # the test suite's configuration
 print("small configuration" if SMALL else "full configuration", "| jax", jax.__version__)'''
@@ -279,12 +282,12 @@ print(jax.tree.map(lambda v: type(v).__name__ if isinstance(v, tvwjax.Compressed
 ## Accuracy, memory and speed against dense
 
 Stored bytes count values plus index tables (no padding) for compressed weights. Times are
-medians of interleaved rounds (`tvwjax.bench._timing.interleaved_medians`), so load changes
+medians of interleaved rounds (`benchmarks._timing.interleaved_medians`), so load changes
 on a shared machine hit every model alike; the ratios come from this run only. A CPU has no
 2:4 hardware: TVW's 2:4 half is decoded at each call, so TW is the fast format here."""),
     ("code", '''\
-from tvwjax.bench._timing import interleaved_medians
-from tvwjax.demo import param_bytes
+from benchmarks._timing import interleaved_medians
+from examples.demo import param_bytes
 
 logits = digits.logits_fn(model)
 batch_sizes = (16,) if SMALL else (1, 16, 128)

@@ -1,14 +1,17 @@
-"""``tvwjax-demo``: a tiny run prints the table; bad flags exit 2 with one line on stderr."""
+"""``examples/demo.py``: a tiny run prints the table; bad flags exit 2 with one line on stderr."""
 
 from __future__ import annotations
 
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from tvwjax import demo  # noqa: E402
+from examples import demo
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_tiny_run_prints_one_table(capsys):
@@ -52,10 +55,11 @@ def test_config_budget_and_defaults():
     (["--compare", "NM"], "fixed at 0.5"),
 ], ids=["sparsity-1.5", "unknown-pattern", "nm-75", "tvw-30", "steps-abc", "compare-nm"])
 def test_bad_flags_exit_2_with_one_line(argv, needle):
-    p = subprocess.run([sys.executable, "-m", "tvwjax.demo", *argv], capture_output=True,
-                       text=True, timeout=120)
+    # run as the README does: a script, from the repository root (not on sys.path then)
+    p = subprocess.run([sys.executable, "examples/demo.py", *argv], capture_output=True,
+                       text=True, timeout=120, cwd=ROOT)
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1, p.stderr
-    assert lines[0].startswith("tvwjax-demo: error:") and needle in lines[0], lines[0]
+    assert lines[0].startswith("examples/demo.py: error:") and needle in lines[0], lines[0]
     assert "Traceback" not in p.stderr and p.stdout == ""

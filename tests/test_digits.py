@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -12,8 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import examples.digits as digits  # noqa: E402  (needs the repository root on sys.path)
+import examples.digits as digits
 
 
 def test_split_is_fixed_and_stratified():

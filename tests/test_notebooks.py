@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -30,11 +29,8 @@ def test_committed_without_outputs(name):
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_matches_its_generator(name):
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        import make_notebooks
-    finally:
-        sys.path.remove(str(EXAMPLES))
+    from examples import make_notebooks
+
     built = make_notebooks.build(make_notebooks.NOTEBOOKS[name])
     on_disk = nbformat.read(EXAMPLES / name, as_version=4)
     assert [c.source for c in on_disk.cells] == [c.source for c in built.cells], (

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tvwjax.bench._timing import interleaved_medians, machine_info, md_table, write_results
+from benchmarks._timing import interleaved_medians, machine_info, md_table, write_results
 from tvwjax.masking import apply_masks
 from tvwjax.masking import masks as make_masks
 from tvwjax.nn import SparseDense, compress_params

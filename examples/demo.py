@@ -1,8 +1,8 @@
 """The main job: train, prune (TVW by default), compress and time a digits CNN on this machine.
 
-``python -m tvwjax.demo`` (or the ``tvwjax-demo`` console script):
+``python examples/demo.py`` from the repository root (``--help`` for the flags):
 
-1. trains the digits CNN (:data:`tvwjax.digits.WIDE`: conv2 288x256, fc1 4096x1024) dense;
+1. trains the digits CNN (:data:`digits.WIDE`: conv2 288x256, fc1 4096x1024) dense;
 2. from that checkpoint, prunes ``conv2`` and ``fc1`` to ``--sparsity`` with ``--pattern``
    through the Optax transform -- ``optax.chain(adam, tvwjax.prune(pattern, Polynomial))``,
    gradual cubic pruning then a fine-tune with fixed masks -- and does the same for one or
@@ -26,25 +26,27 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from tvwjax import digits
-from tvwjax.bench._timing import interleaved_medians
 from tvwjax.errors import TvwError
 from tvwjax.formats import CompressedWeight, has_format
 from tvwjax.nn import compress_params
 from tvwjax.patterns import BW, EW, NM, TEW, TVW, TW, VW, Pattern
-from tvwjax.schedules import Polynomial
-from tvwjax.transform import get_masks, prune
+from tvwjax.transform import get_masks
+
+if __package__ in (None, ""):  # python examples/demo.py: the repository root is not on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._timing import interleaved_medians  # noqa: E402
+from examples import digits  # noqa: E402
 
 PyTree = Any
 PATTERNS = ("EW", "BW", "VW", "NM", "TW", "TEW", "TVW")
-#: Patterns whose masks :func:`tvwjax.compress` turns into a compressed format.
 
 
 def make_pattern(name: str, tile: int) -> Pattern:
@@ -101,7 +103,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> _Parser:
-    p = _Parser(prog="tvwjax-demo",
+    p = _Parser(prog="examples/demo.py",
                 description="Train the digits CNN dense, prune it (TVW by default) with the "
                             "Optax transform, compress it and compare accuracy, stored bytes "
                             "and jit inference speed with the dense model.")
@@ -179,21 +181,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
 
 
 # -- the job ------------------------------------------------------------------------------
-def pruning_chain(pattern: Pattern, sparsity: float, budget: digits.Budget
-                  ) -> optax.GradientTransformation:
-    """``optax.chain(adam, tvwjax.prune(pattern, Polynomial(...)))`` on conv2 and fc1.
-
-    Gradual cubic pruning from 0 to ``sparsity`` over ``budget.prune_steps`` (masks every
-    ``budget.frequency`` steps), then fixed masks; Adam's learning rate decays by cosine over
-    ``budget.steps``. Its state's masks (:func:`tvwjax.get_masks`) are what gets compressed.
-    """
-    schedule = Polynomial(sparsity, begin_step=0, end_step=budget.prune_steps,
-                          frequency=budget.frequency)
-    pruned = {f"{layer}/kernel" for layer in digits.PRUNED}
-    return optax.chain(digits.inner_optimizer(budget, budget.steps),
-                       prune(pattern, schedule, where=lambda path, leaf: path in pruned))
-
-
 def _chunk(steps: int) -> int:
     """Largest divisor of ``steps`` not above ``steps // 10`` (one compile, ~10 updates)."""
     cap = max(1, steps // 10)
@@ -265,7 +252,7 @@ def run(cfg: Config, log: Callable[[str], None] | None = None) -> list[dict[str,
 
     for name in (cfg.pattern, *cfg.compare):
         pattern = make_pattern(name, cfg.tile)
-        tx = pruning_chain(pattern, cfg.sparsity, budget)
+        tx = digits.pruning_tx(pattern, cfg.sparsity, budget)
         pruned, state = train_with_progress(
             tx, dense, *data, f"{name} {100 * cfg.sparsity:g}% prune + fine-tune", model)
         zeros = digits.pruned_sparsity(pruned)
@@ -330,7 +317,7 @@ def format_table(rows: Sequence[dict[str, Any]], cfg: Config) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point of ``tvwjax-demo`` / ``python -m tvwjax.demo``.
+    """Command-line entry point of ``python examples/demo.py``.
 
     Args:
       argv: arguments (default ``sys.argv[1:]``).

@@ -1,4 +1,4 @@
-"""``python -m tvwjax.bench <subcommand>``: see :mod:`tvwjax.bench`."""
+"""``python -m benchmarks <subcommand>``: see :mod:`benchmarks`."""
 
 from __future__ import annotations
 
@@ -8,15 +8,16 @@ import sys
 
 #: subcommand -> module with ``add_arguments(parser)`` and ``run(args) -> int``.
 SUBCOMMANDS: dict[str, str] = {
-    "matmul": "tvwjax.bench.matmul",
-    "model": "tvwjax.bench.model",
-    "masks": "tvwjax.bench.masks",
+    "matmul": "benchmarks.matmul",
+    "model": "benchmarks.model",
+    "masks": "benchmarks.masks",
+    "transform_overhead": "benchmarks.transform_overhead",
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one benchmark subcommand."""
-    parser = argparse.ArgumentParser(prog="python -m tvwjax.bench",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks",
                                      description="tvwjax benchmarks (CPU by default)")
     sub = parser.add_subparsers(dest="command", required=True)
     modules = {}

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import sparse as jsparse
 
-from tvwjax.bench._timing import (
+from benchmarks._timing import (
     interleaved_medians,
     machine_info,
     md_table,

@@ -16,7 +16,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from tvwjax.bench._timing import interleaved_medians, machine_info, md_table, write_results
+from benchmarks._timing import interleaved_medians, machine_info, md_table, write_results
 from tvwjax.masking import masks as make_masks
 from tvwjax.patterns import EW, NM, TVW, TW, Pattern
 
@@ -44,7 +44,7 @@ def forward(tree: dict, x: jax.Array) -> jax.Array:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Command-line options of ``python -m tvwjax.bench masks``."""
+    """Command-line options of ``python -m benchmarks masks``."""
     p.add_argument("--layers", type=int, default=12, help="encoder layers (default 12)")
     p.add_argument("--tokens", type=int, default=8 * 128, help="tokens per step (8 x 128)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats (default 5)")
