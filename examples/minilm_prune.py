@@ -13,7 +13,7 @@ intermediate,output}/kernel``) are pruned at 50% and 75% with
   normalised per matrix, per-matrix sparsity bounded to ``[s/2, 0.95]``);
 
 and reported as the mean cosine similarity between the pruned and the dense model's sentence
-embeddings on held-out sentences of the offline corpus (:func:`tvwjax.models.load_sentences`).
+embeddings on held-out sentences of the offline corpus (:func:`examples.corpus.load_sentences`).
 Then selected configurations get the same recovery fine-tune (masks fixed with
 ``tvwjax.transform.prune(None, Constant(), initial_masks=...)``; distillation of the dense
 model's token states on the train sentences and on spliced pairs of them) and the
@@ -35,6 +35,7 @@ import platform
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -46,18 +47,22 @@ import tvwjax
 from tvwjax import calibration
 from tvwjax.data_aware import activation_scores
 from tvwjax.formats import has_format
-from tvwjax.models import (
+from tvwjax.reconstruct import reconstruct
+from tvwjax.schedules import Constant
+from tvwjax.transform import prune
+
+if __package__ in (None, ""):  # python examples/minilm_prune.py: put the repository root on
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # sys.path for examples.*
+
+from examples.corpus import load_sentences  # noqa: E402
+from examples.minilm_model import (  # noqa: E402
     MiniLMEncoder,
     embedding_fidelity,
     encode,
     is_linear_kernel,
     load_minilm,
-    load_sentences,
     tokenize,
 )
-from tvwjax.reconstruct import reconstruct
-from tvwjax.schedules import Constant
-from tvwjax.transform import prune
 
 TILE = 64
 """Tile width G: 384 = 6 tiles and 1536 = 24 tiles of 64 columns (128 would leave only 3

