@@ -3,8 +3,8 @@
 TVW = tile-wise row pruning, then 2:4 along the kept (compact) rows of every tile. The kernel
 reads each tile's 2:4-compressed values (half the compact block) and its packed 2-bit
 metadata (1/8 byte per value), decodes them in registers with
-:func:`tvwjax.nm_codec.unpack_plane` and feeds dense ``dot``\\ s; only half the weight values
-are read from memory.
+:func:`pallas_kernels.nm_codec.unpack_plane` and feeds dense ``dot``\\ s; only half the weight
+values are read from memory.
 
 Decoding without reshapes (Triton lowers them poorly). In one step of ``block_k`` compact rows
 the value rows are ``block_k / 2`` and the metadata byte rows ``block_k / 8``; byte row ``r``
@@ -19,6 +19,11 @@ holds the indices of value rows ``4r + p`` (plane ``p = 0..3``). Value row ``4r 
 stride-4 slice of value rows and ``idx[p] = unpack_plane(meta, p)``. Each ``D[h, j]`` is
 multiplied with the matching stride-8 gather of ``x^T`` rows: 8 ``dot``\\ s of contraction
 ``block_k / 8`` per step, the same MACs as one dense ``dot`` over ``block_k`` rows.
+
+:func:`tvw_matmul` is differentiable with respect to ``x`` and the compressed ``values``: the
+backward decodes the compact blocks (:func:`pallas_kernels.layout.tvw_compact_blocks`), runs
+the TW backward :func:`pallas_kernels.tile_vjp.tile_matmul_vjp` on them and maps the
+compact-block gradient back to the 2:4 values through the VJP of the linear decode.
 
 Ampere/Hopper have no sparse MMA reachable from the Triton backend (see the design notes), so
 the win is the halved weight traffic; the Blackwell sparse tensor core needs Mosaic GPU.
@@ -37,28 +42,43 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.common import (
-    TVW_ROWS_PER_META,
-    check_counts,
-    compute_dtype,
+    MIN_DOT,
+    BlockConfig,
+    TileCall,
+    default_block_config,
     gather_xt_rows,
     launch_tile_kernel,
     num_k_steps,
-    pad_axis,
-    padded_tile_width,
-    prepare_tables,
-    resolve_block_config,
-    round_up,
-    tvw_compact_blocks,
+    prepare_call,
     validate_tiles,
+    validate_weight,
 )
+from pallas_kernels.layout import tvw_compact_blocks
+from pallas_kernels.nm_codec import PLANES, unpack_plane
+from pallas_kernels.tile_vjp import tile_matmul_vjp
 from pallas_kernels.tw_matmul import tw_matmul_reference
-from tvwjax.errors import DTypeError, ShapeError
-from tvwjax.nm_codec import unpack_plane
 
 Array = jax.Array
 
-_PLANES = 4  # 2-bit indices per metadata byte
 _GROUP = 4  # the M of 2:4
+#: Compact rows covered by one byte row of TVW metadata (4 value rows = 2 groups of 4 rows).
+ROWS_PER_META = PLANES * _GROUP // 2
+#: Smallest ``block_k`` of the TVW kernel: each of its 8 sub-products contracts over
+#: ``block_k / 8`` rows, which must be at least 16.
+MIN_BLOCK_K = MIN_DOT * ROWS_PER_META
+
+
+def tvw_block_config(m: int, kp: int, g: int) -> BlockConfig:
+    """Per-shape launch defaults of :func:`tvw_matmul` for ``x`` with ``m`` rows, ``kp``
+    compact rows per tile and tiles ``g`` wide (after padding to a power of two).
+
+    ``block_k``: 128 (each step runs 8 sub-products with a contraction of ``block_k / 8``,
+    which must be >= 16); 256 when ``kp`` is a multiple of 256 and ``m <= 64`` (decode-like
+    calls are bound by the weight bytes: fewer, longer steps). The other fields:
+    :func:`pallas_kernels.common.default_block_config`.
+    """
+    block_k = 2 * MIN_BLOCK_K if (kp % (2 * MIN_BLOCK_K) == 0 and m <= 64) else MIN_BLOCK_K
+    return default_block_config(m, g, block_k)
 
 
 def tvw_matmul_kernel(
@@ -76,7 +96,7 @@ def tvw_matmul_kernel(
       block_k: compact rows per loop step (a power of two >= 128).
     """
     kp = rows_ref.shape[0]
-    sub = block_k // TVW_ROWS_PER_META  # metadata byte rows per step = rows per sub-product
+    sub = block_k // ROWS_PER_META  # metadata byte rows per step = rows per sub-product
     steps = num_k_steps(counts_ref, pl.program_id(1), kp, block_k)
     dtype = o_ref.dtype
 
@@ -87,13 +107,13 @@ def tvw_matmul_kernel(
         for h in range(2):
             planes = []
             for p in (2 * h, 2 * h + 1):
-                v = values_ref[pl.ds(v_start + p, sub, stride=_PLANES), :].astype(dtype)
+                v = values_ref[pl.ds(v_start + p, sub, stride=PLANES), :].astype(dtype)
                 planes.append((v, unpack_plane(meta, p)))
             for j in range(_GROUP):
                 (v0, i0), (v1, i1) = planes
                 w = jnp.where(i0 == j, v0, 0) + jnp.where(i1 == j, v1, 0)
                 xt = gather_xt_rows(
-                    xt_ref, rows_ref, start + _GROUP * h + j, sub, stride=TVW_ROWS_PER_META
+                    xt_ref, rows_ref, start + _GROUP * h + j, sub, stride=ROWS_PER_META
                 ).astype(dtype)
                 acc = acc + plgpu.dot(xt, w, trans_a=True)
         return acc
@@ -103,104 +123,90 @@ def tvw_matmul_kernel(
     o_ref[...] = acc.astype(dtype)
 
 
-def _check_tvw(values: Array, meta: Array, t: int, kp: int, g: int) -> None:
-    if kp % TVW_ROWS_PER_META:
-        raise ShapeError(
-            f"TVW rows must have Kp (axis 1) a multiple of {TVW_ROWS_PER_META}, got {kp}"
-        )
-    want_v = (t, kp // 2, g)
-    if values.ndim != 3 or tuple(values.shape) != want_v:
-        raise ShapeError(
-            f"values must have shape (T, Kp // 2, G) = {want_v} to match rows/cols, "
-            f"got {tuple(values.shape)}"
-        )
-    want_m = (t, kp // TVW_ROWS_PER_META, g)
-    if meta.ndim != 3 or tuple(meta.shape) != want_m:
-        raise ShapeError(
-            f"meta must have shape (T, Kp // 8, G) = {want_m} to match rows/cols, "
-            f"got {tuple(meta.shape)}"
-        )
-    if jnp.dtype(meta.dtype) != jnp.uint8:
-        raise DTypeError(f"meta must be uint8 (packed 2-bit indices), got {meta.dtype}")
+def _weights(values: Array, meta: Array) -> list[tuple[str, Array, int, jnp.dtype | None]]:
+    return [("values", values, 2, None), ("meta", meta, ROWS_PER_META, jnp.dtype(jnp.uint8))]
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=["n_out", "block_m", "block_k", "num_warps", "num_stages", "interpret"],
-)
-def tvw_matmul(
-    x: Array,
-    values: Array,
-    meta: Array,
-    rows: Array,
-    cols: Array,
-    *,
-    n_out: int,
-    counts: Array | None = None,
-    block_m: int | None = None,
-    block_k: int | None = None,
-    num_warps: int | None = None,
-    num_stages: int | None = None,
-    interpret: bool = False,
-) -> Array:
-    """Tile-vector-wise sparse ``x @ W`` from TVW tile data.
+@functools.partial(jax.jit, static_argnames=["n_out", "config", "interpret"])
+def tvw_matmul(x: Array, values: Array, meta: Array, rows: Array, cols: Array, *, n_out: int,
+               counts: Array | None = None, config: BlockConfig | None = None,
+               interpret: bool = False) -> Array:
+    """Tile-vector-wise sparse ``x @ W`` from TVW (2:4) tile data.
+
+    Differentiable with respect to ``x`` and the compressed ``values`` (``meta`` and the
+    integer tables get no cotangent).
 
     Args:
       x: ``(M, K)`` activations, any ``M >= 1``.
-      values: ``(T, Kp // 2, G)`` 2:4-compressed compact blocks (:func:`tvwjax.nm_codec.
-        nm_compress` of each tile's compact block along its rows).
-      meta: ``(T, Kp // 8, G)`` uint8, :func:`tvwjax.nm_codec.pack_index` of the positions.
+      values: ``(T, Kp // 2, G)`` 2:4-compressed compact blocks
+        (:func:`pallas_kernels.nm_codec.nm_compress` of each tile's compact block along its
+        rows).
+      meta: ``(T, Kp // 8, G)`` uint8, :func:`pallas_kernels.nm_codec.pack_index` of the
+        positions.
       rows: ``(T, Kp)`` int original K row of each compact row (``Kp`` a multiple of 8;
         padding rows point at 0).
       cols: ``(T, G)`` int original output column of each tile column (padding = ``n_out``).
       n_out: ``N``, the width of the output (static).
       counts: optional ``(T,)`` int kept rows per tile; when given, each tile loops only over
-        its own ``ceil(k_t / block_k)`` steps.
-      block_m, block_k, num_warps, num_stages: static launch parameters; ``None`` picks the
-        per-shape default of :func:`pallas_kernels.common.default_block_config`
-        (``block_k`` must be a power of two >= 128 here).
+        its own ``ceil(k_t / block_k)`` steps, and padding rows get a zero gradient.
+      config: static launch parameters; its ``None`` fields (all, by default) take the
+        per-shape default of :func:`tvw_block_config` (``block_k`` must be a power of two
+        >= 128 here).
       interpret: run the kernel in Pallas interpret mode (CPU, slow; for tests).
 
-    Padding: a ``G`` that is not a power of two >= 16, or a ``Kp`` that is not a multiple
-    of ``block_k`` (pass ``Kp`` a multiple of 128 to avoid it), is zero-padded on every
-    call, a copy of the weight arrays; ``rows`` entries must lie in ``[0, K)`` (they
-    cannot be checked under jit; out-of-range rows read garbage on a GPU).
+    The arrays are padded to the block sizes as
+    :func:`pallas_kernels.common.launch_tile_kernel` says (``Kp`` a multiple of 128 avoids a
+    copy of the weights).
 
     Returns:
       ``(M, n_out)`` in the promoted dtype of ``x`` and ``values``, accumulated in float32.
 
     Raises:
-      ShapeError, DTypeError, ConfigError: on inputs that break the layout contract.
+      KernelShapeError, KernelDTypeError, KernelConfigError: on inputs that break the layout
+        contract (:mod:`pallas_kernels.errors`).
     """
-    m, _, t, kp, g = validate_tiles(x, rows, cols, n_out)
-    _check_tvw(values, meta, t, kp, g)
-    check_counts(counts, t)
-    dtype = compute_dtype(x, values)
-    gp = padded_tile_width(g)
-    cfg = resolve_block_config(
-        m, kp, gp, tvw=True, block_m=block_m, block_k=block_k,
-        num_warps=num_warps, num_stages=num_stages,
+    call = prepare_call(
+        "tvw_matmul", x, _weights(values, meta), rows, cols, counts, n_out=n_out,
+        default_config=tvw_block_config, min_block_k=MIN_BLOCK_K, config=config,
+        interpret=interpret,
     )
-    kp_to = round_up(kp, cfg.block_k)
-    values = pad_axis(pad_axis(values, 1, kp_to // 2), 2, gp)
-    meta = pad_axis(pad_axis(meta, 1, kp_to // TVW_ROWS_PER_META), 2, gp)
-    rows, cols, counts = prepare_tables(rows, cols, counts, kp_to, gp, n_out)
-    kernel = functools.partial(tvw_matmul_kernel, block_k=cfg.block_k)
-    return launch_tile_kernel(
-        kernel, x, [values, meta], rows, cols, counts, n_out=n_out, cfg=cfg, dtype=dtype,
-        interpret=interpret, name="tvw_matmul",
-    )
+    return _tvw_matmul(x, values, meta, rows, cols, counts, call)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _tvw_matmul(x, values, meta, rows, cols, counts, call: TileCall):
+    return launch_tile_kernel(tvw_matmul_kernel, x, [values, meta], rows, cols, counts, call)
+
+
+def _tvw_matmul_fwd(x, values, meta, rows, cols, counts, call):
+    y = _tvw_matmul(x, values, meta, rows, cols, counts, call)
+    return y, (x, values, meta, rows, cols, counts)
+
+
+def _tvw_matmul_bwd(call, res, dy):
+    del call
+    x, values, meta, rows, cols, counts = res
+    blocks, decode_vjp = jax.vjp(lambda v: tvw_compact_blocks(v, meta), values)
+    dx, dblocks = tile_matmul_vjp(x, blocks, rows, cols, counts, dy)
+    (dvalues,) = decode_vjp(dblocks)
+    return dx, dvalues, None, None, None, None
+
+
+_tvw_matmul.defvjp(_tvw_matmul_fwd, _tvw_matmul_bwd)
 
 
 @functools.partial(jax.jit, static_argnames=["n_out"])
-def tvw_matmul_reference(
-    x: Array, values: Array, meta: Array, rows: Array, cols: Array, *, n_out: int
-) -> Array:
+def tvw_matmul_reference(x: Array, values: Array, meta: Array, rows: Array, cols: Array, *,
+                         n_out: int, counts: Array | None = None) -> Array:
     """Plain-jnp reference of :func:`tvw_matmul`: the compact blocks decoded by
-    :func:`tvwjax.nm_codec.nm_decompress`, then :func:`tw_matmul_reference`."""
-    _, _, t, kp, g = validate_tiles(x, rows, cols, n_out)
-    _check_tvw(values, meta, t, kp, g)
-    return tw_matmul_reference(x, tvw_compact_blocks(values, meta), rows, cols, n_out=n_out)
+    :func:`pallas_kernels.layout.tvw_compact_blocks`, then :func:`tw_matmul_reference`.
+    Its ``jax.grad`` is the reference of the kernel's VJP."""
+    _, _, t, kp, g = validate_tiles(x, rows, cols, counts, n_out)
+    for name, arr, div, dtype in _weights(values, meta):
+        validate_weight(name, arr, t, kp, g, div, dtype)
+    return tw_matmul_reference(x, tvw_compact_blocks(values, meta), rows, cols, n_out=n_out,
+                               counts=counts)
 
 
-__all__ = ["tvw_matmul", "tvw_matmul_kernel", "tvw_matmul_reference"]
+__all__ = ["MIN_BLOCK_K", "ROWS_PER_META", "tvw_block_config", "tvw_matmul",
+           "tvw_matmul_kernel", "tvw_matmul_reference"]

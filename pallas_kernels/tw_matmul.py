@@ -6,6 +6,10 @@ Triton lowers), and runs a dense ``dot`` against the tile's compact ``K_t x G`` 
 compact rows per step, accumulating in float32. The compact ``(M, T*G)`` result is scattered to
 the original output columns after the kernel (pruned columns zero, padding columns dropped).
 
+:func:`tw_matmul` is differentiable with respect to ``x`` and ``values`` (a ``custom_vjp``
+whose backward is :func:`pallas_kernels.tile_vjp.tile_matmul_vjp`, plain jnp in the compact
+tile form); :func:`tw_matmul_reference` is the plain-jnp reference the tests compare with.
+
 Reference: Guo et al., "Accelerating Sparse DNN Models without Hardware-Support via Tile-Wise
 Sparsity", SC 2020 (the per-tile gather-then-GEMM design of their CUTLASS kernel).
 """
@@ -21,22 +25,39 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.common import (
-    check_counts,
+    MIN_DOT,
+    BlockConfig,
+    TileCall,
     compute_dtype,
+    default_block_config,
     gather_xt_rows,
     launch_tile_kernel,
+    next_pow2,
     num_k_steps,
-    pad_axis,
-    padded_tile_width,
-    prepare_tables,
-    resolve_block_config,
-    round_up,
-    tiles_to_dense,
+    prepare_call,
     validate_tiles,
+    validate_weight,
 )
-from tvwjax.errors import ShapeError
+from pallas_kernels.layout import tiles_to_dense
+from pallas_kernels.tile_vjp import tile_matmul_vjp
 
 Array = jax.Array
+
+#: Smallest ``block_k`` of the TW kernel (one ``dot`` over ``block_k`` compact rows).
+MIN_BLOCK_K = MIN_DOT
+
+
+def tw_block_config(m: int, kp: int, g: int) -> BlockConfig:
+    """Per-shape launch defaults of :func:`tw_matmul` for ``x`` with ``m`` rows, ``kp``
+    compact rows per tile and tiles ``g`` wide (after padding to a power of two).
+
+    ``block_k``: the largest of 64, 32, 16 that divides ``kp`` (so no padding copy of the
+    weights is made); if none does, ``min(64, next_pow2(kp))``. The other fields:
+    :func:`pallas_kernels.common.default_block_config`.
+    """
+    divisors = [b for b in (64, 32, 16) if kp % b == 0]
+    block_k = divisors[0] if divisors else min(64, max(MIN_DOT, next_pow2(kp)))
+    return default_block_config(m, g, block_k)
 
 
 def tw_matmul_kernel(xt_ref, values_ref, rows_ref, counts_ref, o_ref, *, block_k: int) -> None:
@@ -64,25 +85,14 @@ def tw_matmul_kernel(xt_ref, values_ref, rows_ref, counts_ref, o_ref, *, block_k
     o_ref[...] = acc.astype(o_ref.dtype)
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=["n_out", "block_m", "block_k", "num_warps", "num_stages", "interpret"],
-)
-def tw_matmul(
-    x: Array,
-    values: Array,
-    rows: Array,
-    cols: Array,
-    *,
-    n_out: int,
-    counts: Array | None = None,
-    block_m: int | None = None,
-    block_k: int | None = None,
-    num_warps: int | None = None,
-    num_stages: int | None = None,
-    interpret: bool = False,
-) -> Array:
-    """Tile-wise sparse ``x @ W`` from TW tile data.
+@functools.partial(jax.jit, static_argnames=["n_out", "config", "interpret"])
+def tw_matmul(x: Array, values: Array, rows: Array, cols: Array, *, n_out: int,
+              counts: Array | None = None, config: BlockConfig | None = None,
+              interpret: bool = False) -> Array:
+    """Tile-wise sparse ``x @ W`` from TW tile data (layout: :mod:`pallas_kernels.layout`).
+
+    Differentiable with respect to ``x`` and ``values`` (the integer tables get no
+    cotangent); the backward runs :func:`pallas_kernels.tile_vjp.tile_matmul_vjp`.
 
     Args:
       x: ``(M, K)`` activations, any ``M >= 1``.
@@ -91,58 +101,65 @@ def tw_matmul(
       cols: ``(T, G)`` int original output column of each tile column (padding = ``n_out``).
       n_out: ``N``, the width of the output (static).
       counts: optional ``(T,)`` int kept rows per tile; when given, each tile loops only over
-        its own ``ceil(k_t / block_k)`` steps instead of all of ``Kp``.
-      block_m, block_k, num_warps, num_stages: static launch parameters; ``None`` picks the
-        per-shape default of :func:`pallas_kernels.common.default_block_config`.
+        its own ``ceil(k_t / block_k)`` steps instead of all of ``Kp``, and padding rows get
+        a zero gradient (without it they get row 0's).
+      config: static launch parameters; its ``None`` fields (all, by default) take the
+        per-shape default of :func:`tw_block_config`.
       interpret: run the kernel in Pallas interpret mode (CPU, slow; for tests).
 
-    Padding: a ``G`` that is not a power of two >= 16, or a ``Kp`` that is not a multiple
-    of ``block_k`` (pass ``Kp`` a multiple of 16 to avoid it), is zero-padded on every
-    call, a copy of the weight arrays; ``rows`` entries must lie in ``[0, K)`` (they
-    cannot be checked under jit; out-of-range rows read garbage on a GPU).
+    The arrays are padded to the block sizes as
+    :func:`pallas_kernels.common.launch_tile_kernel` says (``Kp`` a multiple of 16 and ``G``
+    a power of two >= 16 avoid a copy of the weights).
 
     Returns:
       ``(M, n_out)`` in the promoted dtype of ``x`` and ``values`` (float32, bfloat16 or
       float16), accumulated in float32.
 
     Raises:
-      ShapeError, DTypeError, ConfigError: on inputs that break the layout contract.
+      KernelShapeError, KernelDTypeError, KernelConfigError: on inputs that break the layout
+        contract (:mod:`pallas_kernels.errors`).
     """
-    m, _, t, kp, g = validate_tiles(x, rows, cols, n_out)
-    if values.ndim != 3 or tuple(values.shape) != (t, kp, g):
-        raise ShapeError(
-            f"values must have shape (T, Kp, G) = {(t, kp, g)} to match rows/cols, "
-            f"got {tuple(values.shape)}"
-        )
-    check_counts(counts, t)
-    dtype = compute_dtype(x, values)
-    gp = padded_tile_width(g)
-    cfg = resolve_block_config(
-        m, kp, gp, tvw=False, block_m=block_m, block_k=block_k,
-        num_warps=num_warps, num_stages=num_stages,
+    call = prepare_call(
+        "tw_matmul", x, [("values", values, 1, None)], rows, cols, counts, n_out=n_out,
+        default_config=tw_block_config, min_block_k=MIN_BLOCK_K, config=config,
+        interpret=interpret,
     )
-    kp_to = round_up(kp, cfg.block_k)
-    values = pad_axis(pad_axis(values, 1, kp_to), 2, gp)
-    rows, cols, counts = prepare_tables(rows, cols, counts, kp_to, gp, n_out)
-    kernel = functools.partial(tw_matmul_kernel, block_k=cfg.block_k)
-    return launch_tile_kernel(
-        kernel, x, [values], rows, cols, counts, n_out=n_out, cfg=cfg, dtype=dtype,
-        interpret=interpret, name="tw_matmul",
-    )
+    return _tw_matmul(x, values, rows, cols, counts, call)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _tw_matmul(x, values, rows, cols, counts, call: TileCall):
+    return launch_tile_kernel(tw_matmul_kernel, x, [values], rows, cols, counts, call)
+
+
+def _tw_matmul_fwd(x, values, rows, cols, counts, call):
+    return _tw_matmul(x, values, rows, cols, counts, call), (x, values, rows, cols, counts)
+
+
+def _tw_matmul_bwd(call, res, dy):
+    del call
+    x, values, rows, cols, counts = res
+    dx, dvalues = tile_matmul_vjp(x, values, rows, cols, counts, dy)
+    return dx, dvalues, None, None, None
+
+
+_tw_matmul.defvjp(_tw_matmul_fwd, _tw_matmul_bwd)
 
 
 @functools.partial(jax.jit, static_argnames=["n_out"])
-def tw_matmul_reference(
-    x: Array, values: Array, rows: Array, cols: Array, *, n_out: int
-) -> Array:
+def tw_matmul_reference(x: Array, values: Array, rows: Array, cols: Array, *, n_out: int,
+                        counts: Array | None = None) -> Array:
     """Plain-jnp reference of :func:`tw_matmul`: ``x @ W`` with ``W`` expanded to dense by
-    :func:`pallas_kernels.common.tiles_to_dense`, float32 accumulation."""
-    validate_tiles(x, rows, cols, n_out)
+    :func:`pallas_kernels.layout.tiles_to_dense` (padding rows dropped when ``counts`` is
+    given), float32 accumulation. Its ``jax.grad`` is the reference of the kernel's VJP."""
+    _, k, t, kp, g = validate_tiles(x, rows, cols, counts, n_out)
+    validate_weight("values", values, t, kp, g, 1)
     dtype = compute_dtype(x, values)
-    w = tiles_to_dense(values.astype(dtype), rows, cols, x.shape[1], n_out)
+    w = tiles_to_dense(values.astype(dtype), rows, cols, k, n_out, counts)
     y = jnp.dot(x.astype(dtype), w, precision=lax.Precision.HIGHEST,
                 preferred_element_type=jnp.float32)
     return y.astype(dtype)
 
 
-__all__ = ["tw_matmul", "tw_matmul_kernel", "tw_matmul_reference"]
+__all__ = ["MIN_BLOCK_K", "tw_block_config", "tw_matmul", "tw_matmul_kernel",
+           "tw_matmul_reference"]

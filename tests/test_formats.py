@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pallas_kernels.nm_codec import nm_compress, pack_index
 from tvwjax.errors import ConfigError, DTypeError, PatternViolationError, ShapeError
 from tvwjax.formats import (
     BlockSparse,
@@ -17,7 +18,6 @@ from tvwjax.formats import (
     decompress,
     has_format,
 )
-from tvwjax.nm_codec import nm_compress, pack_index
 from tvwjax.patterns import BW, EW, NM, TEW, TVW, TW, TW1D, VW
 
 CASES = [

@@ -1,9 +1,10 @@
 """Tests of the TW / TVW Pallas kernels on the CPU.
 
 Two ways without a GPU: interpret mode (the kernel body executed on the CPU) compared with the
-plain-jnp references and with the masked dense product ``x @ (mask * W)``; and cross-lowering
-for the ``cuda`` platform, reading the serialized Triton IR out of the exported module.
-Tile data is built here from random kept-row sets, independent of ``tvwjax.formats``.
+plain-jnp references and with the masked dense product ``x @ (mask * W)`` (forward and
+gradients); and cross-lowering for the ``cuda`` platform, reading the serialized Triton IR out
+of the exported module. Tile data is built here from random kept-row sets, independent of
+``tvwjax`` (``pallas_kernels`` stands alone).
 """
 
 from __future__ import annotations
@@ -21,16 +22,20 @@ from jax._src.lib.mlir import ir
 from jax._src.pallas.triton import lowering as triton_lowering
 
 from pallas_kernels import (
-    default_block_config,
+    BlockConfig,
+    KernelConfigError,
+    KernelDTypeError,
+    KernelShapeError,
     tiles_to_dense,
+    tvw_block_config,
     tvw_compact_blocks,
     tvw_matmul,
     tvw_matmul_reference,
+    tw_block_config,
     tw_matmul,
     tw_matmul_reference,
 )
-from tvwjax.errors import ConfigError, DTypeError, ShapeError
-from tvwjax.nm_codec import nm_compress, nm_select, pack_index
+from pallas_kernels.nm_codec import nm_compress, nm_decompress, pack_index, unpack_index
 
 DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
 # Relative tolerance (of max |reference|) per dtype: the kernel and the reference both
@@ -47,12 +52,21 @@ def _assert_close(out, ref, dtype) -> None:
     np.testing.assert_allclose(out, ref, rtol=0, atol=RTOL[jnp.dtype(dtype)] * scale)
 
 
-def _tiles(rng, k, n, g, kp, *, tvw: bool, dtype, col_keep=None):
+def _two_of_four(score: np.ndarray) -> np.ndarray:
+    """2:4 keep-mask along axis 0: the 2 largest of every 4 rows per column."""
+    rows, cols = score.shape
+    g = score.reshape(rows // 4, 4, cols)
+    rank = np.argsort(np.argsort(-g, axis=1, kind="stable"), axis=1, kind="stable")
+    return (rank < 2).reshape(rows, cols)
+
+
+def _tiles(rng, k, n, g, kp, *, tvw: bool, dtype, col_keep=None, empty=()):
     """Random TW / TVW tile data with kept-row counts differing between tiles.
 
     Columns are tiled in order after optional column pruning (``col_keep``), the last tile
-    ragged; padding columns are ``n``. Returns a dict with the tile arrays and the dense
-    masked weight ``w`` (K, N) in float32 that they encode.
+    ragged; padding columns are ``n``. Tile 0 keeps ``kp`` rows (all of K when ``kp == k``),
+    the tiles in ``empty`` none. Returns a dict with the tile arrays and the dense masked
+    weight ``w`` (K, N) in float32 that they encode.
     """
     keep = np.ones(n, bool) if col_keep is None else col_keep
     kept_cols = np.flatnonzero(keep)
@@ -64,7 +78,7 @@ def _tiles(rng, k, n, g, kp, *, tvw: bool, dtype, col_keep=None):
     blocks = np.zeros((t, kp, g), np.float32)
     masks = np.zeros((t, kp, g), bool)
     for i in range(t):
-        kt = int(rng.integers(1, kp + 1)) if i else kp  # tile 0 full, the others vary
+        kt = 0 if i in empty else int(rng.integers(1, kp + 1)) if i else kp
         r = np.sort(rng.choice(k, kt, replace=False))
         c = kept_cols[i * g : (i + 1) * g]
         rows[i, :kt], cols[i, : len(c)], counts[i] = r, c, kt
@@ -75,7 +89,7 @@ def _tiles(rng, k, n, g, kp, *, tvw: bool, dtype, col_keep=None):
         mask[:kt, : len(c)] = True
         if tvw:
             score = np.abs(blk) + 1e-3 * rng.random(blk.shape)
-            mask &= np.asarray(nm_select(jnp.asarray(score)))
+            mask &= _two_of_four(score)
         blocks[i], masks[i] = blk * mask, mask
         w[np.ix_(r, c)] = blocks[i][:kt, : len(c)]
     out = dict(rows=jnp.asarray(rows), cols=jnp.asarray(cols), counts=jnp.asarray(counts),
@@ -105,10 +119,10 @@ def _run(d, x, *, tvw: bool, **kw):
     return op(*args, d["rows"], d["cols"], n_out=d["n"], **kw)
 
 
-def _reference(d, x, *, tvw: bool):
-    if tvw:
-        return tvw_matmul_reference(x, d["values"], d["meta"], d["rows"], d["cols"], n_out=d["n"])
-    return tw_matmul_reference(x, d["values"], d["rows"], d["cols"], n_out=d["n"])
+def _reference(d, x, *, tvw: bool, **kw):
+    args = (x, d["values"], d["meta"]) if tvw else (x, d["values"])
+    op = tvw_matmul_reference if tvw else tw_matmul_reference
+    return op(*args, d["rows"], d["cols"], n_out=d["n"], **kw)
 
 
 # --------------------------------------------------------------------------- interpret mode
@@ -125,7 +139,7 @@ def test_interpret_matches_reference_and_masked_dense(shape, dtype, tvw):
     rng = np.random.default_rng(zlib.crc32(repr((shape, tvw)).encode()))
     d = _tiles(rng, k, n, g, kp, tvw=tvw, dtype=dtype)
     x = _x(rng, m, k, dtype)
-    out = _run(d, x, tvw=tvw, block_m=block_m, interpret=True)
+    out = _run(d, x, tvw=tvw, config=BlockConfig(block_m=block_m), interpret=True)
     ref = _reference(d, x, tvw=tvw)
     assert out.shape == (m, n) and out.dtype == jnp.dtype(dtype)
     assert float(jnp.abs(ref.astype(jnp.float32)).max()) > 0.1  # not trivially zero
@@ -143,7 +157,7 @@ def test_counts_bound_the_loop_and_column_pruning(tvw):
     kp = 24
     d = _tiles(rng, k, n, g, kp, tvw=tvw, dtype=jnp.float32, col_keep=col_keep)
     x = _x(rng, 3, k, jnp.float32)
-    kw = {} if tvw else dict(block_k=16)
+    kw = {} if tvw else dict(config=BlockConfig(block_k=16))
     out = _run(d, x, tvw=tvw, counts=d["counts"], interpret=True, **kw)
     _assert_close(out, _masked_dense(x, d), jnp.float32)
     assert np.all(np.asarray(out)[:, ~col_keep] == 0)
@@ -192,6 +206,76 @@ def test_references_agree_with_dense_expansion():
     d = _tiles(rng, 24, 40, 16, 16, tvw=False, dtype=jnp.float32)
     w = tiles_to_dense(d["values"], d["rows"], d["cols"], 24, 40)
     np.testing.assert_array_equal(np.asarray(w), d["w"])
+    w = tiles_to_dense(d["values"], d["rows"], d["cols"], 24, 40, d["counts"])
+    np.testing.assert_array_equal(np.asarray(w), d["w"])
+
+
+def test_tvw_decode_is_the_codec_inverse():
+    """The elementwise TVW decoder equals the codec's nm_decompress of every tile."""
+    rng = np.random.default_rng(12)
+    d = _tiles(rng, 40, 30, 16, 24, tvw=True, dtype=jnp.float32)
+    blocks = tvw_compact_blocks(d["values"], d["meta"])
+    vr = d["values"].shape[1]
+    for t in range(blocks.shape[0]):
+        ref = nm_decompress(d["values"][t], unpack_index(d["meta"][t], vr))
+        np.testing.assert_array_equal(np.asarray(blocks[t]), np.asarray(ref))
+
+
+# --------------------------------------------------------------------------- gradients
+
+
+def _grads(fn, x, values, dy):
+    return jax.grad(lambda x, v: jnp.sum(fn(x, v).astype(jnp.float32) * dy), argnums=(0, 1))(
+        x, values)
+
+
+@pytest.mark.parametrize("tvw", [False, True], ids=["tw", "tvw"])
+@pytest.mark.parametrize("with_counts", [True, False], ids=["counts", "no_counts"])
+@pytest.mark.parametrize("m", [1, 3, 17])
+def test_gradients_match_reference(m, with_counts, tvw):
+    """jax.grad of the kernel (interpret mode) equals jax.grad of the plain-jnp reference:
+    N = 37 (last tile ragged), tile 0 keeping all K rows, tile 1 empty, M in {1, 3, 17}."""
+    rng = np.random.default_rng(zlib.crc32(repr((m, with_counts, tvw)).encode()))
+    k, n, g, kp = 24, 37, 16, 24
+    d = _tiles(rng, k, n, g, kp, tvw=tvw, dtype=jnp.float32, empty=(1,))
+    x = _x(rng, m, k, jnp.float32)
+    dy = jnp.asarray(rng.standard_normal((m, n)), jnp.float32)
+    kw = dict(counts=d["counts"]) if with_counts else {}
+    meta = (d["meta"],) if tvw else ()
+    kernel = tvw_matmul if tvw else tw_matmul
+    reference = tvw_matmul_reference if tvw else tw_matmul_reference
+
+    def run(x, v):
+        return kernel(x, v, *meta, d["rows"], d["cols"], n_out=n, interpret=True, **kw)
+
+    def ref(x, v):
+        return reference(x, v, *meta, d["rows"], d["cols"], n_out=n, **kw)
+
+    gx, gv = jax.jit(lambda x, v: _grads(run, x, v, dy))(x, d["values"])
+    rx, rv = _grads(ref, x, d["values"], dy)
+    assert gx.dtype == x.dtype and gv.shape == d["values"].shape
+    assert float(jnp.abs(rv).max()) > 0.1
+    np.testing.assert_allclose(np.asarray(gx), np.asarray(rx), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(gv), np.asarray(rv), rtol=1e-5, atol=1e-5)
+    # The masked dense gradient of x, whatever the counts.
+    np.testing.assert_allclose(np.asarray(gx), np.asarray(dy @ jnp.asarray(d["w"]).T),
+                               rtol=1e-5, atol=1e-5)
+    if with_counts and not tvw:
+        pad = np.arange(kp)[None, :, None] >= np.asarray(d["counts"])[:, None, None]
+        assert pad.any() and np.all(np.asarray(gv)[np.broadcast_to(pad, gv.shape)] == 0)
+        last_pad_cols = np.asarray(d["cols"])[-1] == n  # the ragged last tile
+        assert last_pad_cols.any() and np.all(np.asarray(gv)[-1][:, last_pad_cols] == 0)
+
+
+def test_gradient_dtypes_follow_the_inputs():
+    rng = np.random.default_rng(13)
+    d = _tiles(rng, 32, 20, 16, 16, tvw=True, dtype=jnp.bfloat16)
+    x = _x(rng, 2, 32, jnp.float32)
+    gx, gv = jax.grad(
+        lambda x, v: jnp.sum(tvw_matmul(x, v, d["meta"], d["rows"], d["cols"], n_out=20,
+                                        counts=d["counts"], interpret=True)),
+        argnums=(0, 1))(x, d["values"])
+    assert gx.dtype == jnp.float32 and gv.dtype == jnp.bfloat16
 
 
 # --------------------------------------------------------------------------- validation
@@ -202,38 +286,46 @@ def test_validation_errors_name_the_parameter():
     d = _tiles(rng, 16, 16, 16, 16, tvw=True, dtype=jnp.float32)
     x = _x(rng, 2, 16, jnp.float32)
     v, mt, r, c = d["values"], d["meta"], d["rows"], d["cols"]
-    with pytest.raises(ShapeError, match="values"):
+    with pytest.raises(KernelShapeError, match="values"):
         tvw_matmul(x, v[:, :4], mt, r, c, n_out=16, interpret=True)
-    with pytest.raises(DTypeError, match="meta"):
+    with pytest.raises(KernelDTypeError, match="meta must be uint8"):
         tvw_matmul(x, v, mt.astype(jnp.int32), r, c, n_out=16, interpret=True)
-    with pytest.raises(ConfigError, match="block_k"):
-        tvw_matmul(x, v, mt, r, c, n_out=16, block_k=64, interpret=True)
-    with pytest.raises(ShapeError, match="multiple of 8"):
+    with pytest.raises(KernelConfigError, match="block_k"):
+        tvw_matmul(x, v, mt, r, c, n_out=16, config=BlockConfig(block_k=64), interpret=True)
+    with pytest.raises(KernelShapeError, match="multiple of 8"):
         tvw_matmul(x, v[:, :6], mt, r[:, :12], c, n_out=16, interpret=True)
-    with pytest.raises(ShapeError, match="x must be 2-D"):
+    with pytest.raises(KernelShapeError, match="x must be 2-D"):
         tw_matmul(x[0], v, r, c, n_out=16)
-    with pytest.raises(ShapeError, match=r"values must have shape \(T, Kp, G\)"):
+    with pytest.raises(KernelShapeError, match=r"values must have shape \(T, Kp, G\)"):
         tw_matmul(x, v, r, c, n_out=16)
+    with pytest.raises(KernelShapeError, match=r"values must have shape \(T, Kp, G\)"):
+        tw_matmul_reference(x, v, r, c, n_out=16)
     w = jnp.zeros((1, 16, 16))
-    with pytest.raises(DTypeError, match="x must be float32"):
+    with pytest.raises(KernelDTypeError, match="x must be float32"):
         tw_matmul(x.astype(jnp.int32), w, r, c, n_out=16)
-    with pytest.raises(DTypeError, match="rows must be an integer"):
+    with pytest.raises(KernelDTypeError, match="rows must be an integer"):
         tw_matmul(x, w, r.astype(jnp.float32), c, n_out=16)
-    with pytest.raises(ConfigError, match="n_out"):
+    with pytest.raises(KernelConfigError, match="n_out"):
         tw_matmul(x, w, r, c, n_out=0)
-    with pytest.raises(ConfigError, match="block_m"):
-        tw_matmul(x, w, r, c, n_out=16, block_m=24)
-    with pytest.raises(ConfigError, match="num_warps"):
-        tw_matmul(x, w, r, c, n_out=16, num_warps=3)
-    with pytest.raises(ShapeError, match="counts"):
+    with pytest.raises(KernelConfigError, match="block_m"):
+        tw_matmul(x, w, r, c, n_out=16, config=BlockConfig(block_m=24))
+    with pytest.raises(KernelConfigError, match="num_warps"):
+        tw_matmul(x, w, r, c, n_out=16, config=BlockConfig(num_warps=3))
+    with pytest.raises(KernelConfigError, match="num_stages"):
+        tw_matmul(x, w, r, c, n_out=16, config=BlockConfig(num_stages=0))
+    with pytest.raises(KernelConfigError, match="config must be a BlockConfig"):
+        tw_matmul(x, w, r, c, n_out=16, config=(16, 16, 4, 2))
+    with pytest.raises(KernelShapeError, match="counts"):
         tw_matmul(x, w, r, c, n_out=16, counts=jnp.zeros((2,), jnp.int32))
+    # plain ValueError / TypeError subclasses: no tvwjax needed to catch them
+    assert issubclass(KernelShapeError, ValueError) and issubclass(KernelDTypeError, TypeError)
 
 
 @pytest.mark.parametrize("m", [1, 16, 100, 5000])
 @pytest.mark.parametrize("kp", [8, 24, 96, 512])
 def test_default_block_config(m, kp):
     for tvw in (False, True):
-        cfg = default_block_config(m, kp, 128, tvw=tvw)
+        cfg = (tvw_block_config if tvw else tw_block_config)(m, kp, 128)
         for b in (cfg.block_m, cfg.block_k, cfg.num_warps):
             assert b & (b - 1) == 0
         assert cfg.block_m >= 16 and cfg.block_k >= (128 if tvw else 16)
@@ -295,7 +387,7 @@ def test_tw_lowers_to_triton_dot(dtype, with_counts):
     [text] = _triton_ir(fn, *specs)
     assert "tt.dot" in text and "scf.for" in text
     tt = _TT_DTYPE[jnp.dtype(dtype)]
-    cfg = default_block_config(m, kp, g, tvw=False)
+    cfg = tw_block_config(m, kp, g)
     # one gathered x^T block (block_k x block_m) and one weight block per step
     assert f"tensor<{cfg.block_k}x{cfg.block_m}x!tt.ptr<{tt}>>" in text
     assert f"tensor<{cfg.block_k}x{g}x!tt.ptr<{tt}>>" in text
@@ -308,7 +400,7 @@ def test_tvw_lowers_to_triton_dot_reading_half_the_values(dtype):
              S((t, kp), jnp.int32), S((t, g), jnp.int32)]
     fn = functools.partial(lambda x, v, mt, r, c: tvw_matmul(x, v, mt, r, c, n_out=n))
     [text] = _triton_ir(fn, *specs)
-    cfg = default_block_config(m, kp, g, tvw=True)
+    cfg = tvw_block_config(m, kp, g)
     sub = cfg.block_k // 8
     tt = _TT_DTYPE[jnp.dtype(dtype)]
     assert text.count("tt.dot") == 8  # 2 halves x 4 positions per K step
@@ -322,23 +414,24 @@ def test_tvw_lowers_to_triton_dot_reading_half_the_values(dtype):
 # --------------------------------------------------------------------------- GPU benchmark
 
 
-def test_bench_gpu_refuses_without_gpu(capsys):
-    from pallas_kernels import bench_gpu
+def test_bench_gpu_refuses_without_gpu(capsys, tmp_path):
+    from benchmarks import gpu_kernels
 
-    if bench_gpu.has_gpu():
+    if gpu_kernels.has_gpu():
         pytest.skip("a GPU is present")
-    assert bench_gpu.main(["--m", "1", "--kn", "256x256"]) == 2
+    assert gpu_kernels.main(["--m", "1", "--kn", "256x256", "--out", str(tmp_path)]) == 2
     assert "no GPU" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("sparsity", [0.5, 0.75])
 def test_bench_gpu_tile_data_has_the_requested_sparsity(sparsity):
-    from pallas_kernels import bench_gpu
+    from benchmarks import gpu_kernels
 
     rng = np.random.default_rng(0)
     k, n = 64, 200
     for tvw in (False, True):
-        d = bench_gpu.make_tiles(rng, k, n, sparsity, 128, jnp.float32, tvw=tvw)
+        d = gpu_kernels.make_tiles(rng, k, n, sparsity, 128, jnp.float32, tvw=tvw)
         if tvw:
             w = tiles_to_dense(tvw_compact_blocks(d["values"], d["meta"]), d["rows"],
                                d["cols"], k, n)
@@ -347,4 +440,4 @@ def test_bench_gpu_tile_data_has_the_requested_sparsity(sparsity):
         assert abs(float(jnp.mean(w == 0)) - sparsity) < 0.02
     rows = [dict(op="tw", M=1, K=k, N=n, sparsity=sparsity, dtype="bfloat16", median_s=1e-5,
                  ratio_vs_dense=0.5)]
-    assert "| tw | 1 | 64 | 200 | " in bench_gpu.to_markdown(rows, "test")
+    assert "| tw | 1 | 64 | 200 | " in gpu_kernels.to_markdown(rows, "test")

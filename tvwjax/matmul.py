@@ -20,17 +20,17 @@ TVW weights are decoded to their compact TW blocks first (no 2:4 hardware on a C
 weights are decoded to dense. Dense weights use the faster of ``x @ W`` and ``(W^T x^T)^T``
 for the given ``M``.
 
-``backend="gpu"`` / ``"interpret"`` run ``pallas_kernels.tw_matmul`` / ``tvw_matmul`` (the
-latter on the CPU in Pallas interpret mode, for tests); their gradients come from the CPU
-formulation through a ``custom_vjp``. Gradients flow to ``x`` and to the compressed
-``values`` (the only pytree leaf of a compressed weight).
+``backend="gpu"`` / ``"interpret"`` call the Pallas kernels :func:`pallas_kernels.tw_matmul`
+/ :func:`pallas_kernels.tvw_matmul` directly (``"interpret"``: on the CPU in Pallas interpret
+mode, for tests); the kernels are differentiable themselves (each has its ``custom_vjp``).
+Inputs are validated here, with :mod:`tvwjax.errors`, before a kernel is called. Gradients
+flow to ``x`` and to the compressed ``values`` (the only pytree leaf of a compressed weight).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 from typing import Any
 
 import jax
@@ -38,6 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+import pallas_kernels
+from pallas_kernels.common import SUPPORTED_DTYPES
 from tvwjax.errors import ConfigError, DTypeError, ShapeError
 from tvwjax.formats import CompressedWeight, StaticArray, TileVectorWise
 from tvwjax.formats.tiles import TileFormat
@@ -233,44 +235,23 @@ def _xla_matmul(x2d: Array, w: Any) -> Array:
 
 
 # -- Pallas backends ---------------------------------------------------------------------------
-def _kernel(name: str):
-    """``pallas_kernels.<name>.<name>``, imported lazily."""
-    try:
-        mod = importlib.import_module(f"pallas_kernels.{name}")
-        return getattr(mod, name)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"backend: the Pallas kernel pallas_kernels.{name} is not available "
-                          f"({e}); use backend='cpu'") from e
+def _kernel_matmul(x2d: Array, cw: TileFormat, interpret: bool) -> Array:
+    """``x2d @ cw`` with the Pallas kernel of ``cw``'s format (differentiable).
 
-
-def _pallas_call(x2d: Array, cw: TileFormat, interpret: bool) -> Array:
+    A 2:4 :class:`TileVectorWise` runs the TVW kernel on its compressed values; other N:M
+    ratios run the TW kernel on their decoded compact blocks (the CPU path's form).
+    """
+    for name, dtype in (("x", x2d.dtype), ("w", cw.values.dtype)):
+        if jnp.dtype(dtype) not in SUPPORTED_DTYPES:
+            raise DTypeError(f"{name}: the Pallas kernels take float32, bfloat16 or float16, "
+                             f"got dtype {dtype}; use backend='cpu'")
     n_out = int(cw.shape[1])
-    tables = dict(rows=jnp.asarray(cw.rows), cols=jnp.asarray(cw.cols),
-                  counts=jnp.asarray(cw.counts))
-    if isinstance(cw, TileVectorWise):
-        return _kernel("tvw_matmul")(x2d, cw.values, jnp.asarray(cw.meta), tables["rows"],
-                                     tables["cols"], n_out=n_out, counts=tables["counts"],
-                                     interpret=interpret)
-    return _kernel("tw_matmul")(x2d, cw.values, tables["rows"], tables["cols"], n_out=n_out,
-                                counts=tables["counts"], interpret=interpret)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _pallas_matmul(x2d: Array, cw: TileFormat, interpret: bool) -> Array:
-    return _pallas_call(x2d, cw, interpret)
-
-
-def _pallas_fwd(x2d, cw, interpret):
-    return _pallas_call(x2d, cw, interpret), (x2d, cw)
-
-
-def _pallas_bwd(interpret, res, dy):
-    x2d, cw = res
-    _, vjp = jax.vjp(_xla_matmul, x2d, cw)
-    return vjp(dy)
-
-
-_pallas_matmul.defvjp(_pallas_fwd, _pallas_bwd)
+    rows, cols, counts = (jnp.asarray(cw.rows), jnp.asarray(cw.cols), jnp.asarray(cw.counts))
+    if isinstance(cw, TileVectorWise) and tuple(cw.nm) == (2, 4):
+        return pallas_kernels.tvw_matmul(x2d, cw.values, jnp.asarray(cw.meta), rows, cols,
+                                         n_out=n_out, counts=counts, interpret=interpret)
+    return pallas_kernels.tw_matmul(x2d, cw.compact_values(), rows, cols, n_out=n_out,
+                                    counts=counts, interpret=interpret)
 
 
 # -- public entry point ------------------------------------------------------------------------
@@ -322,7 +303,8 @@ def matmul(x: Array, w: Any, backend: str = "auto") -> Array:
 
     Raises:
       ConfigError: unknown ``backend`` or unsupported ``w``.
-      DTypeError: integer ``x`` or ``w``.
+      DTypeError: integer ``x`` or ``w``; with ``backend="gpu"`` / ``"interpret"`` and a
+        tile format, a dtype other than float32, bfloat16 or float16.
       ShapeError: ``x.shape[-1] != K`` or ``w`` not 2-D.
     """
     if backend not in BACKENDS:
@@ -336,7 +318,7 @@ def matmul(x: Array, w: Any, backend: str = "auto") -> Array:
         if x2d.shape[0] == 0 or w.num_tiles == 0:
             y = jnp.zeros((x2d.shape[0], n), jnp.result_type(x.dtype, w.dtype))
         else:
-            y = _pallas_matmul(x2d, w, backend == "interpret")
+            y = _kernel_matmul(x2d, w, backend == "interpret")
     else:
         y = _xla_matmul(x2d, w)
     return y.reshape(*lead, n)

@@ -6,9 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tvwjax.errors import ConfigError, PatternViolationError, ShapeError
+from pallas_kernels.nm_codec import nm_compress, nm_decompress, pack_index, unpack_index
+from tvwjax._validate import nm_pair
+from tvwjax.errors import PatternViolationError, ShapeError
 from tvwjax.formats._base import CompressedWeight, check_dense_and_mask
-from tvwjax.nm_codec import nm_compress, nm_decompress, pack_index, unpack_index
 
 Array = jax.Array
 
@@ -16,7 +17,8 @@ Array = jax.Array
 class NMSparse(CompressedWeight):
     """N:M sparse weight: ``values`` ``(K*n/m, N)`` and ``meta`` ``(ceil(K*n/m/4), N)`` uint8,
     the packed 2-bit position of each value inside its group of ``m`` rows (see
-    :mod:`tvwjax.nm_codec`). ``meta`` is a static table; ``values`` the only leaf.
+    :mod:`pallas_kernels.nm_codec`, whose :func:`~pallas_kernels.nm_codec.nm_decompress`
+    is the one decoder). ``meta`` is a static table; ``values`` the only leaf.
     """
 
     table_fields = ("meta",)
@@ -28,12 +30,11 @@ class NMSparse(CompressedWeight):
         entries per column (fewer are stored as explicit zeros).
 
         Raises:
+          ConfigError: ``n``, ``m`` are not integers with ``1 <= n < m <= 4``.
           ShapeError: ``K`` is not divisible by ``m``.
           PatternViolationError: a group keeps more than ``n``.
         """
-        if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m <= 4):
-            raise ConfigError(f"nm: need integers 0 < n < m <= 4 (2-bit indices), got "
-                              f"n={n!r}, m={m!r}")
+        n, m = nm_pair(n, m, "nm", max_m=4)
         w, mask = check_dense_and_mask(w, mask)
         k, nn = w.shape
         if k % m:

@@ -1,7 +1,7 @@
 """Tile formats: tile-wise (:class:`TileWise`), tile-vector-wise (:class:`TileVectorWise`)
 and block-sparse (:class:`BlockSparse`).
 
-Layout (shared with ``pallas_kernels``; ``K x N`` weight, ``y = x @ W``):
+Layout (the contract of :mod:`pallas_kernels.layout`; ``K x N`` weight, ``y = x @ W``):
 
 * ``values`` ``(T, Kp, G)``: tile ``t``'s compact block, its kept K rows in increasing
   original row order in rows ``[0, k_t)``, zeros after (TVW: 2:4-compressed, see below);
@@ -16,7 +16,9 @@ TW chunk every row must be kept or pruned whole.
 ``TileVectorWise``: ``Kp`` is a multiple of 8 and each tile's compact block is N:M (2:4)
 sparse along its compact rows, stored as ``values`` ``(T, Kp//2, G)`` and ``meta``
 ``(T, Kp//8, G)`` uint8 (per tile ``v, idx = nm_compress(block, block_mask)``,
-``meta = pack_index(idx)``; see :mod:`tvwjax.nm_codec`).
+``meta = pack_index(idx)``; see :mod:`pallas_kernels.nm_codec`). Decompression uses the
+kernels' reference decoders, :func:`pallas_kernels.layout.tiles_to_dense` and
+:func:`pallas_kernels.layout.tvw_compact_blocks`.
 
 ``BlockSparse``: ``br x bc`` blocks; tiles are the fixed block columns (``G = bc``, empty
 ones included, so ``T = ceil(N / bc)``) and each tile's rows are whole blocks of ``br``
@@ -25,26 +27,17 @@ consecutive K rows. It is a :class:`TileWise` (same tables, same matmul).
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tvwjax.errors import ConfigError, PatternViolationError
+from pallas_kernels.layout import tiles_to_dense, tvw_compact_blocks
+from pallas_kernels.nm_codec import nm_compress, pack_index
+from tvwjax._validate import nm_pair, positive_int, round_up
+from tvwjax.errors import PatternViolationError
 from tvwjax.formats._base import CompressedWeight, check_dense_and_mask
-from tvwjax.nm_codec import nm_compress, pack_index, unpack_plane
 
 Array = jax.Array
-
-
-def _round_up(x: int, m: int) -> int:
-    return -(-x // m) * m
-
-
-def _positive(name: str, v: int) -> None:
-    if not isinstance(v, int | np.integer) or isinstance(v, bool) or v <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {v!r}")
 
 
 def infer_tiles(mask: np.ndarray, tile: int) -> list[np.ndarray]:
@@ -73,7 +66,7 @@ def build_tables(row_sets: list[np.ndarray], tiles: list[np.ndarray], n: int, ti
     """``rows`` ``(T, Kp)``, ``cols`` ``(T, G)``, ``counts`` ``(T,)`` from per-tile sets."""
     t = len(tiles)
     counts = np.array([r.size for r in row_sets], np.int32).reshape(t)
-    kp = _round_up(max(int(counts.max(initial=0)), 1), row_multiple)
+    kp = round_up(max(int(counts.max(initial=0)), 1), row_multiple)
     rows = np.zeros((t, kp), np.int32)
     cols = np.full((t, tile), n, np.int32)
     for i, (r, c) in enumerate(zip(row_sets, tiles, strict=True)):
@@ -161,24 +154,6 @@ def _nm_regroup(sub: np.ndarray, union: np.ndarray, n: int, m: int, t: int) -> n
     return np.asarray(out, np.int64)
 
 
-def tiles_to_dense(values: Array, rows: Array, cols: Array, k: int, n_out: int,
-                   counts: Array | None = None) -> Array:
-    """The dense ``(K, n_out)`` weight of tile data (zeros where pruned).
-
-    ``values`` ``(T, Kp, G)`` compact blocks, ``rows`` ``(T, Kp)``, ``cols`` ``(T, G)``.
-    Padding columns (``== n_out``) are dropped; with ``counts`` (``(T,)`` kept rows per
-    tile) padding rows are dropped too, whatever their values; without it they must hold
-    zeros (they point at row 0 and are added). The decompression of every tile format and
-    the reference of the Pallas tile kernels (:mod:`pallas_kernels`).
-    """
-    r = jnp.asarray(rows).astype(jnp.int32)
-    if counts is not None:
-        r = jnp.where(jnp.arange(r.shape[1])[None, :] < jnp.asarray(counts)[:, None], r, k)
-    c = jnp.asarray(cols).astype(jnp.int32)[:, None, :]
-    dense = jnp.zeros((k, n_out), values.dtype)
-    return dense.at[r[:, :, None], c].add(values, mode="drop")
-
-
 class TileFormat(CompressedWeight):
     """Shared behaviour of the tile formats (tables ``rows``, ``cols``, ``counts``)."""
 
@@ -229,7 +204,7 @@ class TileWise(TileFormat):
         Raises:
           PatternViolationError: a row segment inside an inferred tile is partly kept.
         """
-        _positive("tile", tile)
+        tile = positive_int(tile, "tile")
         w, mask = check_dense_and_mask(w, mask)
         tiles = infer_tiles(mask, tile)
         check_whole_rows(mask, tiles, tile)
@@ -259,9 +234,8 @@ class BlockSparse(TileWise):
         Raises:
           PatternViolationError: a block is partly kept.
         """
-        br, bc = (int(b) for b in block)
-        _positive("block rows", br)
-        _positive("block cols", bc)
+        br, bc = block
+        br, bc = positive_int(br, "block rows"), positive_int(bc, "block cols")
         w, mask = check_dense_and_mask(w, mask)
         k, n = w.shape
         kb, nb = -(-k // br), -(-n // bc)
@@ -306,13 +280,12 @@ class TileVectorWise(TileFormat):
         most ``n`` (fewer are stored as explicit zeros).
 
         Raises:
+          ConfigError: ``tile`` is not a positive integer or ``n``, ``m`` not integers with
+            ``1 <= n < m <= 4``.
           PatternViolationError: a group of ``m`` compact rows keeps more than ``n`` in a column.
         """
-        _positive("tile", tile)
-        _positive("n", n)
-        _positive("m", m)
-        if n >= m or m > 4:
-            raise ConfigError(f"nm: need n < m <= 4 (2-bit indices), got n={n}, m={m}")
+        tile = positive_int(tile, "tile")
+        n, m = nm_pair(n, m, "nm", max_m=4)
         w, mask = check_dense_and_mask(w, mask)
         k, nn = w.shape
         tiles = infer_tiles(mask, tile)
@@ -348,22 +321,12 @@ class TileVectorWise(TileFormat):
         return int((-(-self._stored_rows() // 4) * g_t).sum())
 
     def compact_values(self) -> Array:
-        """Decode the N:M blocks to dense compact blocks ``(T, Kp, G)`` (elementwise ops
-        only, no transposes: planes of ``meta`` unpacked with :func:`unpack_plane`)."""
-        t, vr, g = np.shape(self.values)
-        n, m = self.nm
+        """Decode the N:M blocks to dense compact blocks ``(T, Kp, G)`` with
+        :func:`pallas_kernels.layout.tvw_compact_blocks` (elementwise ops only)."""
         # The barrier keeps XLA from constant-folding the decoded indices into large
         # boolean constants (measured: 3x slower than decoding the packed bytes at run time).
         meta = jax.lax.optimization_barrier(jnp.asarray(self.meta))
-        idx = jnp.stack([unpack_plane(meta, i) for i in range(4)], axis=2)
-        idx = idx.reshape(t, -1, g)[:, :vr].reshape(t, vr // n, n, g)
-        v = self.values.reshape(t, vr // n, n, g)
-        zero = jnp.zeros((), v.dtype)
-        slots = []
-        for p in range(m):
-            hit = [jnp.where(idx[:, :, j] == p, v[:, :, j], zero) for j in range(n)]
-            slots.append(functools.reduce(jnp.add, hit))
-        return jnp.stack(slots, axis=2).reshape(t, vr // n * m, g)
+        return tvw_compact_blocks(self.values, meta, *self.nm)
 
     def to_tile_wise(self) -> TileWise:
         """The same weight as a :class:`TileWise` of its decoded compact blocks.
@@ -379,5 +342,4 @@ class TileVectorWise(TileFormat):
 
 
 __all__ = ["BlockSparse", "TileFormat", "TileVectorWise", "TileWise", "build_tables",
-           "tiles_to_dense",
            "check_whole_rows", "gather_blocks", "infer_tiles"]

@@ -1,15 +1,18 @@
 """GPU benchmark: dense ``jnp.dot`` (cuBLAS) vs the TW and TVW Pallas kernels.
 
-Run on a machine with an NVIDIA GPU (Ampere or Hopper for the Triton backend)::
+Run on a machine with an NVIDIA GPU (Ampere or Hopper for the Triton backend), from the
+repository root (the kernels run from the source tree)::
 
-    python -m pallas_kernels.bench_gpu --out-json bench_gpu.json --out-md bench_gpu.md
+    python -m benchmarks.gpu_kernels [--quick] [--out results]
 
 It sweeps ``M`` (rows of ``x``) and ``(K, N)`` weight shapes at 50% and 75% sparsity and writes
+``<out>/bench_gpu_kernels.{json,md}``:
 
-* JSON: a list of rows ``{op, M, K, N, sparsity, dtype, median_s, ratio_vs_dense}``, the schema
-  of the CPU benchmark; ``op`` is ``dense``, ``tw`` or ``tvw``; ``median_s`` the median wall
-  time of one call over ``--repeats`` timed calls (after warm-up, ``block_until_ready``);
-  ``ratio_vs_dense = median_s / median_s(dense)`` at the same shape (below 1 = faster);
+* JSON: ``{"machine", "device", "dtype", "quick", "records"}``, ``records`` a list of rows
+  ``{op, M, K, N, sparsity, dtype, median_s, ratio_vs_dense}``; ``op`` is ``dense``, ``tw``
+  or ``tvw``; ``median_s`` the median wall time of one call over ``--repeats`` timed calls
+  (after warm-up, ``block_until_ready``); ``ratio_vs_dense = median_s / median_s(dense)`` at
+  the same shape (below 1 = faster);
 * Markdown: the same rows as a table.
 
 The dense baseline is the faster of ``x @ W`` and ``(W.T @ x.T).T``. TW tiles keep
@@ -17,30 +20,32 @@ The dense baseline is the faster of ``x @ W`` and ``(W.T @ x.T).T``. TW tiles ke
 rows per tile and then 2:4 inside them (50% TVW = all rows + 2:4; 75% = half the rows + 2:4).
 Tile width ``G`` = 128 by default. Weights are random: timings do not depend on values.
 
-Exits with status 2 and a message when no GPU is present. Not run in CI.
+Exits with status 2 and a message when no GPU is present. Not run in CI. As a module of
+``benchmarks`` it provides ``add_arguments(parser)`` and ``run(args)``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pallas_kernels.tvw_matmul import tvw_matmul
-from pallas_kernels.tw_matmul import tw_matmul
-from tvwjax.nm_codec import nm_compress, nm_select, pack_index
+from benchmarks._timing import machine_info, write_results
+from pallas_kernels import tvw_matmul, tw_matmul
+from pallas_kernels.nm_codec import nm_compress, pack_index
+from tvwjax._select import nm_select
 
 DEFAULT_M = (1, 16, 128, 1024, 4096)
 DEFAULT_KN = ((768, 768), (768, 3072), (3072, 768), (4096, 4096))
 DEFAULT_SPARSITY = (0.5, 0.75)
+QUICK_M = (1, 128, 1024)
+QUICK_KN = ((768, 3072), (4096, 4096))
 
 
 def has_gpu() -> bool:
@@ -178,30 +183,46 @@ def _kn_list(text: str) -> list[tuple[int, int]]:
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (2 when no GPU is present)."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--m", type=_int_list, default=list(DEFAULT_M), help="e.g. 1,16,128")
-    p.add_argument("--kn", type=_kn_list, default=list(DEFAULT_KN), help="e.g. 768x768,768x3072")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """CLI options of ``gpu_kernels`` (besides ``--out`` and ``--quick``)."""
+    p.add_argument("--m", type=_int_list, default=None,
+                   help=f"rows of x, e.g. 1,16,128 (default {','.join(map(str, DEFAULT_M))})")
+    p.add_argument("--kn", type=_kn_list, default=None,
+                   help="weight shapes, e.g. 768x768,768x3072")
     p.add_argument("--sparsity", type=float, nargs="+", default=list(DEFAULT_SPARSITY))
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
     p.add_argument("--tile", type=int, default=128, help="tile width G")
     p.add_argument("--repeats", type=int, default=50)
-    p.add_argument("--out-json", type=Path, default=Path("bench_gpu.json"))
-    p.add_argument("--out-md", type=Path, default=Path("bench_gpu.md"))
-    args = p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the sweep; write ``<out>/bench_gpu_kernels.{json,md}``. Returns the exit status
+    (2 when no GPU is present)."""
     if not has_gpu():
-        print("bench_gpu: no GPU visible to JAX (jax.devices('gpu') is empty); this benchmark "
+        print("gpu_kernels: no GPU visible to JAX (jax.devices('gpu') is empty); this benchmark "
               "times the Triton-backend Pallas kernels and only runs on an NVIDIA GPU. "
-              "Use the CPU benchmark instead.", file=sys.stderr)
+              "Use the CPU benchmark (python -m benchmarks matmul) instead.", file=sys.stderr)
         return 2
+    quick = bool(getattr(args, "quick", False))
+    ms = args.m or list(QUICK_M if quick else DEFAULT_M)
+    kns = args.kn or list(QUICK_KN if quick else DEFAULT_KN)
     device = jax.devices("gpu")[0].device_kind
-    rows = run_sweep(args.m, args.kn, args.sparsity, jnp.dtype(args.dtype), tile=args.tile,
+    rows = run_sweep(ms, kns, args.sparsity, jnp.dtype(args.dtype), tile=args.tile,
                      repeats=args.repeats)
-    args.out_json.write_text(json.dumps(rows, indent=1) + "\n")
-    args.out_md.write_text(to_markdown(rows, device))
-    print(f"wrote {args.out_json} and {args.out_md}")
+    payload = {"machine": machine_info(), "device": device, "dtype": args.dtype,
+               "quick": quick, "records": rows}
+    write_results(args.out, "bench_gpu_kernels", payload, to_markdown(rows, device))
+    print(f"wrote {args.out}/bench_gpu_kernels.json and .md")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m benchmarks.gpu_kernels``: parse the command line and :func:`run`."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="results", help="output folder (default: results)")
+    p.add_argument("--quick", action="store_true", help="a small, fast subset")
+    add_arguments(p)
+    return run(p.parse_args(argv))
 
 
 if __name__ == "__main__":
