@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tvwjax.errors import TvwError
-from tvwjax.formats import CompressedWeight, has_format
+from tvwjax.formats import CompressedWeight
 from tvwjax.nn import compress_params
 from tvwjax.patterns import BW, EW, NM, TEW, TVW, TW, VW, Pattern
 from tvwjax.transform import get_masks
@@ -257,7 +257,7 @@ def run(cfg: Config, log: Callable[[str], None] | None = None) -> list[dict[str,
             tx, dense, *data, f"{name} {100 * cfg.sparsity:g}% prune + fine-tune", model)
         zeros = digits.pruned_sparsity(pruned)
         stored = None
-        if has_format(pattern):
+        if pattern.format is not None:
             t0 = time.perf_counter()
             run_params = compress_params(pruned, get_masks(state), pattern)
             log(f"compressed {name} in {time.perf_counter() - t0:.1f}s: "

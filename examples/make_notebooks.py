@@ -77,7 +77,7 @@ patterns = {
 layer_masks = {}
 for name, (pattern, s) in patterns.items():
     m = pattern.mask(scores, s)
-    tvwjax.check(m, pattern, s, where=name)   # raises PatternViolationError if wrong
+    tvwjax.check(m, pattern, s, name=name)   # raises PatternViolationError if wrong
     layer_masks[name] = m
 fig = tvwjax.plot_masks(layer_masks, ncols=4, max_size=128)   # top-left 128x128 corner'''),
     ("md", """\
@@ -104,7 +104,7 @@ bad = np.array(layer_masks["TW-2D"])
 k, n = np.argwhere(bad)[0]
 bad[k, n] = False                            # prune one weight of a kept segment
 try:
-    tvwjax.check(bad, tvwjax.TW(tile=32), 0.75, where="fc1/kernel")
+    tvwjax.check(bad, tvwjax.TW(tile=32), 0.75, name="fc1/kernel")
 except tvwjax.PatternViolationError as e:
     print("PatternViolationError:", e)'''),
     ("md", """\
@@ -150,7 +150,7 @@ from the weights the step produces, and its updates leave every pruned weight ex
 
 A schedule is a pure function of the step: `schedule(step) -> (sparsity, update_masks)`.
 `Polynomial` is Zhu & Gupta's gradual cubic schedule; `Staged` is the paper's recipe (prune
-to a level once, fine-tune, next level); `OneShot` prunes once; `Constant` keeps given
+to a level once, fine-tune, next level); `OneShot` prunes once; `tvwjax.fixed_masks` keeps given
 masks. TVW rounds any non-zero sparsity below 50% up to 50% (its 2:4 half); the transform
 records the effective sparsity."""),
     ("code", '''\
@@ -197,7 +197,7 @@ for name, pattern in (("TVW", tvwjax.TVW(tile=16)), ("EW", tvwjax.EW())):
     for i in range(0, budget.steps, chunk):
         params, state, _ = train(params, state, xs[i:i + chunk], ys[i:i + chunk])
         masks = tvwjax.get_masks(state)
-        curve.append((i + chunk, 1 - tvwjax.kept_fraction(masks),
+        curve.append((i + chunk, tvwjax.summary(masks)["total"]["sparsity"],
                       digits.evaluate(params, xte, yte, model)))
     curves[name], final[name] = np.array(curve), (params, masks, pattern)
     print(f"{name}: sparsity {curve[-1][1]:.3f}, test accuracy {curve[-1][2]:.4f}")'''),

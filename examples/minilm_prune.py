@@ -15,7 +15,7 @@ intermediate,output}/kernel``) are pruned at 50% and 75% with
 and reported as the mean cosine similarity between the pruned and the dense model's sentence
 embeddings on held-out sentences of the offline corpus (:func:`examples.corpus.load_sentences`).
 Then selected configurations get the same recovery fine-tune (masks fixed with
-``tvwjax.transform.prune(None, Constant(), initial_masks=...)``; distillation of the dense
+``tvwjax.fixed_masks(masks)``; distillation of the dense
 model's token states on the train sentences and on spliced pairs of them) and the
 jit-compiled CPU speed of the compressed model (``SparseDense`` through ``dense_cls``)
 against dense.
@@ -45,11 +45,7 @@ import optax
 
 import tvwjax
 from tvwjax import calibration
-from tvwjax.data_aware import activation_scores
-from tvwjax.formats import has_format
-from tvwjax.reconstruct import reconstruct
-from tvwjax.schedules import Constant
-from tvwjax.transform import prune
+from tvwjax.data_aware import data_scores, wanda
 
 if __package__ in (None, ""):  # python examples/minilm_prune.py: put the repository root on
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # sys.path for examples.*
@@ -171,7 +167,7 @@ def prune_one(ctx: Context, pattern: tvwjax.Pattern, sparsity: float, method: st
         m = tvwjax.masks(ctx.params, pattern, sparsity, where=where, scope="global",
                          layer_bounds=(sparsity / 2, 0.95))
     elif method in ("act", "act+rec", "act-global+rec"):
-        scores = activation_scores(ctx.params, ctx.dense_stats, where=where)
+        scores = data_scores(ctx.params, ctx.dense_stats, wanda, where=where)
         if method == "act-global+rec":
             scope = "global"
         bounds = (sparsity / 2, 0.95) if scope == "global" else None
@@ -180,7 +176,7 @@ def prune_one(ctx: Context, pattern: tvwjax.Pattern, sparsity: float, method: st
     else:
         raise ValueError(f"unknown method {method!r}")
     if method.endswith("+rec"):
-        p, _ = reconstruct(ctx.inputs_fn, ctx.params, m, ctx.calib, row_mask=ctx.row_mask,
+        p, _ = tvwjax.reconstruct(ctx.inputs_fn, ctx.params, m, ctx.calib, row_mask=ctx.row_mask,
                            match=match, group_by=group_by)
         return p, m
     return tvwjax.apply_masks(ctx.params, m), m
@@ -230,13 +226,13 @@ def recover(ctx: Context, params, masks, *, steps: int, batch_size: int = 16,
     ``1 - cos`` of the pooled sentence embeddings; the dense model computes the targets of
     each batch. A fraction ``splice`` of the steps uses :func:`spliced_batch` inputs, the
     rest the train sentences. AdamW (cosine-decayed learning rate) chained with
-    ``tvwjax.transform.prune(None, Constant(), initial_masks=masks)``, which keeps every
+    ``tvwjax.fixed_masks(masks)``, which keeps every
     pruned weight exactly zero.
     """
     batches = make_batches(ctx.tokenizer, ctx.train_sentences, batch_size)
     sched = optax.cosine_decay_schedule(lr, steps, alpha=0.1)
     tx = optax.chain(optax.adamw(sched, weight_decay=0.0),
-                     prune(None, Constant(), initial_masks=masks))
+                     tvwjax.fixed_masks(masks))
     state = tx.init(params)
 
     def token_states(p, ids, am):
@@ -391,7 +387,7 @@ def run(*, n_calib: int, n_eval: int, n_train: int, sparsities: Sequence[float],
             if not key.endswith("/act+rec"):
                 continue
             cfg = key.split("/")[0]
-            if not has_format(pat):
+            if pat.format is None:
                 continue  # EW: no compressed format, it is the accuracy reference
             try:
                 r = speed_ratio(ctx, p, m, pat)
@@ -499,8 +495,7 @@ def markdown(res: dict, command: str) -> str:
         f"Recovery: {rec['steps']} AdamW steps (batch {rec['batch']}, lr {rec['lr']:g}, "
         "cosine decay) of distillation to the dense model's token states, on the train "
         f"sentences and (a fraction {rec.get('splice', 0):g} of the steps) spliced pairs of "
-        "them; masks fixed by `tvwjax.transform.prune(None, Constant(), "
-        "initial_masks=...)`. The same recipe for every row:",
+        "them; masks fixed by `tvwjax.fixed_masks(masks)`. The same recipe for every row:",
         "",
         *rec_lines,
         "",

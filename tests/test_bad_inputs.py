@@ -23,14 +23,10 @@ from flax import nnx
 
 import tvwjax
 from tvwjax import errors
-from tvwjax.errors import (
-    ConfigError,
-    DTypeError,
-    PatternViolationError,
-    ScoreError,
-    ShapeError,
-    TreeMismatchError,
-)
+
+ConfigError, DTypeError, ShapeError = errors.ConfigError, errors.DTypeError, errors.ShapeError
+ScoreError, TreeMismatchError = errors.ScoreError, errors.TreeMismatchError
+PatternViolationError = errors.PatternViolationError
 
 REPO = Path(__file__).resolve().parents[1]
 K, N = 16, 8
@@ -107,7 +103,7 @@ CASES = [
          lambda: tvwjax.TW(tile=4).mask(jnp.ones((K, N)).at[1, 1].set(jnp.nan), 0.5),
          ScoreError, ("scores", "NaN or Inf", "finite")),
     Case("pattern-mask-negative-scores",
-         lambda: tvwjax.TW(tile=4).mask(jnp.asarray(_w()), 0.5, where="layer/kernel"),
+         lambda: tvwjax.TW(tile=4).mask(jnp.asarray(_w()), 0.5, name="layer/kernel"),
          ScoreError, ("layer/kernel", "non-negative")),
     Case("pattern-mask-3d", lambda: tvwjax.EW().mask(jnp.ones((2, 2, 2)), 0.5), ShapeError,
          ("scores", "2-D")),
@@ -196,17 +192,21 @@ CASES = [
     Case("prune-nm-schedule-inconsistent",
          lambda: tvwjax.prune(tvwjax.NM(), tvwjax.Polynomial(0.75, 0, 10)), ConfigError,
          ("Polynomial", "fixed at 0.5")),
-    Case("prune-constant-without-masks",
-         lambda: tvwjax.prune(tvwjax.EW(), tvwjax.Constant()), ConfigError,
-         ("initial_masks", "required")),
-    Case("prune-initial-masks-shape",
-         lambda: tvwjax.prune(tvwjax.EW(), tvwjax.OneShot(0.5), initial_masks={
+    Case("prune-pattern-none",
+         lambda: tvwjax.prune(None, tvwjax.OneShot(0.5)), ConfigError,
+         ("pattern", "Pattern")),
+    Case("fixed-masks-shape",
+         lambda: tvwjax.fixed_masks({
              "dense": {"kernel": jnp.ones((N, K), bool), "bias": None}}).init(_params()),
-         TreeMismatchError, ("initial_masks", "dense/kernel", "mask shape")),
-    Case("prune-initial-masks-extra-path",
-         lambda: tvwjax.prune(tvwjax.EW(), tvwjax.OneShot(0.5), initial_masks={
+         TreeMismatchError, ("mask_tree", "dense/kernel", "mask shape")),
+    Case("fixed-masks-extra-path",
+         lambda: tvwjax.fixed_masks({
              "other": {"kernel": jnp.ones((K, N), bool)}}).init(_params()),
-         TreeMismatchError, ("initial_masks", "other/kernel")),
+         TreeMismatchError, ("mask_tree", "other/kernel")),
+    Case("fixed-masks-float-mask",
+         lambda: tvwjax.fixed_masks({
+             "dense": {"kernel": jnp.full((K, N), 0.3), "bias": None}}).init(_params()),
+         errors.DTypeError, ("mask_tree", "dense/kernel", "0 and 1")),
     Case("prune-update-without-params",
          lambda: tvwjax.prune(tvwjax.EW(), tvwjax.OneShot(0.5)).update(
              _params(), tvwjax.prune(tvwjax.EW(), tvwjax.OneShot(0.5)).init(_params())),
@@ -322,7 +322,7 @@ CASES = [
     Case("compress-params-mask-shape",
          lambda: tvwjax.nn.compress_params(_params(), {"dense": {
              "kernel": np.ones((N, K), bool), "bias": None}}, tvwjax.TW(tile=4)),
-         TreeMismatchError, ("dense/kernel", "mask shape")),
+         TreeMismatchError, ("dense/kernel", "differs from the parameter")),
     Case("compress-params-mask-breaks-pattern",
          lambda: tvwjax.nn.compress_params(_params(), {"dense": {
              "kernel": _random_mask(), "bias": None}}, tvwjax.TW(tile=4)),
@@ -386,7 +386,7 @@ def test_errors_keep_builtin_bases():
         "nm-inconsistent-sparsity", "tile-zero"])
 def test_demo_cli_rejects_bad_flags(argv, needle):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-m", "tvwjax.demo", *argv], capture_output=True,
+    proc = subprocess.run([sys.executable, "examples/demo.py", *argv], capture_output=True,
                           text=True, timeout=120, env=env, cwd=REPO)
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     assert needle in proc.stderr, proc.stderr[-2000:]

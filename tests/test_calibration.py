@@ -11,7 +11,7 @@ from flax import nnx
 
 import tvwjax
 from tvwjax import calibration as cal
-from tvwjax.data_aware import activation_scores, data_scores, obs_saliency, wanda
+from tvwjax.data_aware import data_scores, obs_saliency, wanda
 from tvwjax.errors import ConfigError, ShapeError
 
 
@@ -55,7 +55,7 @@ def test_linen_stats_equal_direct():
     def apply_only_x(vars_, x, m):
         return model.apply(vars_, x)
 
-    stats = cal.collect_linen(model, v, [(x,) for x in xs], gram=True)
+    stats = cal.collect(cal.linen_inputs(model), v, [(x,) for x in xs], gram=True)
     # Direct: recompute each layer's inputs by hand.
     rows_a, rows_a2, rows_b = [], [], []
     for x in xs:
@@ -108,7 +108,8 @@ def test_row_mask_shape_error_names_layer():
 def test_nnx_stats_equal_direct_and_model_untouched():
     xs, _ = _rng_batches(2)
     model = NMLP(nnx.Rngs(0))
-    stats = cal.collect_nnx(model, [(x,) for x in xs])
+    graphdef, st = nnx.split(model)
+    stats = cal.collect(cal.nnx_inputs(graphdef), st, [(x,) for x in xs])
     assert type(model.a) is nnx.Linear  # the caller's model is not modified
     assert sorted(stats) == ["a/kernel", "layers/0/kernel"]
     ra = [x.reshape(-1, 6) for x in xs]
@@ -120,7 +121,7 @@ def test_nnx_stats_equal_direct_and_model_untouched():
         assert float(stats[key].count) == n
     # Paths line up with tvwjax.masks on the NNX state.
     state = nnx.state(model, nnx.Param)
-    sc = activation_scores(state, stats)
+    sc = data_scores(state, stats, wanda)
     mk = tvwjax.masks(state, tvwjax.EW(), 0.5, scores=sc)
     assert mk["a"]["kernel"] is not None
 
@@ -129,8 +130,8 @@ def test_streaming_equals_one_big_batch():
     xs, _ = _rng_batches(4, shape=(2, 3, 6))
     model = MLP()
     v = model.init(jax.random.key(0), xs[0])
-    many = cal.collect_linen(model, v, [(x,) for x in xs])
-    one = cal.collect_linen(model, v, [(np.concatenate(xs, 0),)])
+    many = cal.collect(cal.linen_inputs(model), v, [(x,) for x in xs])
+    one = cal.collect(cal.linen_inputs(model), v, [(np.concatenate(xs, 0),)])
     for k in many:
         np.testing.assert_allclose(many[k].gram, one[k].gram, rtol=1e-5, atol=1e-4)
         np.testing.assert_allclose(many[k].sumsq, one[k].sumsq, rtol=1e-5)
@@ -164,8 +165,8 @@ def test_wanda_scores_and_masks():
     xs, _ = _rng_batches(2)
     model = MLP()
     v = model.init(jax.random.key(0), xs[0])
-    stats = cal.collect_linen(model, v, [(x,) for x in xs])
-    sc = activation_scores(v, stats)
+    stats = cal.collect(cal.linen_inputs(model), v, [(x,) for x in xs])
+    sc = data_scores(v, stats, wanda)
     w = v["params"]["a"]["kernel"]
     norm = np.sqrt(np.sum(np.concatenate([x.reshape(-1, 6) for x in xs]) ** 2, 0))
     np.testing.assert_allclose(sc["params"]["a"]["kernel"], np.abs(w) * norm[:, None],
@@ -187,7 +188,7 @@ def test_data_scores_missing_stats_names_path():
     model = MLP()
     v = model.init(jax.random.key(0), jnp.ones((2, 6)))
     with pytest.raises(ConfigError, match="params/a/kernel: no calibration"):
-        activation_scores(v, {})
-    stats = cal.collect_linen(model, v, [(jnp.ones((2, 6)),)])
+        data_scores(v, {}, wanda)
+    stats = cal.collect(cal.linen_inputs(model), v, [(jnp.ones((2, 6)),)])
     with pytest.raises(ShapeError, match="score function"):
         data_scores(v, stats, lambda w2, st: jnp.ones((1, 1)))

@@ -76,7 +76,7 @@ def _case(data, names):
 def test_masks_follow_their_pattern(data):
     name, pat, s, w, mask = _case(data, list(MASK_PATTERNS))
     assert mask.shape == w.shape and mask.dtype == np.bool_
-    tvwjax.check(mask, pat, s, where=name)
+    tvwjax.check(mask, pat, s, name=name)
     # Traced and static sparsity give the same mask.
     np.testing.assert_array_equal(mask, np.asarray(pat.mask(jnp.abs(w).astype(jnp.float32), s)))
 

@@ -16,7 +16,6 @@ from tvwjax.formats import (
     TileWise,
     compress,
     decompress,
-    has_format,
 )
 from tvwjax.patterns import BW, EW, NM, TEW, TVW, TW, TW1D, VW
 
@@ -51,15 +50,15 @@ def test_round_trip_exact(pattern, s, cls, shape):
 @pytest.mark.parametrize("pattern,s", [(p, s) for p, s, _ in CASES]
                          + [(EW(), 0.5), (VW(), 0.5), (TEW(tile=32, delta=0.02), 0.75)],
                          ids=lambda v: repr(v)[:24])
-def test_has_format_agrees_with_compress(pattern, s):
+def test_pattern_format_agrees_with_compress(pattern, s):
     w, m = _masked((64, 96), pattern, s)
-    if has_format(pattern):
+    if pattern.format is not None:
         assert isinstance(compress(w, m, pattern), TileWise | TileVectorWise | NMSparse
                           | BlockSparse)
     else:
         with pytest.raises(ConfigError, match="pattern"):
             compress(w, m, pattern)
-    assert has_format(pattern) == (type(pattern) not in (EW, VW, TEW))
+    assert (pattern.format is not None) == (type(pattern) not in (EW, VW, TEW))
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])

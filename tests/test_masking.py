@@ -29,8 +29,6 @@ def test_default_selection_and_unpruned_leaves():
     assert m["fc1"]["bias"] is None
     assert m["fc1"]["kernel"].dtype == jnp.bool_ and m["fc1"]["kernel"].shape == (32, 96)
     assert m["conv"]["kernel"].shape == (3, 3, 8, 16)
-    ones = tw.masks(p, tw.EW(), 0.75, unpruned="ones")
-    assert bool(ones["fc1"]["bias"].all()) and ones["embed"]["embedding"].shape == (50, 32)
     for path in ("fc1", "fc2", "conv"):
         assert abs(1 - float(m[path]["kernel"].mean()) - 0.75) < 1e-3
 
@@ -203,9 +201,12 @@ def test_error_nm_divisibility_names_leaf():
     ({"sparsity": 1.2}, r"sparsity must be in \[0, 1\)"),
     ({"sparsity": "0.5"}, "sparsity must be a number"),
     ({"scope": "model"}, "scope must be"),
-    ({"unpruned": "zeros"}, "unpruned must be"),
+    ({"overrides": {"fcc1/*": 0.5}}, r"overrides: \['fcc1/\*'\] match no leaf"),
+    ({"overrides": [("fc1/*", 0.5)]}, "overrides must be a mapping"),
+    ({"layer_bounds": (0.1,)}, "layer_bounds must be a pair"),
+    ({"layer_bounds": ("a", "b")}, r"layer_bounds\[0\] must be"),
     ({"layer_bounds": (0.8, 0.2)}, "layer_bounds"),
-    ({"overrides": {"fc1/*": 2.0}}, r"fc1/kernel: override.*\[0, 1\)"),
+    ({"overrides": {"fc1/*": 2.0}}, r"fc1/kernel: override sparsity must be in \[0, 1\)"),
 ])
 def test_error_bad_arguments(kwargs, match):
     args = {"sparsity": 0.5, **kwargs}

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import tvwjax
 from tvwjax import calibration as cal
 from tvwjax.errors import ConfigError, ShapeError, TreeMismatchError
-from tvwjax.reconstruct import layer_error, one_shot, reconstruct, reconstruct_layer
+from tvwjax.reconstruction import layer_error, one_shot, reconstruct, reconstruct_layer
 
 PATTERNS = [
     (tvwjax.EW(), 0.5), (tvwjax.EW(), 0.75), (tvwjax.NM(2, 4), 0.5),
@@ -78,7 +78,7 @@ def test_sequential_obs_sweep(pattern, s):
     g = x.T @ x
     mask = np.asarray(pattern.mask(jnp.abs(w) * np.sqrt((x ** 2).sum(0))[:, None], s))
     e0 = float(layer_error(w, np.where(mask, w, 0), g))
-    seq = np.asarray(reconstruct_layer(w, mask, g, method="sequential"))
+    seq = np.asarray(reconstruct_layer(w, mask, g, method="sweep"))
     ex = np.asarray(reconstruct_layer(w, mask, g, method="exact"))
     e_seq, e_ex = float(layer_error(w, seq, g)), float(layer_error(w, ex, g))
     assert np.all(seq[~mask] == 0.0)
@@ -87,7 +87,7 @@ def test_sequential_obs_sweep(pattern, s):
     # with a cross target the sweep prunes the unconstrained optimum
     xref = x + 0.2 * np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
     c = x.T @ xref
-    seq_c = reconstruct_layer(w, mask, g, cross=c, method="sequential")
+    seq_c = reconstruct_layer(w, mask, g, cross=c, method="sweep")
     plain = np.where(mask, w, 0)
 
     def err(v):
@@ -107,7 +107,7 @@ def test_property_never_increases_error(k, n, m, seed, density):
     mask = rng.random((k, n)) < density
     g = (x.T @ x).astype(np.float32)
     new = np.asarray(reconstruct_layer(w, mask, g, damping=0.01,
-                                       method="sequential" if seed % 2 else "exact"))
+                                       method="sweep" if seed % 2 else "exact"))
     e0 = float(layer_error(w, np.where(mask, w, 0), g))
     e1 = float(layer_error(w, new, g))
     assert e1 <= e0 + 1e-5 * (e0 + float(layer_error(w, np.zeros_like(w), g))) + 1e-6
@@ -117,7 +117,7 @@ def test_property_never_increases_error(k, n, m, seed, density):
 
 def test_tw_solves_are_shared_per_tile():
     """TW: every column of a tile gets the same least-squares system (one solve per tile)."""
-    from tvwjax.reconstruct import _groups
+    from tvwjax.reconstruction import _groups
     x, w = _problem(k=32, n=32)
     pat = tvwjax.TW1D(tile=8)
     mask = np.asarray(pat.mask(jnp.abs(w), 0.5))

@@ -12,12 +12,9 @@ import pytest
 from tvwjax.errors import ConfigError
 from tvwjax.patterns import EW, NM, TVW
 from tvwjax.schedules import (
-    Constant,
     OneShot,
     Polynomial,
     Staged,
-    effective_sparsity,
-    sparsity_floor,
 )
 
 
@@ -64,16 +61,10 @@ def test_staged_levels_and_finetune_steps():
     assert per.final_sparsity == 0.9
 
 
-def test_constant_never_updates():
-    s, u = _eval(Constant(0.6), np.arange(5))
-    assert not u.any() and np.allclose(s, 0.6)
-    assert np.isnan(float(Constant()(0)[0]))
-
-
 def test_schedules_are_hashable_and_frozen():
     a = Polynomial(0.75, 0, 100, 10)
     assert hash(a) == hash(Polynomial(0.75, 0, 100, 10))
-    assert len({a, OneShot(0.5), Staged((0.5,), 3), Constant()}) == 4
+    assert len({a, OneShot(0.5), Staged((0.5,), 3), OneShot(0.5, step=2)}) == 4
     with pytest.raises(dataclasses.FrozenInstanceError):
         a.final_sparsity = 0.1  # type: ignore[misc]
 
@@ -91,7 +82,9 @@ def test_schedules_are_hashable_and_frozen():
     (lambda: Staged((0.5, 0.25), 5), "levels"),
     (lambda: Staged((0.5, 0.75), (5,)), "finetune_steps"),
     (lambda: Staged((0.5,), 0), "finetune_steps"),
-    (lambda: Constant(1.5), "sparsity"),
+    (lambda: OneShot(np.float32(1.5)), "sparsity"),
+    (lambda: OneShot(jnp.float32(float("nan"))), "sparsity"),
+    (lambda: Staged((0.5, True), 5), "levels"),
 ])
 def test_bad_arguments_name_the_argument(make, arg):
     with pytest.raises(ConfigError, match=arg):
@@ -111,8 +104,17 @@ def test_validate_for_patterns_with_a_floor():
 
 
 def test_effective_sparsity_rounds_up_to_the_floor():
-    assert sparsity_floor(TVW()) == 0.5 and sparsity_floor(EW()) == 0.0
-    f = jax.jit(lambda s: effective_sparsity(TVW(), s))
+    assert TVW().floor == 0.5 and EW().floor == 0.0 and NM().floor == 0.5
+    f = jax.jit(lambda s: TVW().effective_sparsity(s))
     assert float(f(0.0)) == 0.0 and float(f(0.1)) == 0.5 and float(f(0.8)) == pytest.approx(0.8)
-    assert float(effective_sparsity(NM(), 0.2)) == 0.5
-    assert float(effective_sparsity(EW(), 0.2)) == pytest.approx(0.2)
+    assert float(NM().effective_sparsity(0.2)) == 0.5
+    assert float(EW().effective_sparsity(0.2)) == pytest.approx(0.2)
+    # traced values outside [0, 1] are clipped; NaN reads as dense
+    g = jax.jit(lambda s: EW().effective_sparsity(s))
+    assert float(g(-0.1)) == 0.0 and float(g(1.5)) == 1.0 and float(g(jnp.nan)) == 0.0
+
+
+def test_concrete_scalars_are_stored_as_floats():
+    s = OneShot(jnp.float32(0.5))
+    assert type(s.sparsity) is float and hash(s) == hash(OneShot(0.5))
+    assert type(Polynomial(np.float64(0.75), 0, 10).final_sparsity) is float

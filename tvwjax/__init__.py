@@ -7,11 +7,13 @@ The flat public API:
 * masks -- :func:`masks` (any pytree, layer or global scope), :func:`apply_masks`,
   scores :func:`magnitude`, :func:`taylor_init`, :func:`taylor_accumulate`;
 * validation -- :func:`check`, :func:`check_tree`, :func:`summary`, :func:`plot_mask`;
-* training -- :func:`prune` (an Optax transform) and the schedules :class:`OneShot`,
-  :class:`Polynomial`, :class:`Staged`, :class:`Constant`;
+* training -- the Optax transforms :func:`prune` (with the schedules :class:`OneShot`,
+  :class:`Polynomial`, :class:`Staged`) and :func:`fixed_masks`;
 * execution -- :func:`compress`, :func:`decompress`, :func:`matmul`, the formats
   :class:`TileWise`, :class:`TileVectorWise`, :class:`NMSparse`, :class:`BlockSparse`, and the
-  Flax modules in :mod:`tvwjax.nn`.
+  Flax modules in :mod:`tvwjax.nn`;
+* one-shot pruning -- :func:`one_shot`, :func:`reconstruct`, :func:`reconstruct_layer` with
+  the statistics of :mod:`tvwjax.calibration` and the scores of :mod:`tvwjax.data_aware`.
 """
 
 from tvwjax import (
@@ -20,11 +22,11 @@ from tvwjax import (
     data_aware,
     errors,
     nn,
-    reconstruct,
     schedules,
     transform,
 )
-from tvwjax.check import check, check_tree, is_valid
+from tvwjax._tree import as_matrix, path_str
+from tvwjax.check import check, check_tree
 from tvwjax.errors import (
     ConfigError,
     DTypeError,
@@ -43,23 +45,15 @@ from tvwjax.formats import (
     compress,
     decompress,
 )
-from tvwjax.masking import apply_masks, as_matrix, default_where, masks, path_str
+from tvwjax.masking import apply_masks, default_where, masks
 from tvwjax.matmul import matmul
 from tvwjax.patterns import BW, EW, NM, TEW, TVW, TW, TW1D, VW, Pattern
 from tvwjax.plot import plot_mask, plot_masks
-from tvwjax.reconstruct import one_shot, reconstruct_layer
-from tvwjax.schedules import (
-    Constant,
-    OneShot,
-    Polynomial,
-    Schedule,
-    Staged,
-    effective_sparsity,
-    sparsity_floor,
-)
+from tvwjax.reconstruction import one_shot, reconstruct, reconstruct_layer
+from tvwjax.schedules import OneShot, Polynomial, Schedule, Staged
 from tvwjax.scores import magnitude, taylor_accumulate, taylor_init, taylor_scores
 from tvwjax.summary import format_summary, summary
-from tvwjax.transform import PruneState, get_masks, kept_fraction, prune
+from tvwjax.transform import PruneState, fixed_masks, get_masks, prune
 
 __version__ = "0.1.0"
 
@@ -73,10 +67,10 @@ __all__ = [
     "apply_masks", "as_matrix", "default_where", "masks", "path_str",
     "magnitude", "taylor_accumulate", "taylor_init", "taylor_scores",
     # validation and inspection
-    "check", "check_tree", "is_valid", "format_summary", "summary", "plot_mask", "plot_masks",
+    "check", "check_tree", "format_summary", "summary", "plot_mask", "plot_masks",
     # training
-    "Constant", "OneShot", "Polynomial", "PruneState", "Schedule", "Staged", "get_masks",
-    "kept_fraction", "prune", "effective_sparsity", "sparsity_floor", "schedules", "transform",
+    "OneShot", "Polynomial", "PruneState", "Schedule", "Staged", "fixed_masks", "get_masks",
+    "prune", "schedules", "transform",
     # execution
     "BlockSparse", "CompressedWeight", "NMSparse", "TileVectorWise", "TileWise", "compress",
     "decompress", "matmul", "nn",

@@ -66,6 +66,9 @@ def check_same_leaves(tree: PyTree, params: PyTree, what: str, *, none_ok: bool)
     ``params`` (``None`` leaves allowed where ``none_ok``). Static: costs nothing under jit."""
     t_flat, _ = leaves_with_paths(tree, none_leaves=none_ok)
     p_flat, _ = leaves_with_paths(params)
+    if none_ok:  # a None mask may stand where params hold None (a layer without bias)
+        have = {p for p, _ in p_flat}
+        t_flat = [(p, t) for p, t in t_flat if t is not None or p in have]
     t_paths, p_paths = [p for p, _ in t_flat], [p for p, _ in p_flat]
     if t_paths != p_paths:
         missing, extra = path_difference(p_paths, t_paths)
@@ -73,7 +76,7 @@ def check_same_leaves(tree: PyTree, params: PyTree, what: str, *, none_ok: bool)
                                 f"{' (a mask or None per leaf)' if none_ok else ''}: missing "
                                 f"{missing}, unexpected {extra}")
     for (path, t), (_, p) in zip(t_flat, p_flat, strict=True):
-        if t is not None and jnp.shape(t) != jnp.shape(p):
+        if t is not None and tuple(jnp.shape(t)) != tuple(jnp.shape(p)):
             raise TreeMismatchError(f"{what}: {path}: shape {jnp.shape(t)} differs from the "
                                     f"parameter's {jnp.shape(p)}")
 

@@ -7,7 +7,7 @@ the inputs ``x`` it sees on real data:
   is the feature norm ``||x_k||`` of Wanda (Sun et al., 2023), divided by the row count it is
   the squared feature RMS;
 * ``gram`` -- the Gram matrix ``X^T X`` (``K x K``), the Hessian of the layer's squared
-  reconstruction error used by :mod:`tvwjax.reconstruct` (SparseGPT, Frantar & Alistarh, 2023);
+  reconstruction error used by :mod:`tvwjax.reconstruction` (SparseGPT, Frantar & Alistarh, 2023);
 * ``count`` -- the number of input rows (tokens) accumulated.
 
 Everything here is a pure function of ``(params, batch)``. Layer inputs are captured by an
@@ -47,8 +47,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tvwjax._tree import path_str
 from tvwjax.errors import ConfigError, ShapeError
-from tvwjax.masking import default_where, path_str
+from tvwjax.masking import default_where
 
 PyTree = Any
 Batch = Any
@@ -72,22 +73,22 @@ class LayerStats(NamedTuple):
 
 
 def layer_stats(x: jax.Array, row_mask: jax.Array | None = None, *, gram: bool = True,
-                where: str = "x") -> LayerStats:
-    """Statistics of one block of layer inputs.
+                name: str = "x") -> LayerStats:
+    """Statistics of one batch of layer inputs.
 
     Args:
       x: inputs ``(..., K)``; all leading axes are rows.
       row_mask: optional weights (0/1 or bool) shaped like ``x.shape[:-1]``; rows with 0
         are left out (padding tokens).
       gram: also compute ``X^T X`` (``K^2`` memory).
-      where: name used in error messages.
+      name: what error messages call ``x`` (e.g. a kernel path).
 
     Returns:
       A :class:`LayerStats` with float32 sums (``HIGHEST`` matmul precision).
     """
     x = jnp.asarray(x)
     if x.ndim < 1:
-        raise ShapeError(f"{where}: layer inputs must have a feature axis, got a scalar")
+        raise ShapeError(f"{name}: layer inputs must have a feature axis, got a scalar")
     k = x.shape[-1]
     rows = x.reshape(-1, k).astype(jnp.float32)
     if row_mask is None:
@@ -95,7 +96,7 @@ def layer_stats(x: jax.Array, row_mask: jax.Array | None = None, *, gram: bool =
     else:
         row_mask = jnp.asarray(row_mask)
         if row_mask.shape != x.shape[:-1]:
-            raise ShapeError(f"{where}: row_mask has shape {row_mask.shape}, expected the "
+            raise ShapeError(f"{name}: row_mask has shape {row_mask.shape}, expected the "
                              f"inputs' leading shape {x.shape[:-1]} (inputs {x.shape})")
         w = row_mask.reshape(-1).astype(jnp.float32)
     xw = rows * w[:, None]
@@ -263,7 +264,7 @@ def _stats_step(inputs_fn: InputsFn, paths: tuple[str, ...] | None, gram: bool,
                 raise ConfigError(f"calibration: no inputs were captured for {p!r}; captured "
                                   f"layers: {sorted(found)[:8]}")
             for x in found[p]:
-                s = layer_stats(x, rm, gram=gram, where=p)
+                s = layer_stats(x, rm, gram=gram, name=p)
                 out[p] = s if p not in out else add_stats(out[p], s)
         return out
 
@@ -300,25 +301,6 @@ def collect(inputs_fn: InputsFn, params: PyTree, batches: Iterable[Batch], *,
     if acc is None:
         raise ConfigError("calibration: batches is empty; give at least one batch")
     return acc
-
-
-def collect_linen(model: nn.Module, variables: PyTree, batches: Iterable[Batch], *,
-                  method: str | Callable | None = None, where: WherePredicate | None = None,
-                  row_mask: RowMaskFn | None = None, gram: bool = True) -> dict[str, LayerStats]:
-    """:func:`collect` for a Linen module (see :func:`linen_inputs` for the arguments)."""
-    return collect(linen_inputs(model, method=method, where=where), variables, batches,
-                   row_mask=row_mask, gram=gram)
-
-
-def collect_nnx(model: Any, batches: Iterable[Batch], *, where: WherePredicate | None = None,
-                call: Callable[..., Any] | None = None, row_mask: RowMaskFn | None = None,
-                gram: bool = True) -> dict[str, LayerStats]:
-    """:func:`collect` for an NNX model; keys are path strings of ``nnx.state(model)``."""
-    from flax import nnx
-
-    graphdef, state = nnx.split(model)
-    return collect(nnx_inputs(graphdef, where=where, call=call), state, batches,
-                   row_mask=row_mask, gram=gram)
 
 
 def layer_groups(inputs_fn: InputsFn, params: PyTree, batch: Batch) -> list[list[str]]:
@@ -438,7 +420,6 @@ def collect_pair(inputs_fn: InputsFn, params_a: PyTree, params_b: PyTree,
 
 
 __all__ = [
-    "LayerStats", "PairStats", "add_stats", "collect", "collect_linen", "collect_nnx",
-    "collect_pair", "feature_norm",
+    "LayerStats", "PairStats", "add_stats", "collect", "collect_pair", "feature_norm",
     "feature_rms", "layer_groups", "layer_stats", "linen_inputs", "nnx_inputs",
 ]

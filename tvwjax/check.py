@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import numpy as np
 
-from tvwjax.errors import PatternViolationError, ShapeError
+from tvwjax import _validate as val
+from tvwjax._tree import leaves_with_paths
+from tvwjax.errors import ConfigError, PatternViolationError, ShapeError
 from tvwjax.patterns import BW, EW, NM, TEW, TVW, TW, VW, Pattern
 
 
@@ -26,8 +27,8 @@ def _round(x: float) -> int:
     return int(np.floor(x + 0.5))
 
 
-def _fail(where: str, msg: str) -> None:
-    raise PatternViolationError(f"{where}: {msg}")
+def _fail(name: str, msg: str) -> None:
+    raise PatternViolationError(f"{name}: {msg}")
 
 
 def _chunks(m: np.ndarray, tile: int, fixed: bool) -> list[np.ndarray]:
@@ -37,27 +38,27 @@ def _chunks(m: np.ndarray, tile: int, fixed: bool) -> list[np.ndarray]:
     return [cols[i:i + tile] for i in range(0, len(cols), tile)]
 
 
-def _check_ew(m, p, s, where):
+def _check_ew(m, p, s, name):
     if s is not None:
         want = _round((1 - s) * m.size)
         if int(m.sum()) != want:
-            _fail(where, f"EW at sparsity {s} keeps {want} entries, mask keeps {int(m.sum())}")
+            _fail(name, f"EW at sparsity {s} keeps {want} entries, mask keeps {int(m.sum())}")
 
 
-def _check_bw(m, p: BW, s, where):
+def _check_bw(m, p: BW, s, name):
     k, n = m.shape
     for i in range(0, k, p.rows):
         for j in range(0, n, p.cols):
             blk = m[i:i + p.rows, j:j + p.cols]
             if blk.any() and not blk.all():
-                _fail(where, f"block at ({i}, {j}) of size {blk.shape} is partially kept")
+                _fail(name, f"block at ({i}, {j}) of size {blk.shape} is partially kept")
     if s is not None and s > 0:
         budget, kept = _round((1 - s) * m.size), int(m.sum())
         if not budget - p.rows * p.cols < kept <= budget:
-            _fail(where, f"BW keeps {kept} entries, expected within one block of {budget}")
+            _fail(name, f"BW keeps {kept} entries, expected within one block of {budget}")
 
 
-def _check_vw(m, p: VW, s, where):
+def _check_vw(m, p: VW, s, name):
     k, n = m.shape
     counts = []
     for i in range(0, k, p.length):
@@ -67,7 +68,7 @@ def _check_vw(m, p: VW, s, where):
             want = seg.shape[0] if s == 0 else _round((1 - s) * seg.shape[0])
             bad = np.flatnonzero(c != want)
             if bad.size:
-                _fail(where, f"vector at rows {i}:{i + seg.shape[0]}, column {bad[0]} keeps "
+                _fail(name, f"vector at rows {i}:{i + seg.shape[0]}, column {bad[0]} keeps "
                              f"{c[bad[0]]}, expected {want}")
         elif seg.shape[0] == p.length:
             counts.append(c)
@@ -75,60 +76,60 @@ def _check_vw(m, p: VW, s, where):
         allc = np.concatenate(counts)
         if np.any(allc != allc[0]):
             j = int(np.flatnonzero(allc != allc[0])[0])
-            _fail(where, f"vectors keep different counts ({allc[0]} vs {allc[j]})")
+            _fail(name, f"vectors keep different counts ({allc[0]} vs {allc[j]})")
 
 
-def _check_groups(block: np.ndarray, n: int, m: int, where: str, what: str) -> None:
+def _check_groups(block: np.ndarray, n: int, m: int, name: str, what: str) -> None:
     rows = block.shape[0]
     if rows % m:
-        _fail(where, f"{what} has {rows} rows, not a multiple of m={m}")
+        _fail(name, f"{what} has {rows} rows, not a multiple of m={m}")
     for g in range(0, rows, m):
         c = block[g:g + m].sum(axis=0)
         bad = np.flatnonzero(c != n)
         if bad.size:
-            _fail(where, f"{what}: group at rows {g}:{g + m}, column {bad[0]} keeps "
+            _fail(name, f"{what}: group at rows {g}:{g + m}, column {bad[0]} keeps "
                          f"{int(c[bad[0]])} of {m}, expected {n}")
 
 
-def _check_nm(m, p: NM, s, where):
+def _check_nm(m, p: NM, s, name):
     if m.all() and (s is None or s == 0):
         return
     if m.shape[0] % p.m:
-        _fail(where, f"K={m.shape[0]} is not divisible by m={p.m}")
-    _check_groups(m, p.n, p.m, where, f"{p.n}:{p.m} mask")
+        _fail(name, f"K={m.shape[0]} is not divisible by m={p.m}")
+    _check_groups(m, p.n, p.m, name, f"{p.n}:{p.m} mask")
 
 
-def _tile_rows(m, p: TW, where):
+def _tile_rows(m, p: TW, name):
     """Yield (tile index, columns, kept-row indices) after checking each tile is TW."""
     for t, cols in enumerate(_chunks(m, p.tile, p.column_share == 0)):
         sub = m[:, cols]
         yield t, cols, sub
 
 
-def _check_tw(m, p: TW, s, where):
+def _check_tw(m, p: TW, s, name):
     kept_total = 0
     n_tiles = 0
-    for t, cols, sub in _tile_rows(m, p, where):
+    for t, cols, sub in _tile_rows(m, p, name):
         n_tiles += 1
         full, empty = sub.all(axis=1), ~sub.any(axis=1)
         bad = np.flatnonzero(~(full | empty))
         if bad.size:
-            _fail(where, f"tile {t} (columns {cols[0]}..{cols[-1]}): row {bad[0]} is partially "
+            _fail(name, f"tile {t} (columns {cols[0]}..{cols[-1]}): row {bad[0]} is partially "
                          "kept; a row segment must be kept or pruned whole")
         if full.sum() % p.row_block:
-            _fail(where, f"tile {t}: keeps {int(full.sum())} rows, not a multiple of "
+            _fail(name, f"tile {t}: keeps {int(full.sum())} rows, not a multiple of "
                          f"row_block={p.row_block}")
         kept_total += int(sub.sum())
     if s is not None and s > 0:
         budget = _round((1 - s) * m.size)
         slack = p.tile * (1 + n_tiles * (p.row_block // 2 + (p.row_block > 1)))
         if abs(kept_total - budget) > slack:
-            _fail(where, f"TW keeps {kept_total} entries, expected about {budget} "
+            _fail(name, f"TW keeps {kept_total} entries, expected about {budget} "
                          f"(+/- {slack})")
 
 
-def _check_tew(m, p: TEW, s, where):
-    _check_ew(m, EW(), s, where)
+def _check_tew(m, p: TEW, s, name):
+    _check_ew(m, EW(), s, name)
 
 
 def _groupable(sub: np.ndarray, rows: np.ndarray, n_kept: int, n: int, m: int) -> bool:
@@ -151,27 +152,27 @@ def _groupable(sub: np.ndarray, rows: np.ndarray, n_kept: int, n: int, m: int) -
     return (rows.size, zeros) in reach
 
 
-def _check_tvw(m, p: TVW, s, where):
+def _check_tvw(m, p: TVW, s, name):
     if m.all() and (s is None or s == 0):
         return
     kept_total = 0
-    for t, cols, sub in _tile_rows(m, p, where):
+    for t, cols, sub in _tile_rows(m, p, name):
         what = f"tile {t} (columns {cols[0]}..{cols[-1]})"
         c = sub.sum(axis=0)
         if np.any(c != c[0]):
             j = int(np.flatnonzero(c != c[0])[0])
-            _fail(where, f"{what}: columns keep different counts ({int(c[0])} in column "
+            _fail(name, f"{what}: columns keep different counts ({int(c[0])} in column "
                          f"{cols[0]}, {int(c[j])} in column {cols[j]}); {p.n}:{p.m} inside a "
                          "tile keeps the same number in every column")
         if (int(c[0]) * p.m) % p.n:
-            _fail(where, f"{what}: {int(c[0])} kept per column is not a multiple of n={p.n}")
+            _fail(name, f"{what}: {int(c[0])} kept per column is not a multiple of n={p.n}")
         n_kept = int(c[0]) * p.m // p.n
         if n_kept % p.row_block:
-            _fail(where, f"{what}: {n_kept} kept rows, not a multiple of "
+            _fail(name, f"{what}: {n_kept} kept rows, not a multiple of "
                          f"row_block={p.row_block}")
         rows = np.flatnonzero(sub.any(axis=1))
         if rows.size > n_kept or not _groupable(sub, rows, n_kept, p.n, p.m):
-            _fail(where, f"{what}: the kept rows cannot be grouped in order into "
+            _fail(name, f"{what}: the kept rows cannot be grouped in order into "
                          f"{p.n}:{p.m} groups of {p.m} rows")
         kept_total += int(sub.sum())
     if s is not None and s > 0:
@@ -179,16 +180,24 @@ def _check_tvw(m, p: TVW, s, where):
         n_tiles = -(-m.shape[1] // p.tile)
         slack = p.tile * (2 + n_tiles * p.row_block)
         if abs(kept_total - budget) > slack:
-            _fail(where, f"TVW keeps {kept_total} entries, expected about {budget} "
+            _fail(name, f"TVW keeps {kept_total} entries, expected about {budget} "
                          f"(+/- {slack})")
 
 
-_CHECKERS = [(TVW, _check_tvw), (TEW, _check_tew), (TW, _check_tw), (NM, _check_nm),
-             (VW, _check_vw), (BW, _check_bw), (EW, _check_ew)]
+# Most specific class first: a TVW is a TW, a TEW is a TW.
+_CHECKERS = {TVW: _check_tvw, TEW: _check_tew, TW: _check_tw, NM: _check_nm, VW: _check_vw,
+             BW: _check_bw, EW: _check_ew}
+
+
+def _checker(pattern: Pattern):
+    for cls in type(pattern).__mro__:
+        if cls in _CHECKERS:
+            return _CHECKERS[cls]
+    return None
 
 
 def check(mask: Any, pattern: Pattern, sparsity: float | None = None,
-          where: str = "mask") -> None:
+          name: str = "mask") -> None:
     """Raise :class:`PatternViolationError` unless ``mask`` follows ``pattern``.
 
     Args:
@@ -196,41 +205,45 @@ def check(mask: Any, pattern: Pattern, sparsity: float | None = None,
       pattern: the pattern it should follow.
       sparsity: if given, also check the kept count the pattern implies at this sparsity
         (exact for EW, VW, N:M and TEW; within the pattern's granularity for BW, TW, TVW).
-      where: name used in the error message (e.g. a leaf path).
+      name: what the error message calls the mask (e.g. a leaf path).
+
+    >>> import jax.numpy as jnp, tvwjax
+    >>> check(jnp.array([[True], [False], [True], [False]]), tvwjax.NM(), 0.5)
+    >>> try:
+    ...     check(jnp.array([[True], [True], [True], [False]]), tvwjax.NM(), 0.5)
+    ... except tvwjax.PatternViolationError as e:
+    ...     print(e)
+    mask: 2:4 mask: group at rows 0:4, column 0 keeps 3 of 4, expected 2
     """
+    if not isinstance(pattern, Pattern):
+        raise ConfigError(f"{name}: pattern must be a tvwjax Pattern, got {pattern!r}")
+    if sparsity is not None:
+        sparsity = val.sparsity(sparsity, f"{name}: sparsity")
+        if val.is_traced(sparsity):
+            raise ConfigError(f"{name}: check runs eagerly; sparsity must be a number, got a "
+                              "traced value")
+    if val.is_traced(mask):
+        raise ConfigError(f"{name}: check runs eagerly on concrete masks (outside jax.jit)")
     m = np.asarray(mask)
     if m.ndim < 2:
-        raise ShapeError(f"{where}: a mask must have ndim >= 2, got shape {m.shape}")
+        raise ShapeError(f"{name}: a mask must have ndim >= 2, got shape {m.shape}")
     if m.dtype != np.bool_:
-        raise PatternViolationError(f"{where}: a mask must be boolean, got dtype {m.dtype}")
+        raise PatternViolationError(f"{name}: a mask must be boolean, got dtype {m.dtype}")
     m = m.reshape(-1, m.shape[-1])
     if sparsity == 0 or (sparsity is None and m.all()):
         if not m.all():
-            _fail(where, f"sparsity 0 means dense, but {int((~m).sum())} entries are pruned")
+            _fail(name, f"sparsity 0 means dense, but {int((~m).sum())} entries are pruned")
         return
-    for cls, fn in _CHECKERS:
-        if isinstance(pattern, cls):
-            fn(m, pattern, sparsity, where)
-            return
-    raise PatternViolationError(f"{where}: no checker for pattern {pattern!r}")
-
-
-def is_valid(mask: Any, pattern: Pattern, sparsity: float | None = None) -> bool:
-    """True if :func:`check` passes."""
-    try:
-        check(mask, pattern, sparsity)
-    except PatternViolationError:
-        return False
-    return True
+    fn = _checker(pattern)
+    if fn is None:
+        raise PatternViolationError(f"{name}: no checker for pattern {pattern!r}")
+    fn(m, pattern, sparsity, name)
 
 
 def check_tree(mask_tree: Any, pattern: Pattern, sparsity: float | None = None) -> None:
     """:func:`check` every non-``None`` mask of a pytree, naming the failing leaf's path."""
-    from tvwjax.masking import path_str
-
-    flat, _ = jax.tree_util.tree_flatten_with_path(mask_tree)
-    for kp, m in flat:
-        check(m, pattern, sparsity, where=path_str(kp))
+    for path, m in leaves_with_paths(mask_tree)[0]:
+        check(m, pattern, sparsity, name=path)
 
 
-__all__ = ["check", "check_tree", "is_valid"]
+__all__ = ["check", "check_tree"]

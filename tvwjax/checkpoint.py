@@ -47,9 +47,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tvwjax._tree import path_difference, path_str
 from tvwjax.errors import ConfigError, TreeMismatchError
 from tvwjax.formats import CompressedWeight
-from tvwjax.masking import path_difference, path_str
 
 PyTree = Any
 FORMAT_VERSION = 1

@@ -34,9 +34,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from tvwjax._tree import as_matrix, path_str
 from tvwjax.calibration import LayerStats, feature_norm
 from tvwjax.errors import ConfigError, ShapeError
-from tvwjax.masking import as_matrix, default_where, path_str
+from tvwjax.masking import default_where
 
 PyTree = Any
 ScoreFn = Callable[[jax.Array, LayerStats], jax.Array]
@@ -125,14 +126,4 @@ def data_scores(params: PyTree, stats: Mapping[str, LayerStats], fn: ScoreFn = w
     return jax.tree_util.tree_map_with_path(one, params)
 
 
-def activation_scores(params: PyTree, stats: Mapping[str, LayerStats], *,
-                      where: Callable[[str, Any], bool] | None = None) -> PyTree:
-    """Activation-aware (Wanda) scores ``|w| * ||x_k||`` as a scores pytree.
-
-    Equivalent to ``data_scores(params, stats, wanda, where=where)``; see
-    :func:`data_scores` for the arguments.
-    """
-    return data_scores(params, stats, wanda, where=where)
-
-
-__all__ = ["activation_scores", "data_scores", "obs_saliency", "wanda"]
+__all__ = ["data_scores", "obs_saliency", "wanda"]

@@ -22,79 +22,42 @@ the threshold gave it.
 from __future__ import annotations
 
 import fnmatch
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from tvwjax import _validate as val
 from tvwjax._select import max_key_where, order_key
-from tvwjax.errors import ConfigError, DTypeError, ScoreError, ShapeError, TreeMismatchError
-from tvwjax.patterns import NM, Pattern, allocation_scale
+from tvwjax._tree import (
+    as_matrix,
+    check_same_leaves,
+    is_none,
+    leaves_with_paths,
+    path_difference,
+    path_str,
+)
+from tvwjax.errors import ConfigError, DTypeError, ShapeError, TreeMismatchError
+from tvwjax.patterns import Pattern
 from tvwjax.scores import magnitude
 
 PyTree = Any
-Path = tuple
 WherePredicate = Callable[[str, Any], bool]
 
 
-# -- paths and leaf selection --------------------------------------------------------------
-def _key_name(key) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
-def path_str(path: Path) -> str:
-    """Readable ``/``-joined path of a pytree key path (NNX's trailing ``value`` dropped)."""
-    names = [_key_name(k) for k in path]
-    if len(names) > 1 and names[-1] == "value" and isinstance(path[-1], jax.tree_util.GetAttrKey):
-        names = names[:-1]
-    return "/".join(names)
-
-
+# -- leaf selection -----------------------------------------------------------------------------
 def default_where(path: str, leaf: Any) -> bool:
-    """Default leaf selection: floating arrays with ``ndim >= 2`` under a ``kernel`` key."""
+    """Default leaf selection: floating arrays with ``ndim >= 2`` under a ``kernel`` key.
+
+    >>> import jax.numpy as jnp
+    >>> default_where("Dense_0/kernel", jnp.zeros((4, 3))), default_where("Dense_0/bias",
+    ...                                                                   jnp.zeros(3))
+    (True, False)
+    """
     return (hasattr(leaf, "ndim") and leaf.ndim >= 2
             and jnp.issubdtype(leaf.dtype, jnp.floating)
             and "kernel" in path.split("/"))
-
-
-def as_matrix(x: jax.Array) -> jax.Array:
-    """The ``(K, N)`` view of a kernel: ``(prod(shape[:-1]), shape[-1])``."""
-    return x.reshape(-1, x.shape[-1])
-
-
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
-def _check_scores(path: str, score: jax.Array) -> None:
-    if not _is_concrete(score):
-        return
-    s = np.asarray(score)
-    if not np.all(np.isfinite(s)):
-        bad = int(np.size(s) - np.count_nonzero(np.isfinite(s)))
-        raise ScoreError(f"{path}: scores contain {bad} NaN or Inf value(s); "
-                         "expected finite, non-negative scores")
-    if np.any(s < 0):
-        raise ScoreError(f"{path}: scores must be non-negative (use |w| or a squared "
-                         f"score), got minimum {float(s.min())!r}")
-
-
-def _static_sparsity(value, where: str) -> float | jax.Array:
-    if isinstance(value, jax.Array | np.ndarray) and not _is_concrete(value):
-        return value
-    if isinstance(value, bool) or not isinstance(value, float | int | np.floating | np.integer
-                                                 | np.ndarray | jax.Array):
-        raise ConfigError(f"{where}: sparsity must be a number in [0, 1), got {value!r}")
-    v = float(value)
-    if not math.isfinite(v) or not 0.0 <= v < 1.0:
-        raise ConfigError(f"{where}: sparsity must be in [0, 1), got {v!r}")
-    return v
 
 
 class _Leaf:
@@ -106,6 +69,33 @@ class _Leaf:
         self.sparsity, self.fixed = sparsity, fixed
 
 
+def _check_overrides(overrides: Any) -> None:
+    if overrides is None:
+        return
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(f"overrides must be a mapping {{glob: sparsity or None}}, got "
+                          f"{type(overrides).__name__}")
+    for pat in overrides:
+        if not isinstance(pat, str):
+            raise ConfigError(f"overrides: keys must be glob strings, got {pat!r}")
+
+
+def check_selection_args(pattern: Any, scope: Any, where: Any, overrides: Any,
+                         layer_bounds: Any, who: str = "") -> tuple[float, float]:
+    """Validate the arguments :func:`masks` and :func:`tvwjax.prune` share; return the
+    layer bounds as floats. ``who`` prefixes the messages (e.g. ``"prune: "``)."""
+    if not isinstance(pattern, Pattern):
+        raise ConfigError(f"{who}pattern must be a tvwjax Pattern (EW(), TW(), TVW(), ...), "
+                          f"got {pattern!r}")
+    if scope not in ("layer", "global"):
+        raise ConfigError(f"{who}scope must be 'layer' or 'global', got {scope!r}")
+    if where is not None and not callable(where):
+        raise ConfigError(f"{who}where must be a predicate where(path, leaf) -> bool, got "
+                          f"{where!r}")
+    _check_overrides(overrides)
+    return _layer_bounds(layer_bounds)
+
+
 def _override(path: str, overrides: Mapping[str, float | None] | None, default):
     if overrides:
         for pat, value in overrides.items():
@@ -114,11 +104,25 @@ def _override(path: str, overrides: Mapping[str, float | None] | None, default):
     return default, False
 
 
+def _layer_bounds(bounds: Any) -> tuple[float, float]:
+    if bounds is None:
+        return (0.0, 1.0)
+    if not isinstance(bounds, tuple | list) or len(bounds) != 2:
+        raise ConfigError(f"layer_bounds must be a pair (min_sparsity, max_sparsity), got "
+                          f"{bounds!r}")
+    lo = val.sparsity(bounds[0], "layer_bounds[0]", upper_inclusive=True)
+    hi = val.sparsity(bounds[1], "layer_bounds[1]", upper_inclusive=True)
+    if val.is_traced(lo) or val.is_traced(hi) or lo > hi:
+        raise ConfigError(f"layer_bounds must be two numbers with 0 <= min <= max <= 1, got "
+                          f"{tuple(bounds)!r}")
+    return (lo, hi)
+
+
 # -- global allocation -----------------------------------------------------------------------
 def _global_densities(leaves: list[jax.Array], pattern: Pattern, sparsity,
                       layer_bounds: tuple[float, float]) -> list[jax.Array]:
     """Per-leaf final densities from one threshold over normalised unit scores."""
-    scale = allocation_scale(pattern)
+    scale = pattern.allocation_scale
     units, sizes, ids = [], [], []
     for i, score in enumerate(leaves):
         u, z = pattern.units(score)
@@ -176,7 +180,7 @@ def _masks_core(scores, sparsities, target, *, pattern, scope, layer_bounds, fix
         for sc, sp in zip(scores, specs, strict=True)]
     sparsities = list(sparsities)
     pool = [i for i, f in enumerate(fixed) if not f]
-    if scope == "global" and len(pool) > 1 and not isinstance(pattern, NM):
+    if scope == "global" and len(pool) > 1 and pattern.supports_global:
         dens = _global_densities([scores[i] for i in pool], pattern, target, layer_bounds)
         for i, d in zip(pool, dens, strict=True):
             sparsities[i] = 1.0 - d
@@ -202,74 +206,70 @@ def masks(
     scope: str = "layer",
     overrides: Mapping[str, float | None] | None = None,
     layer_bounds: tuple[float, float] | None = None,
-    unpruned: str = "none",
 ) -> PyTree:
     """Sparsity masks for every selected leaf of ``params``.
 
     Args:
       params: any pytree of arrays (dict, Linen params, ``nnx.State``).
       pattern: a :class:`~tvwjax.patterns.Pattern` (``EW()``, ``TW(tile=64)``, ``TVW()``, ...).
-      sparsity: target fraction of pruned weights in ``[0, 1)``; may be traced.
+      sparsity: target fraction of pruned weights in ``[0, 1)``; may be traced (read by
+        :meth:`Pattern.effective_sparsity <tvwjax.Pattern.effective_sparsity>`).
       scores: a pytree like ``params`` of non-negative scores (default: ``|params|``).
       where: ``where(path, leaf) -> bool`` choosing the leaves to prune (default
         :func:`default_where`). A leaf it selects must have ``ndim >= 2``.
       scope: ``"layer"`` (each leaf at exactly its sparsity) or ``"global"`` (one threshold
-        over all selected leaves' normalised unit scores).
+        over all selected leaves' normalised unit scores; patterns with a fixed sparsity,
+        such as ``NM``, are built per leaf).
       overrides: ``{glob: sparsity}`` on path strings (first match wins); a leaf whose
         override is ``None`` is not pruned. Overridden leaves keep their own sparsity in
-        global scope and are left out of the shared threshold.
+        global scope and are left out of the shared threshold. A glob that matches no
+        selected leaf raises (a typo must not pass silently).
       layer_bounds: ``(min_sparsity, max_sparsity)`` per leaf in global scope
         (default ``(0, 1)``: unbounded).
-      unpruned: what leaves that are not pruned get: ``"none"`` (``None``, the default;
-        use ``is_leaf=lambda x: x is None`` when mapping) or ``"ones"`` (an all-True mask).
 
     Returns:
       A pytree with the structure of ``params``: bool masks (True = kept) shaped like each
-      pruned leaf, and ``None`` or all-True masks elsewhere.
+      pruned leaf, ``None`` elsewhere (map with ``is_leaf=lambda x: x is None``).
 
     Raises:
       ConfigError, ShapeError, DTypeError, ScoreError, TreeMismatchError (see
       :mod:`tvwjax.errors`), each naming the leaf path.
-    """
-    if not isinstance(pattern, Pattern):
-        raise ConfigError(f"pattern must be a tvwjax Pattern (EW(), TW(), TVW(), ...), "
-                          f"got {pattern!r}")
-    if scope not in ("layer", "global"):
-        raise ConfigError(f"scope must be 'layer' or 'global', got {scope!r}")
-    if unpruned not in ("none", "ones"):
-        raise ConfigError(f"unpruned must be 'none' or 'ones', got {unpruned!r}")
-    if layer_bounds is None:
-        layer_bounds = (0.0, 1.0)
-    else:
-        lo, hi = (float(b) for b in layer_bounds)
-        if not 0.0 <= lo <= hi <= 1.0:
-            raise ConfigError(f"layer_bounds must satisfy 0 <= min <= max <= 1, got "
-                              f"{tuple(layer_bounds)!r}")
-        layer_bounds = (lo, hi)
-    sparsity = _static_sparsity(sparsity, "sparsity")
 
-    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    >>> import jax, jax.numpy as jnp, tvwjax
+    >>> params = {"dense": {"kernel": jax.random.normal(jax.random.key(0), (64, 32)),
+    ...                     "bias": jnp.zeros(32)}}
+    >>> m = tvwjax.masks(params, tvwjax.TVW(tile=16, column_share=0.0), 0.75)
+    >>> m["dense"]["bias"] is None, float(1 - m["dense"]["kernel"].mean())
+    (True, 0.75)
+    """
+    layer_bounds = check_selection_args(pattern, scope, where, overrides, layer_bounds)
+    sparsity = val.sparsity(sparsity)
+
+    flat, treedef = leaves_with_paths(params)
     if scores is None:
         score_leaves = [None] * len(flat)
     else:
-        s_flat, s_def = jax.tree_util.tree_flatten_with_path(scores)
-        if s_def != treedef:
-            raise TreeMismatchError(f"scores must have the structure of params; got {s_def} "
-                                    f"for params {treedef}")
-        score_leaves = [s for _, s in s_flat]
+        s_flat, _ = leaves_with_paths(scores)
+        if [p for p, _ in s_flat] != [p for p, _ in flat]:
+            missing, extra = path_difference([p for p, _ in flat], [p for p, _ in s_flat])
+            raise TreeMismatchError(f"scores must have the structure of params: missing "
+                                    f"{missing}, unexpected {extra}")
+        score_leaves = [sc for _, sc in s_flat]
 
     out: list[Any] = [None] * len(flat)
     explicit_where = where is not None
     where = where or default_where
     selected: list[_Leaf] = []
-    for i, (kp, leaf) in enumerate(flat):
-        path = path_str(kp)
+    used_globs: set[str] = set()
+    for i, (path, leaf) in enumerate(flat):
         if not where(path, leaf):
             continue
         leaf_sparsity, fixed = _override(path, overrides, sparsity)
+        if fixed:
+            used_globs.add(next(g for g in overrides if fnmatch.fnmatchcase(path, g)))
         if leaf_sparsity is None:
             continue
-        leaf_sparsity = _static_sparsity(leaf_sparsity, f"{path}: override")
+        leaf_sparsity = val.sparsity(leaf_sparsity, f"{path}: override sparsity")
         if not hasattr(leaf, "ndim"):
             raise ShapeError(f"{path}: selected leaf is not an array ({type(leaf).__name__})")
         if explicit_where and leaf.ndim < 2:
@@ -286,12 +286,16 @@ def masks(
         elif jnp.shape(score) != leaf.shape:
             raise TreeMismatchError(f"{path}: scores have shape {jnp.shape(score)}, "
                                     f"expected the leaf's shape {leaf.shape}")
-        _check_scores(path, score)
+        val.finite_nonnegative(score, path)
         lf = _Leaf(i, path, leaf, score, leaf_sparsity, fixed)
         pattern.validate_shape(lf.score.shape, path)
         if isinstance(leaf_sparsity, float) and (fixed or scope == "layer"):
             pattern.validate_sparsity(leaf_sparsity, path)
         selected.append(lf)
+    unused = [g for g in (overrides or {}) if g not in used_globs]
+    if unused:
+        raise ConfigError(f"overrides: {unused} match no leaf selected by where (selected: "
+                          f"{[p for p, leaf in flat if where(p, leaf)][:5]}...)")
 
     if selected:
         kwargs = dict(pattern=pattern, scope=scope, layer_bounds=layer_bounds,
@@ -306,50 +310,32 @@ def masks(
                               jnp.asarray(sparsity, jnp.float32), **kwargs)
         for lf, m in zip(selected, mask_list, strict=True):
             out[lf.index] = m.reshape(lf.leaf.shape)
-    if unpruned == "ones":
-        for i, (_, leaf) in enumerate(flat):
-            if out[i] is None:
-                out[i] = jnp.ones(jnp.shape(leaf), bool)
     return jax.tree_util.tree_unflatten(treedef, out)
-
-
-def path_difference(want: list[str], got: list[str], limit: int = 5
-                    ) -> tuple[list[str], list[str]]:
-    """The first ``limit`` paths of ``want`` missing from ``got``, and of ``got`` not in
-    ``want`` (for error messages about mismatched pytrees)."""
-    w, g = set(want), set(got)
-    return [p for p in want if p not in g][:limit], [p for p in got if p not in w][:limit]
-
-
-def check_same_leaves(tree: PyTree, params: PyTree, what: str, *, none_ok: bool) -> None:
-    """Raise :class:`TreeMismatchError` unless ``tree`` has the leaf paths and leaf shapes of
-    ``params`` (``None`` leaves allowed where ``none_ok``). Static: costs nothing under jit."""
-    is_leaf = (lambda x: x is None) if none_ok else None
-    t_flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]
-    p_flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    t_paths, p_paths = [path_str(kp) for kp, _ in t_flat], [path_str(kp) for kp, _ in p_flat]
-    if t_paths != p_paths:
-        missing, extra = path_difference(p_paths, t_paths)
-        raise TreeMismatchError(f"{what} must have the structure of params"
-                                f"{' (a mask or None per leaf)' if none_ok else ''}: missing "
-                                f"{missing}, unexpected {extra}")
-    for path, (_, t), (_, p) in zip(p_paths, t_flat, p_flat, strict=True):
-        if t is not None and jnp.shape(t) != jnp.shape(p):
-            raise TreeMismatchError(f"{what}: {path}: shape {jnp.shape(t)} differs from the "
-                                    f"parameter's {jnp.shape(p)}")
 
 
 def apply_masks(params: PyTree, mask_tree: PyTree) -> PyTree:
     """``params * mask`` on every leaf with a mask (``None`` masks leave the leaf as is).
 
+    Masks must be boolean or hold only 0 and 1 (a float mask of 0.3 is an error, not True).
+
     Raises:
       TreeMismatchError: ``mask_tree`` does not have the leaf paths of ``params``, or a
         mask's shape differs from its leaf's (no broadcasting).
+      DTypeError: a mask that is neither boolean nor 0/1.
+
+    >>> import jax.numpy as jnp
+    >>> apply_masks({"w": jnp.ones((2, 2))}, {"w": jnp.eye(2, dtype=bool)})["w"].tolist()
+    [[1.0, 0.0], [0.0, 1.0]]
     """
     check_same_leaves(mask_tree, params, "mask_tree", none_ok=True)
-    return jax.tree.map(
-        lambda m, p: p if m is None else jnp.where(m, p, jnp.zeros((), p.dtype)),
-        mask_tree, params, is_leaf=lambda x: x is None)
+
+    def one(kp, m, p):
+        if m is None:
+            return p
+        m = val.bool_mask(m, f"mask_tree: {path_str(kp)}")
+        return jnp.where(m, p, jnp.zeros((), p.dtype))
+
+    return jax.tree_util.tree_map_with_path(one, mask_tree, params, is_leaf=is_none)
 
 
-__all__ = ["apply_masks", "as_matrix", "default_where", "masks", "path_str"]
+__all__ = ["apply_masks", "check_selection_args", "default_where", "masks"]

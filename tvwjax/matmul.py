@@ -41,7 +41,7 @@ from jax import lax
 import pallas_kernels
 from pallas_kernels.common import SUPPORTED_DTYPES
 from tvwjax.errors import ConfigError, DTypeError, ShapeError
-from tvwjax.formats import CompressedWeight, StaticArray, TileVectorWise
+from tvwjax.formats import CompressedWeight, StaticArray, TileVectorWise, decompress
 from tvwjax.formats.tiles import TileFormat
 
 Array = jax.Array
@@ -230,7 +230,7 @@ def _xla_matmul(x2d: Array, w: Any) -> Array:
     if isinstance(w, TileFormat):
         return _tiles_xla(x2d, w, out_dtype)
     if isinstance(w, CompressedWeight):
-        return dense_matmul(x2d, w.decompress())
+        return dense_matmul(x2d, decompress(w))
     return dense_matmul(x2d, w)
 
 
@@ -306,6 +306,16 @@ def matmul(x: Array, w: Any, backend: str = "auto") -> Array:
       DTypeError: integer ``x`` or ``w``; with ``backend="gpu"`` / ``"interpret"`` and a
         tile format, a dtype other than float32, bfloat16 or float16.
       ShapeError: ``x.shape[-1] != K`` or ``w`` not 2-D.
+
+    >>> import jax, jax.numpy as jnp, tvwjax
+    >>> w = jax.random.normal(jax.random.key(0), (96, 64))
+    >>> pattern = tvwjax.TW(tile=32, column_share=0.0)
+    >>> mask = pattern.mask(jnp.abs(w), 0.75)
+    >>> cw = tvwjax.compress(w, mask, pattern)
+    >>> x = jnp.ones((5, 96))
+    >>> y = jax.jit(tvwjax.matmul)(x, cw)
+    >>> y.shape, bool(jnp.allclose(y, x @ jnp.where(mask, w, 0), atol=1e-4))
+    ((5, 64), True)
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")

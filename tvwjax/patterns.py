@@ -30,16 +30,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from tvwjax import _select as sel
-from tvwjax.errors import ConfigError, ScoreError, ShapeError
+from tvwjax import _validate as val
 from tvwjax._select import nm_select
+from tvwjax.errors import ConfigError, ShapeError
 from tvwjax.tiling import column_tiles, num_tiles, segment_sumsq
 
 Array = jax.Array
@@ -51,74 +51,108 @@ def _is_static(x) -> bool:
     return isinstance(x, float | int | np.floating | np.integer)
 
 
-def _check_concrete_scores(scores: Array, where: str) -> None:
-    """Raise :class:`ScoreError` for NaN/Inf or negative concrete scores (traced: skipped)."""
-    if isinstance(scores, jax.core.Tracer):
-        return
-    s = np.asarray(scores, np.float32)
-    finite = np.isfinite(s)
-    if not finite.all():
-        raise ScoreError(f"{where}: scores contain {int(s.size - finite.sum())} NaN or Inf "
-                         "value(s); expected finite, non-negative scores")
-    if (s < 0).any():
-        raise ScoreError(f"{where}: scores must be non-negative (use |w| or a squared score), "
-                         f"got minimum {float(s.min())!r}")
-
-
-def _positive_int(name: str, value, owner: str) -> None:
-    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{owner}: {name} must be a positive integer, got {value!r}")
-
-
 @dataclasses.dataclass(frozen=True)
 class Pattern:
-    """Base class of all sparsity patterns. Subclasses are frozen dataclasses."""
+    """Base class of all sparsity patterns. Subclasses are frozen dataclasses.
+
+    Everything the rest of the library needs to know about a pattern is asked of the pattern
+    itself (no ``isinstance`` chains elsewhere): the sparsities it can produce
+    (:attr:`floor`, :meth:`validate_sparsity`, :meth:`effective_sparsity`), whether global
+    scope applies (:attr:`supports_global`), how global scope allocates
+    (:meth:`units`, :attr:`allocation_scale`) and which compressed format holds its masks
+    (:attr:`format`, :meth:`format_args`).
+    """
 
     name: ClassVar[str] = "pattern"
+    #: Name of the compressed format class in :mod:`tvwjax.formats` (``None``: none).
+    format: ClassVar[str | None] = None
+    #: Whether one global threshold can allocate this pattern's sparsity across leaves.
+    supports_global: ClassVar[bool] = True
 
     @property
     def max_density(self) -> float:
         """Largest density the pattern produces with ``s > 0`` (``n/m`` for N:M and TVW)."""
         return 1.0
 
+    @property
+    def floor(self) -> float:
+        """Smallest non-zero sparsity the pattern produces (``1 - n/m`` for NM, TVW; else 0)."""
+        return 1.0 - self.max_density
+
+    @property
+    def allocation_scale(self) -> float:
+        """Factor from the density of the allocation units to the final density (TVW
+        allocates row segments at its TW level, then keeps ``n/m`` of them)."""
+        return 1.0
+
+    def format_args(self) -> dict:
+        """Keyword arguments of the format's ``from_dense`` for this pattern."""
+        return {}
+
     # -- public API -------------------------------------------------------------------------
-    def mask(self, scores: Array, sparsity: float | Array, where: str = "scores") -> Array:
+    def mask(self, scores: Array, sparsity: float | Array, name: str = "scores") -> Array:
         """Boolean keep-mask of a 2-D ``(K, N)`` score array at ``sparsity``.
 
         Args:
           scores: non-negative scores, shape ``(K, N)`` (``K`` = contraction axis).
-          sparsity: fraction to prune, a Python float in ``[0, 1)`` or a traced scalar.
-          where: name used in error messages (a leaf path).
+          sparsity: fraction to prune in ``[0, 1)``: a number (Python, NumPy or a concrete
+            JAX scalar, all checked alike) or a traced scalar (see
+            :meth:`effective_sparsity` for how a traced value is read).
+          name: what error messages call ``scores`` (e.g. a leaf path).
 
         Returns:
           ``(K, N)`` bool array, True where the weight is kept.
+
+        >>> import jax.numpy as jnp
+        >>> m = EW().mask(jnp.arange(8.0).reshape(4, 2), 0.5)
+        >>> m.astype(int).T.tolist()
+        [[0, 0, 1, 1], [0, 0, 1, 1]]
         """
         scores = jnp.asarray(scores)
         if scores.ndim != 2:
-            raise ShapeError(f"{where}: {self.name} masks need a 2-D (K, N) array, "
+            raise ShapeError(f"{name}: {self.name} masks need a 2-D (K, N) array, "
                              f"got shape {scores.shape}")
-        self.validate_shape(scores.shape, where)
-        _check_concrete_scores(scores, where)
+        self.validate_shape(scores.shape, name)
+        val.finite_nonnegative(scores, name)
         ones = jnp.ones(scores.shape, bool)
-        if _is_static(sparsity):
-            s = self.validate_sparsity(float(sparsity), where)
+        sparsity = val.sparsity(sparsity, f"{name}: sparsity")
+        if isinstance(sparsity, float):
+            s = self.validate_sparsity(sparsity, name)
             if s == 0.0:
                 return ones
             return _static_mask(self, scores, 1.0 - s)
-        sparsity = jnp.asarray(sparsity, jnp.float32)
-        density = jnp.clip(1.0 - sparsity, 0.0, 1.0)
-        return jnp.where(sparsity <= 0.0, ones, self._mask(scores, density))
+        sparsity = self.effective_sparsity(sparsity)
+        return jnp.where(sparsity <= 0.0, ones, self._mask(scores, 1.0 - sparsity))
 
-    def validate_shape(self, shape: tuple[int, int], where: str = "scores") -> None:
+    def validate_shape(self, shape: tuple[int, int], name: str = "scores") -> None:
         """Raise :class:`ShapeError` if a ``(K, N)`` matrix cannot follow this pattern."""
         if shape[0] < 1 or shape[1] < 1:
-            raise ShapeError(f"{where}: cannot prune an empty matrix of shape {shape}")
+            raise ShapeError(f"{name}: cannot prune an empty matrix of shape {shape}")
 
-    def validate_sparsity(self, sparsity: float, where: str = "sparsity") -> float:
-        """Raise :class:`ConfigError` unless ``sparsity`` is allowed; return it as a float."""
-        if not math.isfinite(sparsity) or not 0.0 <= sparsity < 1.0:
-            raise ConfigError(f"{where}: sparsity must be in [0, 1), got {sparsity!r}")
-        return sparsity
+    def validate_sparsity(self, sparsity: Any, name: str = "sparsity") -> float:
+        """Raise :class:`ConfigError` unless the pattern can produce ``sparsity`` exactly;
+        return it as a float. ``name`` labels the error message."""
+        return val.sparsity(sparsity, f"{name}: sparsity" if name != "sparsity" else name)
+
+    def effective_sparsity(self, sparsity: float | Array) -> Array:
+        """The sparsity this pattern's masks really have for a (traced) target.
+
+        A traced target cannot raise, so it is read by a documented rule: clipped to
+        ``[0, 1]`` (NaN reads as 0, dense), then rounded up to the pattern's :attr:`floor`
+        when it lies in ``(0, floor)``; ``NM`` rounds any non-zero target to its fixed
+        sparsity. A sparsity of 1 prunes everything.
+
+        Args:
+          sparsity: the schedule's target.
+
+        Returns:
+          A float32 scalar.
+        """
+        s = jnp.asarray(sparsity, jnp.float32)
+        s = jnp.clip(jnp.where(jnp.isnan(s), 0.0, s), 0.0, 1.0)
+        if self.floor == 0.0:
+            return s
+        return jnp.where(s > 0.0, jnp.maximum(s, jnp.float32(self.floor)), 0.0)
 
     def units(self, scores: Array) -> tuple[Array, Array]:
         """Allocation units for global scope: flat ``(unit_scores, unit_sizes)``.
@@ -155,10 +189,14 @@ class BW(Pattern):
     rows: int = 32
     cols: int = 32
     name: ClassVar[str] = "BW"
+    format: ClassVar[str | None] = "BlockSparse"
 
     def __post_init__(self):
-        _positive_int("rows", self.rows, "BW")
-        _positive_int("cols", self.cols, "BW")
+        val.positive_int(self.rows, "BW: rows")
+        val.positive_int(self.cols, "BW: cols")
+
+    def format_args(self) -> dict:
+        return {"block": (self.rows, self.cols)}
 
     def _blocks(self, scores):
         k, n = scores.shape
@@ -197,7 +235,7 @@ class VW(Pattern):
     name: ClassVar[str] = "VW"
 
     def __post_init__(self):
-        _positive_int("length", self.length, "VW")
+        val.positive_int(self.length, "VW: length")
 
     def _mask(self, scores, density):
         k, n = scores.shape
@@ -221,12 +259,11 @@ class NM(Pattern):
     n: int = 2
     m: int = 4
     name: ClassVar[str] = "NM"
+    format: ClassVar[str | None] = "NMSparse"
+    supports_global: ClassVar[bool] = False
 
     def __post_init__(self):
-        _positive_int("n", self.n, "NM")
-        _positive_int("m", self.m, "NM")
-        if self.n >= self.m:
-            raise ConfigError(f"NM: n must be smaller than m, got n={self.n}, m={self.m}")
+        val.nm_pair(self.n, self.m, "NM")
 
     @property
     def max_density(self) -> float:
@@ -237,16 +274,23 @@ class NM(Pattern):
         """The only non-zero sparsity this pattern produces, ``1 - n/m``."""
         return 1.0 - self.n / self.m
 
-    def validate_shape(self, shape, where="scores"):
-        super().validate_shape(shape, where)
+    def format_args(self) -> dict:
+        return {"n": self.n, "m": self.m}
+
+    def effective_sparsity(self, sparsity):
+        s = super().effective_sparsity(sparsity)
+        return jnp.where(s > 0.0, jnp.float32(self.floor), 0.0)
+
+    def validate_shape(self, shape, name="scores"):
+        super().validate_shape(shape, name)
         if shape[0] % self.m:
-            raise ShapeError(f"{where}: {self.n}:{self.m} sparsity needs K (axis 0, the "
+            raise ShapeError(f"{name}: {self.n}:{self.m} sparsity needs K (axis 0, the "
                              f"contraction axis) divisible by m={self.m}, got K={shape[0]}")
 
-    def validate_sparsity(self, sparsity, where="sparsity"):
-        s = super().validate_sparsity(sparsity, where)
+    def validate_sparsity(self, sparsity, name="sparsity"):
+        s = super().validate_sparsity(sparsity, name)
         if s != 0.0 and abs(s - self.sparsity) > 1e-6:
-            raise ConfigError(f"{where}: {self.n}:{self.m} sparsity is fixed at "
+            raise ConfigError(f"{name}: {self.n}:{self.m} sparsity is fixed at "
                               f"{self.sparsity:g} (or 0 for dense), got {s!r}")
         return s
 
@@ -274,19 +318,23 @@ class TW(Pattern):
     column_share: float = 0.5
     row_block: int = 1
     name: ClassVar[str] = "TW"
+    format: ClassVar[str | None] = "TileWise"
 
     def __post_init__(self):
-        _positive_int("tile", self.tile, type(self).__name__)
-        _positive_int("row_block", self.row_block, type(self).__name__)
+        val.positive_int(self.tile, f"{type(self).__name__}: tile")
+        val.positive_int(self.row_block, f"{type(self).__name__}: row_block")
         if not (isinstance(self.column_share, float | int)
                 and 0.0 <= self.column_share <= 1.0):
             raise ConfigError(f"{type(self).__name__}: column_share must be in [0, 1], "
                               f"got {self.column_share!r}")
 
-    def validate_shape(self, shape, where="scores"):
-        super().validate_shape(shape, where)
+    def format_args(self) -> dict:
+        return {"tile": self.tile}
+
+    def validate_shape(self, shape, name="scores"):
+        super().validate_shape(shape, name)
         if self.row_block > 1 and shape[0] < self.row_block:
-            raise ShapeError(f"{where}: {type(self).__name__} keeps rows in multiples of "
+            raise ShapeError(f"{name}: {type(self).__name__} keeps rows in multiples of "
                              f"row_block={self.row_block}, so K (axis 0) must be at least "
                              f"{self.row_block}, got K={shape[0]}")
 
@@ -348,16 +396,17 @@ class TEW(TW):
 
     delta: float = 0.05
     name: ClassVar[str] = "TEW"
+    format: ClassVar[str | None] = None  # needs a sparse residual beside its TW part
 
     def __post_init__(self):
         super().__post_init__()
         if not (isinstance(self.delta, float | int) and 0.0 < self.delta < 1.0):
             raise ConfigError(f"TEW: delta must be in (0, 1), got {self.delta!r}")
 
-    def validate_sparsity(self, sparsity, where="sparsity"):
-        s = super().validate_sparsity(sparsity, where)
+    def validate_sparsity(self, sparsity, name="sparsity"):
+        s = super().validate_sparsity(sparsity, name)
         if s != 0.0 and s + self.delta >= 1.0:
-            raise ConfigError(f"{where}: TEW needs sparsity + delta < 1, got sparsity={s!r}, "
+            raise ConfigError(f"{name}: TEW needs sparsity + delta < 1, got sparsity={s!r}, "
                               f"delta={self.delta!r}")
         return s
 
@@ -384,26 +433,31 @@ class TVW(TW):
     n: int = 2
     m: int = 4
     name: ClassVar[str] = "TVW"
-
-    def __post_init__(self):
-        super().__post_init__()
-        _positive_int("n", self.n, "TVW")
-        _positive_int("m", self.m, "TVW")
-        if self.n >= self.m:
-            raise ConfigError(f"TVW: n must be smaller than m, got n={self.n}, m={self.m}")
-        if self.row_block % self.m:
-            raise ConfigError(f"TVW: row_block must be a multiple of m={self.m}, "
-                              f"got {self.row_block}")
+    format: ClassVar[str | None] = "TileVectorWise"
 
     @property
     def max_density(self) -> float:
         return self.n / self.m
 
-    def validate_sparsity(self, sparsity, where="sparsity"):
-        s = super().validate_sparsity(sparsity, where)
-        floor = 1.0 - self.n / self.m
+    def __post_init__(self):
+        super().__post_init__()
+        val.nm_pair(self.n, self.m, "TVW", max_m=4)
+        if self.row_block % self.m:
+            raise ConfigError(f"TVW: row_block must be a multiple of m={self.m}, "
+                              f"got {self.row_block}")
+
+    @property
+    def allocation_scale(self) -> float:
+        return self.n / self.m
+
+    def format_args(self) -> dict:
+        return {"tile": self.tile, "n": self.n, "m": self.m}
+
+    def validate_sparsity(self, sparsity, name="sparsity"):
+        s = super().validate_sparsity(sparsity, name)
+        floor = self.floor
         if 0.0 < s < floor - 1e-6:
-            raise ConfigError(f"{where}: TVW sparsity must be 0 or at least {floor:g} "
+            raise ConfigError(f"{name}: TVW sparsity must be 0 or at least {floor:g} "
                               f"(its {self.n}:{self.m} part alone prunes that much), got {s!r}")
         return s
 
@@ -436,17 +490,8 @@ def _static_mask(pattern: Pattern, scores: Array, density: float) -> Array:
     return pattern._mask(scores, density)
 
 
-#: Scale from allocation density to final density (TVW allocates at its TW level).
-def allocation_scale(pattern: Pattern) -> float:
-    """Factor between a pattern's unit-level density and its final density."""
-    if isinstance(pattern, TVW):
-        return pattern.n / pattern.m
-    return 1.0
-
-
 PATTERNS: dict[str, type[Pattern]] = {
     "EW": EW, "BW": BW, "VW": VW, "NM": NM, "TW": TW, "TEW": TEW, "TVW": TVW,
 }
 
-__all__ = ["BW", "EW", "NM", "PATTERNS", "TEW", "TVW", "TW", "TW1D", "VW", "Pattern",
-           "allocation_scale"]
+__all__ = ["BW", "EW", "NM", "PATTERNS", "TEW", "TVW", "TW", "TW1D", "VW", "Pattern"]

@@ -11,15 +11,16 @@ Both values are computed with ``jnp`` only, so ``step`` may be a traced integer.
                     ``s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))**3``
 :class:`Staged`     the recipe of Guo et al. (2020): prune to each level once, then
                     fine-tune for a number of steps before the next level
-:class:`Constant`   never recompute: fixed masks given to the transform (fine-tuning an
-                    already-pruned model)
 ==================  ====================================================================
+
+(Fine-tuning with fixed masks needs no schedule: see :func:`tvwjax.fixed_masks`.)
 
 Patterns with a sparsity floor (``NM`` allows only ``0`` or ``1 - n/m``; ``TVW`` allows
 ``0`` or at least ``1 - n/m``): when the sparsity reaches the pattern as a traced value, a
 target below the floor is *rounded up to the floor*. Early in a gradual ramp the schedule's
-target can therefore be below what the masks really prune. :func:`effective_sparsity` gives
-the sparsity the masks actually have, and :class:`tvwjax.transform.PruneState` records it.
+target can therefore be below what the masks really prune.
+:meth:`Pattern.effective_sparsity <tvwjax.Pattern.effective_sparsity>` gives the sparsity
+the masks actually have, and :class:`tvwjax.transform.PruneState` records it.
 To make the ramp start at the floor instead of jumping to it, use
 ``Polynomial(final, initial_sparsity=1 - n/m, ...)``.
 
@@ -40,59 +41,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tvwjax import _validate as val
 from tvwjax.errors import ConfigError
-from tvwjax.patterns import NM, Pattern
+from tvwjax.patterns import Pattern
 
 Array = jax.Array
 Step = int | Array
 
 
-def _check_sparsity(owner: str, name: str, value, *, allow_none: bool = False) -> None:
-    if allow_none and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, float | int | np.floating | np.integer):
-        raise ConfigError(f"{owner}: {name} must be a number in [0, 1), got {value!r}")
-    if not math.isfinite(float(value)) or not 0.0 <= float(value) < 1.0:
-        raise ConfigError(f"{owner}: {name} must be in [0, 1), got {value!r}")
+def _check_sparsity(obj: Schedule, name: str) -> float:
+    """Validate the sparsity field ``name`` of ``obj`` and store it as a Python float."""
+    value = getattr(obj, name)
+    if val.is_traced(value):
+        raise ConfigError(f"{obj.name}: {name} must be a concrete number (a schedule is "
+                          "static), got a traced value")
+    v = val.sparsity(value, f"{obj.name}: {name}")
+    object.__setattr__(obj, name, v)
+    return v
 
 
 def _check_int(owner: str, name: str, value, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ConfigError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
+    val.int_at_least(value, f"{owner}: {name}", minimum)
 
 
 def _step(step: Step) -> Array:
     return jnp.asarray(step, jnp.int32)
-
-
-def sparsity_floor(pattern: Pattern | None) -> float:
-    """Smallest non-zero sparsity ``pattern`` produces (``1 - n/m`` for NM and TVW, else 0)."""
-    if pattern is None:
-        return 0.0
-    return 1.0 - pattern.max_density
-
-
-def effective_sparsity(pattern: Pattern | None, sparsity: float | Array) -> Array:
-    """The sparsity a pattern's masks really have for a (traced) target ``sparsity``.
-
-    ``NM`` and ``TVW`` round a traced target in ``(0, floor)`` up to their floor
-    ``1 - n/m``; ``NM`` also rounds any non-zero target to the floor. Other patterns
-    return the target unchanged.
-
-    Args:
-      pattern: the pattern the masks are built with (``None``: unchanged).
-      sparsity: the schedule's target.
-
-    Returns:
-      A float32 scalar.
-    """
-    s = jnp.asarray(sparsity, jnp.float32)
-    floor = sparsity_floor(pattern)
-    if floor == 0.0:
-        return s
-    if isinstance(pattern, NM):
-        return jnp.where(s > 0.0, jnp.float32(floor), 0.0)
-    return jnp.where(s > 0.0, jnp.maximum(s, jnp.float32(floor)), 0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,8 +73,6 @@ class Schedule:
     """Base class: ``schedule(step) -> (sparsity, update)``."""
 
     name: ClassVar[str] = "schedule"
-    #: False for schedules that never recompute masks (the transform skips the branch).
-    updates_masks: ClassVar[bool] = True
 
     def __call__(self, step: Step) -> tuple[Array, Array]:
         """Target sparsity (float32) and mask-update flag (bool) at ``step``.
@@ -120,10 +91,8 @@ class Schedule:
         """Static sparsities that are guaranteed to be reached (for validation)."""
         return (self.final_sparsity,)  # type: ignore[attr-defined]
 
-    def validate_for(self, pattern: Pattern | None) -> None:
+    def validate_for(self, pattern: Pattern) -> None:
         """Raise :class:`ConfigError` if ``pattern`` cannot produce this schedule's targets."""
-        if pattern is None:
-            return
         for s in self.targets():
             pattern.validate_sparsity(float(s), f"{self.name}: sparsity")
 
@@ -142,7 +111,7 @@ class OneShot(Schedule):
     name: ClassVar[str] = "OneShot"
 
     def __post_init__(self):
-        _check_sparsity("OneShot", "sparsity", self.sparsity)
+        _check_sparsity(self, "sparsity")
         _check_int("OneShot", "step", self.step, minimum=0)
 
     @property
@@ -182,8 +151,8 @@ class Polynomial(Schedule):
     name: ClassVar[str] = "Polynomial"
 
     def __post_init__(self):
-        _check_sparsity("Polynomial", "final_sparsity", self.final_sparsity)
-        _check_sparsity("Polynomial", "initial_sparsity", self.initial_sparsity)
+        _check_sparsity(self, "final_sparsity")
+        _check_sparsity(self, "initial_sparsity")
         _check_int("Polynomial", "begin_step", self.begin_step, minimum=0)
         _check_int("Polynomial", "end_step", self.end_step, minimum=0)
         _check_int("Polynomial", "frequency", self.frequency, minimum=1)
@@ -235,11 +204,10 @@ class Staged(Schedule):
         if not isinstance(self.levels, tuple | list) or len(self.levels) == 0:
             raise ConfigError(f"Staged: levels must be a non-empty tuple of sparsities, got "
                               f"{self.levels!r}")
-        object.__setattr__(self, "levels", tuple(float(x) if isinstance(x, float | int)
-                                                 and not isinstance(x, bool) else x
-                                                 for x in self.levels))
-        for i, s in enumerate(self.levels):
-            _check_sparsity("Staged", f"levels[{i}]", s)
+        object.__setattr__(self, "levels", tuple(
+            val.sparsity(x, f"Staged: levels[{i}]") for i, x in enumerate(self.levels)))
+        if any(val.is_traced(x) for x in self.levels):
+            raise ConfigError("Staged: levels must be concrete numbers (a schedule is static)")
         if any(b < a for a, b in zip(self.levels, self.levels[1:], strict=False)):
             raise ConfigError(f"Staged: levels must be non-decreasing, got {self.levels!r}")
         ft = self.finetune_steps
@@ -279,35 +247,4 @@ class Staged(Schedule):
         return s, jnp.any(t == starts)
 
 
-@dataclasses.dataclass(frozen=True)
-class Constant(Schedule):
-    """Fixed masks: never recompute (fine-tune an already-pruned model).
-
-    The transform must then be given ``initial_masks``; the masks' zeros are enforced from
-    the first update on.
-
-    Args:
-      sparsity: the masks' sparsity, for reporting only (``None``: unknown).
-    """
-
-    sparsity: float | None = None
-    name: ClassVar[str] = "Constant"
-    updates_masks: ClassVar[bool] = False
-
-    def __post_init__(self):
-        _check_sparsity("Constant", "sparsity", self.sparsity, allow_none=True)
-
-    @property
-    def final_sparsity(self) -> float:
-        return float("nan") if self.sparsity is None else float(self.sparsity)
-
-    def targets(self) -> tuple[float, ...]:
-        return ()
-
-    def __call__(self, step: Step) -> tuple[Array, Array]:
-        del step
-        return jnp.float32(self.final_sparsity), jnp.asarray(False)
-
-
-__all__ = ["Constant", "OneShot", "Polynomial", "Schedule", "Staged", "effective_sparsity",
-           "sparsity_floor"]
+__all__ = ["OneShot", "Polynomial", "Schedule", "Staged"]

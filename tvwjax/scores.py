@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from tvwjax.errors import TreeMismatchError
+from tvwjax._tree import check_same_leaves
 
 PyTree = Any
 
@@ -46,10 +46,7 @@ def taylor_accumulate(acc: PyTree, grads: PyTree, params: PyTree) -> PyTree:
       The updated accumulator (float32).
     """
     for name, tree in (("grads", grads), ("acc", acc)):
-        if jax.tree.structure(tree) != jax.tree.structure(params):
-            raise TreeMismatchError(
-                f"taylor_accumulate: {name} must have the structure of params; got "
-                f"{jax.tree.structure(tree)} vs {jax.tree.structure(params)}")
+        check_same_leaves(tree, params, f"taylor_accumulate: {name}", none_ok=False)
     return jax.tree.map(
         lambda a, g, w: a + jnp.square(g.astype(jnp.float32) * w.astype(jnp.float32)),
         acc, grads, params)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import numpy as np
 
-from tvwjax.masking import path_str
+from tvwjax._tree import leaves_with_paths
 
 
 def summary(tree: Any, *, zeros_of_params: bool = False) -> dict[str, dict[str, Any]]:
@@ -21,11 +20,15 @@ def summary(tree: Any, *, zeros_of_params: bool = False) -> dict[str, dict[str, 
     Returns:
       ``{path: {"shape", "kept", "total", "sparsity"}, ..., "total": {"kept", "total",
       "sparsity"}}``.
+
+    >>> import jax.numpy as jnp
+    >>> s = summary({"a": jnp.array([[True, False], [False, False]]), "b": None})
+    >>> s["a"]["sparsity"], s["total"]["kept"]
+    (0.75, 1)
     """
     out: dict[str, dict[str, Any]] = {}
     kept_all = total_all = 0
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    for kp, leaf in flat:
+    for path, leaf in leaves_with_paths(tree)[0]:
         if leaf is None or not hasattr(leaf, "shape"):
             continue
         a = np.asarray(leaf)
@@ -36,7 +39,7 @@ def summary(tree: Any, *, zeros_of_params: bool = False) -> dict[str, dict[str, 
         else:
             kept = int(np.count_nonzero(a.astype(bool)))
         total = int(a.size)
-        out[path_str(kp)] = {"shape": tuple(a.shape), "kept": kept, "total": total,
+        out[path] = {"shape": tuple(a.shape), "kept": kept, "total": total,
                              "sparsity": 1.0 - kept / max(total, 1)}
         kept_all += kept
         total_all += total

@@ -34,28 +34,27 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from tvwjax import _validate as val
+from tvwjax._tree import check_same_leaves, is_none, leaves_with_paths
 from tvwjax.errors import ConfigError, TreeMismatchError
-from tvwjax.masking import check_same_leaves, path_str
+from tvwjax.masking import check_selection_args
 from tvwjax.masking import masks as compute_masks
 from tvwjax.patterns import Pattern
-from tvwjax.schedules import Schedule, effective_sparsity
+from tvwjax.schedules import Schedule
 
 PyTree = Any
 ScoreFn = Callable[[PyTree], PyTree]
 
 
-def _is_none(x) -> bool:
-    return x is None
-
-
 class PruneState(NamedTuple):
-    """State of :func:`prune`.
+    """State of :func:`prune` and :func:`fixed_masks`.
 
     Attributes:
       count: number of updates so far (int32); the schedule is evaluated at this step.
       masks: bool pytree like the params (True = kept), ``None`` for unpruned leaves.
       sparsity: the effective target sparsity of the current masks (float32; after the
-        NM / TVW floor rounding, see :func:`tvwjax.schedules.effective_sparsity`).
+        NM / TVW floor rounding, see :meth:`tvwjax.Pattern.effective_sparsity`; NaN for
+        :func:`fixed_masks`, whose masks come from outside).
     """
 
     count: jax.Array
@@ -67,7 +66,7 @@ def _ones_like_masks(params: PyTree, mask_template: PyTree) -> PyTree:
     """All-True masks (sharded like each param) where the template has a mask."""
     return jax.tree.map(
         lambda m, p: None if m is None else jnp.ones_like(p, dtype=bool),
-        mask_template, params, is_leaf=_is_none)
+        mask_template, params, is_leaf=is_none)
 
 
 def _masks_by_path(params: PyTree, given: PyTree, arg: str) -> PyTree:
@@ -76,32 +75,43 @@ def _masks_by_path(params: PyTree, given: PyTree, arg: str) -> PyTree:
     Matching by path (not by tree structure) lets masks computed on ``nnx.state(model)``
     (``Variable`` nodes) be used with the pure arrays Optax sees, and vice versa.
     """
-    flat_g = jax.tree_util.tree_flatten_with_path(given, is_leaf=_is_none)[0]
-    by_path = {path_str(kp): m for kp, m in flat_g}
-    flat_p, treedef = jax.tree_util.tree_flatten_with_path(params)
-    p_paths = [path_str(kp) for kp, _ in flat_p]
-    extra = sorted(set(by_path) - set(p_paths))
+    flat_g, _ = leaves_with_paths(given, none_leaves=True)
+    by_path = dict(flat_g)
+    flat_p, treedef = leaves_with_paths(params)
+    extra = sorted(set(p for p, m in flat_g if m is not None) - {p for p, _ in flat_p})
     if extra:
         raise TreeMismatchError(f"{arg}: masks for paths not in params: {extra[:5]}")
     out = []
-    for path, (_, p) in zip(p_paths, flat_p, strict=True):
+    for path, p in flat_p:
         m = by_path.get(path)
         if m is not None:
-            if jnp.shape(m) != jnp.shape(p):
+            if tuple(jnp.shape(m)) != tuple(jnp.shape(p)):
                 raise TreeMismatchError(f"{arg}: {path}: mask shape {jnp.shape(m)} does not "
                                         f"match the parameter's {jnp.shape(p)}")
-            m = jnp.asarray(m).astype(bool)
+            m = jnp.asarray(val.bool_mask(m, f"{arg}: {path}"))
         out.append(m)
+    if all(m is None for m in out):
+        raise ConfigError(f"{arg}: no mask matches a parameter (every leaf is None)")
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def _check_updates(updates: PyTree, params: PyTree) -> None:
-    """Updates must have the leaf paths and shapes of params (static, free under jit)."""
-    check_same_leaves(updates, params, "prune: updates", none_ok=False)
+def _need_params(params: PyTree | None, who: str) -> None:
+    if params is None:
+        raise ConfigError(
+            f"{who}: update needs params (tx.update(grads, state, params)); optax.chain, "
+            "nnx.Optimizer.update and TrainState.apply_gradients pass them.")
+
+
+def _masked_updates(new: PyTree, prev: PyTree, updates: PyTree, params: PyTree) -> PyTree:
+    """``where(new & prev, u, -p)``: after ``apply_updates`` a pruned weight is exactly 0."""
+    def one(n, o, u, p):
+        return u if n is None else jnp.where(n & o, u, -p)
+
+    return jax.tree.map(one, new, prev, updates, params, is_leaf=is_none)
 
 
 def prune(
-    pattern: Pattern | None,
+    pattern: Pattern,
     schedule: Schedule,
     *,
     scope: str = "layer",
@@ -109,15 +119,13 @@ def prune(
     overrides: Mapping[str, float | None] | None = None,
     layer_bounds: tuple[float, float] | None = None,
     score_fn: ScoreFn | None = None,
-    initial_masks: PyTree | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Enforce a sparsity ``pattern`` following ``schedule``; chain it after the optimizer.
 
     Args:
-      pattern: a :class:`~tvwjax.patterns.Pattern` (``EW()``, ``TW(tile=64)``, ``TVW()``,
-        ...). May be ``None`` only with a :class:`~tvwjax.schedules.Constant` schedule.
+      pattern: a :class:`~tvwjax.patterns.Pattern` (``EW()``, ``TW(tile=64)``, ``TVW()``, ...).
       schedule: a :class:`~tvwjax.schedules.Schedule` (``OneShot``, ``Polynomial`` (Zhu &
-        Gupta, 2017), ``Staged`` (Guo et al., 2020), ``Constant``).
+        Gupta, 2017), ``Staged`` (Guo et al., 2020)).
       scope: ``"layer"`` (every pruned leaf at the target) or ``"global"`` (one threshold
         over all pruned leaves, as in Guo et al.'s BERT experiments); see
         :func:`tvwjax.masks`.
@@ -128,124 +136,121 @@ def prune(
       layer_bounds: ``(min, max)`` per-leaf sparsity in global scope.
       score_fn: ``score_fn(weights) -> scores`` (default ``|w|``), applied to the weights
         the step produces. Ignored on a step whose ``update`` is given ``scores=``.
-      initial_masks: masks to start from (a pytree like the params with ``None`` for
-        unpruned leaves, e.g. from :func:`tvwjax.masks`); required by ``Constant``.
-        Default: all weights kept.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. Its ``update(updates, state, params,
       *, scores=None)`` needs ``params``; ``scores`` (a pytree like params of non-negative
-      scores, e.g. Taylor scores) replaces ``score_fn`` for that step.
+      scores, e.g. Taylor scores) replaces ``score_fn`` for that step. Masks start all-True.
 
     Raises:
-      ConfigError: a bad pattern, schedule, scope or missing ``initial_masks``, or a
-        schedule target the pattern cannot produce.
+      ConfigError: a bad pattern, schedule or scope, or a schedule target the pattern
+        cannot produce.
+
+    >>> import jax.numpy as jnp, optax, tvwjax
+    >>> params = {"kernel": jnp.arange(1.0, 17.0).reshape(4, 4)}
+    >>> tx = optax.chain(optax.sgd(0.0), tvwjax.prune(tvwjax.EW(), tvwjax.OneShot(0.5)))
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"kernel": jnp.ones((4, 4))}, state, params)
+    >>> int((optax.apply_updates(params, updates)["kernel"] == 0).sum())
+    8
     """
+    check_selection_args(pattern, scope, where, overrides, layer_bounds, who="prune: ")
     if not isinstance(schedule, Schedule):
         raise ConfigError(f"prune: schedule must be a tvwjax Schedule (OneShot, Polynomial, "
-                          f"Staged, Constant), got {schedule!r}")
-    if pattern is None:
-        if schedule.updates_masks:
-            raise ConfigError(f"prune: pattern is required with a {schedule.name} schedule "
-                              "(only Constant may omit it)")
-    elif not isinstance(pattern, Pattern):
-        raise ConfigError(f"prune: pattern must be a tvwjax Pattern (EW(), TW(), TVW(), ...), "
-                          f"got {pattern!r}")
-    if scope not in ("layer", "global"):
-        raise ConfigError(f"prune: scope must be 'layer' or 'global', got {scope!r}")
+                          f"Staged), got {schedule!r}")
     if score_fn is not None and not callable(score_fn):
         raise ConfigError(f"prune: score_fn must be callable, got {score_fn!r}")
-    if not schedule.updates_masks and initial_masks is None:
-        raise ConfigError("prune: initial_masks is required with a Constant schedule (the "
-                          "masks to keep fixed, e.g. from tvwjax.masks(params, ...))")
     schedule.validate_for(pattern)
 
-    def _template(params):
-        # Which leaves get masks: the library's leaf selection and shape checks, traced
-        # abstractly (no score is computed or copied to the host).
-        if pattern is None:
-            return None
-        return jax.eval_shape(
-            lambda p: compute_masks(p, pattern, 0.0, where=where, overrides=overrides), params)
-
     def init_fn(params: PyTree) -> PruneState:
-        if initial_masks is not None:
-            m = _masks_by_path(params, initial_masks, "initial_masks")
-            if pattern is not None:
-                selected = _template(params)
-                flat_sel = jax.tree.leaves(selected, is_leaf=_is_none)
-                flat_m = jax.tree.leaves(m, is_leaf=_is_none)
-                for (kp, _), a, b in zip(jax.tree_util.tree_flatten_with_path(params)[0],
-                                         flat_sel, flat_m, strict=True):
-                    if (a is None) != (b is None):
-                        raise TreeMismatchError(
-                            f"initial_masks: {path_str(kp)}: "
-                            f"{'has no mask but is' if b is None else 'has a mask but is not'}"
-                            " selected for pruning by where/overrides")
-            s0 = schedule.final_sparsity if not schedule.updates_masks else 0.0
-            return PruneState(jnp.zeros([], jnp.int32), m, jnp.float32(s0))
-        m = _ones_like_masks(params, _template(params))
-        return PruneState(jnp.zeros([], jnp.int32), m, jnp.float32(0.0))
+        # Which leaves get masks: the library's leaf selection and checks, traced
+        # abstractly (no score is computed or copied to the host).
+        template = jax.eval_shape(
+            lambda p: compute_masks(p, pattern, 0.0, where=where, overrides=overrides), params)
+        return PruneState(jnp.zeros([], jnp.int32), _ones_like_masks(params, template),
+                          jnp.float32(0.0))
 
     def update_fn(updates: PyTree, state: PruneState, params: PyTree | None = None,
                   *, scores: PyTree | None = None, **extra_args) -> tuple[PyTree, PruneState]:
         del extra_args
-        if params is None:
-            raise ConfigError(
-                "prune: update needs params (tx.update(grads, state, params)); the masks are "
-                "computed from the weights. optax.chain, nnx.Optimizer.update and "
-                "TrainState.apply_gradients pass them.")
-        _check_updates(updates, params)
+        _need_params(params, "prune")
+        check_same_leaves(updates, params, "prune: updates", none_ok=False)
         old = state.masks
+        check_same_leaves(old, params, "prune: state.masks (from another model?)",
+                          none_ok=True)
         target, do_update = schedule(state.count)
 
-        if schedule.updates_masks:
-            def recompute(_):
-                # The weights this step would produce, with pruned weights at zero.
-                cand = jax.tree.map(
-                    lambda m, p, u: p if m is None else jnp.where(
-                        m, jnp.asarray(p + u).astype(p.dtype), jnp.zeros((), p.dtype)),
-                    old, params, updates, is_leaf=_is_none)
-                if scores is not None:
-                    sc = scores
-                elif score_fn is not None:
-                    sc = score_fn(cand)
-                else:
-                    sc = None
-                if sc is not None:  # previously pruned weights score zero
-                    sc = jax.tree.map(
-                        lambda m, s: s if m is None else jnp.where(m, s, jnp.zeros((), s.dtype)),
-                        old, sc, is_leaf=_is_none)
-                new = compute_masks(cand, pattern, target, scores=sc, where=where,
-                                    scope=scope, overrides=overrides,
-                                    layer_bounds=layer_bounds)
-                return new, effective_sparsity(pattern, target)
+        def recompute(_):
+            # The weights this step would produce, with pruned weights at zero.
+            cand = jax.tree.map(
+                lambda m, p, u: p if m is None else jnp.where(
+                    m, jnp.asarray(p + u).astype(p.dtype), jnp.zeros((), p.dtype)),
+                old, params, updates, is_leaf=is_none)
+            if scores is not None:
+                sc = scores
+            elif score_fn is not None:
+                sc = score_fn(cand)
+            else:
+                sc = None
+            if sc is not None:  # previously pruned weights score zero
+                check_same_leaves(sc, params, "prune: scores", none_ok=False)
+                sc = jax.tree.map(
+                    lambda m, s: s if m is None else jnp.where(m, s, jnp.zeros((), s.dtype)),
+                    old, sc, is_leaf=is_none)
+            new = compute_masks(cand, pattern, target, scores=sc, where=where,
+                                scope=scope, overrides=overrides, layer_bounds=layer_bounds)
+            return new, pattern.effective_sparsity(target)
 
-            new_masks, new_sparsity = jax.lax.cond(
-                do_update, recompute, lambda _: (old, state.sparsity), None)
-        else:
-            new_masks, new_sparsity = old, state.sparsity
-
-        def mask_update(new, prev, u, p):
-            if new is None:
-                return u
-            keep = new & prev
-            return jnp.where(keep, u, -p)
-
-        out = jax.tree.map(mask_update, new_masks, old, updates, params, is_leaf=_is_none)
+        new_masks, new_sparsity = jax.lax.cond(
+            do_update, recompute, lambda _: (old, state.sparsity), None)
+        out = _masked_updates(new_masks, old, updates, params)
         return out, PruneState(optax.safe_int32_increment(state.count), new_masks,
                                new_sparsity)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def kept_fraction(mask_tree: PyTree) -> float:
-    """Fraction of kept entries over all masks of a mask pytree (``None`` leaves skipped)."""
-    leaves = [m for m in jax.tree.leaves(mask_tree) if m is not None]
-    if not leaves:
-        raise ConfigError("kept_fraction: the mask pytree has no masks")
-    kept = sum(float(jnp.sum(m)) for m in leaves)
-    return kept / sum(m.size for m in leaves)
+def fixed_masks(mask_tree: PyTree) -> optax.GradientTransformationExtraArgs:
+    """Keep given masks fixed while training (fine-tune an already-pruned model).
+
+    Chain it after the optimizer, like :func:`prune`. Pruned weights are exactly zero after
+    the first update and stay zero. Masks are matched to the parameters by leaf path, so
+    masks computed on ``nnx.state(model)`` work with the pure arrays Optax sees.
+
+    Args:
+      mask_tree: bool masks (True = kept) like :func:`tvwjax.masks` returns: a mask per
+        pruned leaf, ``None`` elsewhere. 0/1 integer masks are accepted.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose state is a :class:`PruneState`
+      (so :func:`get_masks` finds the masks).
+
+    Raises:
+      TreeMismatchError: at ``init``, a mask whose path or shape has no parameter.
+      DTypeError: a mask that is not boolean or 0/1.
+
+    >>> import jax.numpy as jnp, optax, tvwjax
+    >>> params = {"kernel": jnp.ones((2, 2))}
+    >>> tx = optax.chain(optax.sgd(1.0), tvwjax.fixed_masks({"kernel": jnp.eye(2, dtype=bool)}))
+    >>> updates, _ = tx.update({"kernel": jnp.ones((2, 2))}, tx.init(params), params)
+    >>> optax.apply_updates(params, updates)["kernel"].tolist()
+    [[0.0, 0.0], [0.0, 0.0]]
+    """
+    def init_fn(params: PyTree) -> PruneState:
+        m = _masks_by_path(params, mask_tree, "fixed_masks: mask_tree")
+        return PruneState(jnp.zeros([], jnp.int32), m, jnp.float32(jnp.nan))
+
+    def update_fn(updates: PyTree, state: PruneState, params: PyTree | None = None,
+                  **extra_args) -> tuple[PyTree, PruneState]:
+        del extra_args
+        _need_params(params, "fixed_masks")
+        check_same_leaves(updates, params, "fixed_masks: updates", none_ok=False)
+        check_same_leaves(state.masks, params, "fixed_masks: state.masks (from another "
+                          "model?)", none_ok=True)
+        out = _masked_updates(state.masks, state.masks, updates, params)
+        return out, state._replace(count=optax.safe_int32_increment(state.count))
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def get_masks(opt_state: Any) -> PyTree:
@@ -280,4 +285,4 @@ def get_masks(opt_state: Any) -> PyTree:
     return found[0].masks
 
 
-__all__ = ["PruneState", "get_masks", "kept_fraction", "prune"]
+__all__ = ["PruneState", "fixed_masks", "get_masks", "prune"]

@@ -6,9 +6,9 @@ from a pattern to its format).
 """
 
 from tvwjax.formats._base import CompressedWeight, StaticArray
-from tvwjax.formats.api import compress, decompress, has_format
+from tvwjax.formats.api import FORMATS, compress, decompress
 from tvwjax.formats.nm import NMSparse
 from tvwjax.formats.tiles import BlockSparse, TileVectorWise, TileWise
 
-__all__ = ["BlockSparse", "CompressedWeight", "NMSparse", "StaticArray", "TileVectorWise",
-           "TileWise", "compress", "decompress", "has_format"]
+__all__ = ["FORMATS", "BlockSparse", "CompressedWeight", "NMSparse", "StaticArray",
+           "TileVectorWise", "TileWise", "compress", "decompress"]

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tvwjax import _validate as val
 from tvwjax.errors import DTypeError, ScoreError, ShapeError
 
 Array = jax.Array
@@ -162,8 +163,9 @@ class CompressedWeight:
         """Bytes of the dense ``(K, N)`` weight in the values' dtype."""
         return int(self.shape[0]) * int(self.shape[1]) * self.dtype.itemsize
 
-    def decompress(self) -> Array:
-        """The dense ``(K, N)`` weight, zeros where pruned (jit-able)."""
+    def _decompress(self) -> Array:
+        """The dense ``(K, N)`` weight, zeros where pruned (jit-able); the public form is
+        :func:`tvwjax.decompress`."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -176,7 +178,7 @@ class CompressedWeight:
 # -- input checks shared by every format ------------------------------------------------------
 def check_dense_and_mask(w: Any, mask: Any) -> tuple[np.ndarray, np.ndarray]:
     """Validate a dense ``(K, N)`` floating weight and its bool mask; return numpy copies."""
-    if isinstance(w, jax.core.Tracer) or isinstance(mask, jax.core.Tracer):
+    if val.is_traced(w) or val.is_traced(mask):
         raise TypeError("compress is eager (its output shapes depend on the mask's values): "
                         "call it outside jax.jit / transformations")
     w_np = np.asarray(w)
@@ -191,12 +193,7 @@ def check_dense_and_mask(w: Any, mask: Any) -> tuple[np.ndarray, np.ndarray]:
     m_np = np.asarray(mask)
     if m_np.shape != w_np.shape:
         raise ShapeError(f"mask: expected the weight's shape {w_np.shape}, got {m_np.shape}")
-    if m_np.dtype != np.bool_:
-        if not (jnp.issubdtype(m_np.dtype, jnp.integer) or jnp.issubdtype(m_np.dtype, np.bool_)) \
-                or not np.isin(m_np, (0, 1)).all():
-            raise DTypeError(f"mask: expected a boolean (or 0/1 integer) mask, got dtype "
-                             f"{m_np.dtype}")
-        m_np = m_np.astype(bool)
+    m_np = val.bool_mask(m_np, "mask")
     bad = m_np & ~np.isfinite(w_np.astype(np.float32))
     if bad.any():
         r, c = (int(v) for v in np.argwhere(bad)[0])

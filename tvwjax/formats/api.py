@@ -10,18 +10,13 @@ from tvwjax.errors import ConfigError
 from tvwjax.formats._base import CompressedWeight
 from tvwjax.formats.nm import NMSparse
 from tvwjax.formats.tiles import BlockSparse, TileVectorWise, TileWise
-from tvwjax.patterns import BW, NM, TEW, TVW, TW, Pattern
+from tvwjax.patterns import Pattern
 
 Array = jax.Array
 
-
-def has_format(pattern: Pattern) -> bool:
-    """Whether :func:`compress` has a format for ``pattern`` (TW, TW1D, TVW, NM, BW).
-
-    EW, VW and TEW have none (EW / VW: use ``jax.experimental.sparse.BCSR``; TEW: compress
-    its TW part and keep the residual sparse).
-    """
-    return isinstance(pattern, TW | NM | BW) and not isinstance(pattern, TEW)
+#: The format classes by name, as :attr:`tvwjax.Pattern.format` refers to them.
+FORMATS: dict[str, type[CompressedWeight]] = {
+    cls.__name__: cls for cls in (TileWise, TileVectorWise, NMSparse, BlockSparse)}
 
 
 def compress(w: Any, mask: Any, pattern: Pattern) -> CompressedWeight:
@@ -30,6 +25,7 @@ def compress(w: Any, mask: Any, pattern: Pattern) -> CompressedWeight:
     Eager, not jit-able: the output's shapes (tiles, kept rows per tile) depend on the mask's
     values. Call it once after training; the result is a pytree usable under ``jax.jit``.
     Pruned weights are dropped (the result decompresses to ``where(mask, w, 0)``).
+    The format is ``pattern.format`` (``None``: the pattern has none):
 
     ============================  ============================================
     pattern                       format
@@ -52,23 +48,24 @@ def compress(w: Any, mask: Any, pattern: Pattern) -> CompressedWeight:
       ConfigError: ``pattern`` has no compressed format (EW, VW, TEW).
       ShapeError, DTypeError: bad ``w`` / ``mask``.
       PatternViolationError: ``mask`` does not follow ``pattern``.
+
+    >>> import jax, jax.numpy as jnp, tvwjax
+    >>> w = jax.random.normal(jax.random.key(0), (64, 48))
+    >>> pattern = tvwjax.TW(tile=16, column_share=0.0)
+    >>> mask = pattern.mask(jnp.abs(w), 0.5)
+    >>> cw = tvwjax.compress(w, mask, pattern)
+    >>> type(cw).__name__, bool((tvwjax.decompress(cw) == jnp.where(mask, w, 0)).all())
+    ('TileWise', True)
     """
-    if isinstance(pattern, TEW):
-        raise ConfigError("pattern: TEW needs a sparse residual; compress its TW part with "
-                          "TW(...) and keep the residual as jax.experimental.sparse.BCOO")
-    if isinstance(pattern, TVW):
-        return TileVectorWise.from_dense(w, mask, tile=pattern.tile, n=pattern.n, m=pattern.m)
-    if isinstance(pattern, TW):
-        return TileWise.from_dense(w, mask, tile=pattern.tile)
-    if isinstance(pattern, NM):
-        return NMSparse.from_dense(w, mask, n=pattern.n, m=pattern.m)
-    if isinstance(pattern, BW):
-        return BlockSparse.from_dense(w, mask, block=(pattern.rows, pattern.cols))
-    if isinstance(pattern, Pattern):  # not has_format(pattern)
+    if not isinstance(pattern, Pattern):
+        raise ConfigError(f"pattern must be a tvwjax Pattern (TW(), TVW(), NM(), BW()), got "
+                          f"{pattern!r}")
+    if pattern.format is None:
         raise ConfigError(f"pattern: {pattern.name} has no compressed format here (only TW, "
-                          "TVW, NM and BW); use jax.experimental.sparse.BCSR.fromdense(w * mask)")
-    raise ConfigError(f"pattern must be a tvwjax Pattern (TW(), TVW(), NM(), BW()), got "
-                      f"{pattern!r}")
+                          "TVW, NM and BW); use jax.experimental.sparse.BCSR.fromdense(w * mask)"
+                          " (TEW: compress its TW part with TW(...) and keep the residual as "
+                          "jax.experimental.sparse.BCOO)")
+    return FORMATS[pattern.format].from_dense(w, mask, **pattern.format_args())
 
 
 def decompress(cw: CompressedWeight) -> Array:
@@ -76,7 +73,7 @@ def decompress(cw: CompressedWeight) -> Array:
     if not isinstance(cw, CompressedWeight):
         raise ConfigError(f"cw must be a compressed weight (TileWise, TileVectorWise, "
                           f"NMSparse, BlockSparse), got {type(cw).__name__}")
-    return cw.decompress()
+    return cw._decompress()
 
 
-__all__ = ["compress", "decompress"]
+__all__ = ["FORMATS", "compress", "decompress"]

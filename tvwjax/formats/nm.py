@@ -52,7 +52,7 @@ class NMSparse(CompressedWeight):
         return cls(values=v, meta=np.asarray(pack_index(idx)), shape=(k, nn),
                    nm=(n, m))
 
-    def decompress(self) -> Array:
+    def _decompress(self) -> Array:
         n, m = self.nm
         idx = unpack_index(jnp.asarray(self.meta), int(np.shape(self.values)[0]))
         return nm_decompress(self.values, idx, n, m)

@@ -184,7 +184,7 @@ class TileFormat(CompressedWeight):
     def _meta_bytes(self, g_t: np.ndarray) -> int:
         return 0
 
-    def decompress(self) -> Array:
+    def _decompress(self) -> Array:
         k, n = self.shape
         return tiles_to_dense(self.compact_values(), self.rows, self.cols, k, n, self.counts)
 

@@ -50,6 +50,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tvwjax import _validate as val
+from tvwjax._tree import as_matrix, path_str
 from tvwjax.calibration import (
     Batch,
     InputsFn,
@@ -60,17 +62,13 @@ from tvwjax.calibration import (
 )
 from tvwjax.data_aware import ScoreFn, data_scores, wanda
 from tvwjax.errors import ConfigError, ShapeError, TreeMismatchError
-from tvwjax.masking import as_matrix, masks, path_str
+from tvwjax.masking import masks
 from tvwjax.patterns import Pattern
 
 PyTree = Any
 Array = jax.Array
 
 _HI = jax.lax.Precision.HIGHEST
-
-
-def _round_up(x: int, m: int) -> int:
-    return max(m, -(-x // m) * m)
 
 
 def _pow2(x: int) -> int:
@@ -132,13 +130,13 @@ def _finish(w_plain: Array, w_new: Array, g: Array, t: Array) -> Array:
     return jnp.where(ok[None, :], w_new, w_plain)
 
 
-def _obs_sequential_impl(w: Array, m: Array, h: Array, block: int) -> Array:
+def _obs_sweep_impl(w: Array, m: Array, h: Array, width: int) -> Array:
     """SparseGPT's blocked OBS sweep with a fixed mask (rows of ``w`` = input features).
 
     Rows are visited in order; the pruned entries of row ``i`` are set to zero and their
     error is compensated on the rows not yet visited through the upper Cholesky factor of
     ``H^-1`` (Frantar & Alistarh, 2023, Algorithm 1 with a given mask). Kept entries are
-    frozen once visited. ``K`` must be a multiple of ``block``.
+    frozen once visited. ``K`` must be a multiple of ``width``.
     """
     k, n = w.shape
     d = jax.lax.rsqrt(jnp.maximum(jnp.diag(h), 1e-30))  # Jacobi scaling
@@ -148,13 +146,13 @@ def _obs_sequential_impl(w: Array, m: Array, h: Array, block: int) -> Array:
     hinv = jax.scipy.linalg.cho_solve((lh, True), jnp.eye(k, dtype=jnp.float32))
     u = jnp.linalg.cholesky(hinv).T  # upper: H^-1 = U^T U
     rows = jnp.arange(k)
-    local = jnp.arange(block)
+    local = jnp.arange(width)
 
     def block_step(b, wcur):
-        i1 = b * block
-        wb = jax.lax.dynamic_slice(wcur, (i1, 0), (block, n))
-        mb = jax.lax.dynamic_slice(m, (i1, 0), (block, n))
-        ub = jax.lax.dynamic_slice(u, (i1, i1), (block, block))
+        i1 = b * width
+        wb = jax.lax.dynamic_slice(wcur, (i1, 0), (width, n))
+        mb = jax.lax.dynamic_slice(m, (i1, 0), (width, n))
+        ub = jax.lax.dynamic_slice(u, (i1, i1), (width, width))
 
         def inner(i, carry):
             wb, err = carry
@@ -165,17 +163,17 @@ def _obs_sequential_impl(w: Array, m: Array, h: Array, block: int) -> Array:
             wb = (wb - upd).at[i].set(q)
             return wb, err.at[i].set(e)
 
-        wb, err = jax.lax.fori_loop(0, block, inner, (wb, jnp.zeros((block, n), jnp.float32)))
+        wb, err = jax.lax.fori_loop(0, width, inner, (wb, jnp.zeros((width, n), jnp.float32)))
         wcur = jax.lax.dynamic_update_slice(wcur, wb, (i1, 0))
-        urow = jax.lax.dynamic_slice(u, (i1, 0), (block, k))
-        later = (rows >= i1 + block)[:, None]
+        urow = jax.lax.dynamic_slice(u, (i1, 0), (width, k))
+        later = (rows >= i1 + width)[:, None]
         return wcur - jnp.where(later, jnp.matmul(urow.T, err, precision=_HI), 0.0)
 
-    out = jax.lax.fori_loop(0, k // block, block_step, ws)
+    out = jax.lax.fori_loop(0, k // width, block_step, ws)
     return jnp.where(m, out * d[:, None], 0.0)
 
 
-_obs_sequential = jax.jit(_obs_sequential_impl, static_argnames="block")
+_obs_sweep = jax.jit(_obs_sweep_impl, static_argnames="width")
 
 
 # -- one layer ---------------------------------------------------------------------------------
@@ -208,7 +206,7 @@ def _groups(m: np.ndarray, include_full: bool) -> list[tuple[np.ndarray, np.ndar
 
 def reconstruct_layer(w: Array, mask: Array, gram: Array, *, damping: float = 0.01,
                       cross: Array | None = None, method: str = "auto",
-                      chunk_bytes: int = 1 << 28, where: str = "w") -> Array:
+                      chunk_bytes: int = 1 << 28, name: str = "w") -> Array:
     """Refit the kept weights of one layer under a fixed mask (exact damped least squares).
 
     Minimises ``||X w - X (mask * w')||^2 + lambda ||w'_S - w_S||^2`` column by column
@@ -216,11 +214,11 @@ def reconstruct_layer(w: Array, mask: Array, gram: Array, *, damping: float = 0.
     2023). Columns sharing a kept-row set (a TW tile) are solved as one system.
 
     ``method="exact"`` solves every distinct kept-row set exactly (batched Cholesky).
-    ``method="sequential"`` runs SparseGPT's blocked OBS sweep with the given mask instead:
+    ``method="sweep"`` runs SparseGPT's blocked OBS sweep with the given mask instead:
     ``O(K^3 + K^2 N)`` however many distinct sets there are, but approximate (kept weights
     only compensate pruned weights of earlier rows). ``"auto"`` picks exact unless its cost
     (``sum of |S|^3 / 3`` over distinct sets) exceeds ``max(2e9, 4 (K^3 + K^2 N))`` flops --
-    in practice exact for TW / BW and for small EW / 2:4 layers, sequential for large
+    in practice exact for TW / BW and for small EW / 2:4 layers, sweep for large
     unstructured ones. Either way the per-column safeguard keeps the masked weights where
     the refit would not lower the error.
 
@@ -232,9 +230,9 @@ def reconstruct_layer(w: Array, mask: Array, gram: Array, *, damping: float = 0.
         squares, which needs a non-singular ``gram``).
       cross: optional ``X^T X_ref`` ``(K, K)``: fit ``X (mask * w')`` to ``X_ref w`` instead
         of ``X w`` (inputs of the dense model, see :func:`reconstruct`).
-      method: ``"auto"``, ``"exact"`` or ``"sequential"`` (see above).
+      method: ``"auto"``, ``"exact"`` or ``"sweep"`` (see above).
       chunk_bytes: memory bound for one batch of gathered systems.
-      where: name used in error messages.
+      name: what error messages call ``w`` (e.g. a kernel path).
 
     Returns:
       The refit kernel (float32, shape of ``w``): exactly 0 where ``mask`` is False; columns
@@ -244,22 +242,22 @@ def reconstruct_layer(w: Array, mask: Array, gram: Array, *, damping: float = 0.
       ShapeError: inconsistent shapes. ConfigError: negative ``damping``.
     """
     if not (isinstance(damping, int | float) and math.isfinite(damping) and damping >= 0):
-        raise ConfigError(f"{where}: damping must be a finite number >= 0, got {damping!r}")
-    if method not in ("auto", "exact", "sequential"):
-        raise ConfigError(f"{where}: method must be 'auto', 'exact' or 'sequential', "
+        raise ConfigError(f"{name}: damping must be a finite number >= 0, got {damping!r}")
+    if method not in ("auto", "exact", "sweep"):
+        raise ConfigError(f"{name}: method must be 'auto', 'exact' or 'sweep', "
                           f"got {method!r}")
     shape = jnp.shape(w)
     w2 = as_matrix(jnp.asarray(w, jnp.float32))
     if jnp.shape(mask) != shape:
-        raise ShapeError(f"{where}: mask has shape {jnp.shape(mask)}, expected {shape}")
+        raise ShapeError(f"{name}: mask has shape {jnp.shape(mask)}, expected {shape}")
     m = np.asarray(as_matrix(jnp.asarray(mask)), bool)
     k, n = w2.shape
     g = jnp.asarray(gram, jnp.float32)
     if g.shape != (k, k):
-        raise ShapeError(f"{where}: gram has shape {g.shape}, expected ({k}, {k}) for a "
+        raise ShapeError(f"{name}: gram has shape {g.shape}, expected ({k}, {k}) for a "
                          f"kernel with K={k} input features")
     if cross is not None and jnp.shape(cross) != (k, k):
-        raise ShapeError(f"{where}: cross has shape {jnp.shape(cross)}, expected ({k}, {k})")
+        raise ShapeError(f"{name}: cross has shape {jnp.shape(cross)}, expected ({k}, {k})")
     lam = damping * jnp.mean(jnp.diag(g))
     h = g + lam * jnp.eye(k, dtype=jnp.float32)
     c = g if cross is None else jnp.asarray(cross, jnp.float32)
@@ -270,21 +268,21 @@ def reconstruct_layer(w: Array, mask: Array, gram: Array, *, damping: float = 0.
     groups = _groups(m, include_full=cross is not None)
     if method == "auto":
         cost = sum(len(r) ** 3 / 3 for r, _ in groups)
-        method = "exact" if cost <= max(2e9, 4.0 * (k ** 3 + k * k * n)) else "sequential"
-    if method == "sequential" and groups:
+        method = "exact" if cost <= max(2e9, 4.0 * (k ** 3 + k * k * n)) else "sweep"
+    if method == "sweep" and groups:
         if damping == 0:
             lam = jnp.maximum(lam, 1e-6 * jnp.mean(jnp.diag(g)) + 1e-12)
             h = g + lam * jnp.eye(k, dtype=jnp.float32)
             rhs = t + lam * w2
-        block = min(128, _round_up(k, 8))
-        kp = _round_up(k, block)
+        width = min(128, val.round_up(k, 8))
+        kp = val.round_up(k, width)
         hp = jnp.eye(kp, dtype=jnp.float32).at[:k, :k].set(h)
         # the unconstrained optimum (= w without a cross target) is what the sweep prunes
         lh = jnp.linalg.cholesky(h)
         w_star = jax.scipy.linalg.cho_solve((lh, True), rhs) if cross is not None else w2
         wp = jnp.zeros((kp, n), jnp.float32).at[:k].set(w_star)
         mp = jnp.ones((kp, n), bool).at[:k].set(jnp.asarray(m))
-        w_new = _obs_sequential(wp, mp, hp, block=block)[:k]
+        w_new = _obs_sweep(wp, mp, hp, width=width)[:k]
         groups = []
     if groups:
         kmax = _bucket(max(len(r) for r, _ in groups))
@@ -292,7 +290,7 @@ def reconstruct_layer(w: Array, mask: Array, gram: Array, *, damping: float = 0.
         per = 4 * kmax * (3 * kmax + 2 * rmax)
         chunk = max(1, min(len(groups), chunk_bytes // per))
         chunk = 1 << int(math.floor(math.log2(chunk)))
-        n_pad = _round_up(len(groups), chunk)
+        n_pad = val.round_up(len(groups), chunk)  # len(groups) >= 1
         rows = np.zeros((n_pad, kmax), np.int32)
         rval = np.zeros((n_pad, kmax), bool)
         cols = np.zeros((n_pad, rmax), np.int32)
@@ -349,7 +347,7 @@ def reconstruct(inputs_fn: InputsFn, params: PyTree, mask_tree: PyTree,
         block, as SparseGPT and Wanda do: fewer passes, but layers of a block see inputs
         from the block's dense layers). Default: one pass per shared-input group.
       method: solver of :func:`reconstruct_layer` (``"auto"``, ``"exact"``,
-        ``"sequential"``).
+        ``"sweep"``).
       chunk_bytes: memory bound per batch of solves.
       progress: optional callback receiving a message per layer group.
 
@@ -427,7 +425,7 @@ def reconstruct(inputs_fn: InputsFn, params: PyTree, mask_tree: PyTree,
             else:
                 g, cross, gref = stats[p].gram, None, stats[p].gram
             new = reconstruct_layer(w, masked[p], g, damping=damping, cross=cross,
-                                    method=method, chunk_bytes=chunk_bytes, where=p)
+                                    method=method, chunk_bytes=chunk_bytes, name=p)
             report[p] = _errors(w, masked[p], new, g, cross, gref)
             leaves[i] = new.astype(jnp.asarray(w).dtype)
     return current(), report
@@ -485,6 +483,19 @@ def one_shot(inputs_fn: InputsFn, params: PyTree, pattern: Pattern, sparsity: fl
     Returns:
       ``(params, masks, report)``: pruned (and refit) parameters, the masks, and the
       per-layer error report of :func:`reconstruct` (empty without ``refit``).
+
+    >>> import jax, flax.linen as nn, tvwjax
+    >>> from tvwjax.calibration import linen_inputs
+    >>> model = nn.Dense(32)
+    >>> x = jax.random.normal(jax.random.key(0), (64, 48))
+    >>> variables = model.init(jax.random.key(1), x)
+    >>> pruned, m, report = tvwjax.one_shot(linen_inputs(model), variables,
+    ...                                     tvwjax.TW(tile=8, column_share=0.0), 0.5, [(x,)])
+    >>> float(1 - m["params"]["kernel"].mean())
+    0.5
+    >>> e = report["params/kernel"]
+    >>> bool(e["reconstructed"] <= e["masked"])
+    True
     """
     batches = list(batches)
     if score == "magnitude":
