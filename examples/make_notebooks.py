@@ -69,7 +69,7 @@ patterns = {
     "BW 16x16": (tvwjax.BW(16, 16), 0.75),
     "VW 16": (tvwjax.VW(16), 0.75),
     "2:4": (tvwjax.NM(2, 4), 0.5),
-    "TW-1D": (tvwjax.TW1D(tile=32), 0.75),
+    "TW-1D": (tvwjax.TW(tile=32), 0.75),
     "TW-2D": (tvwjax.TW(tile=32), 0.75),
     "TEW": (tvwjax.TEW(tile=32, delta=0.05), 0.75),
     "TVW": (tvwjax.TVW(tile=32), 0.75),

@@ -88,7 +88,7 @@ def patterns(tile: int = TILE) -> dict[str, tvwjax.Pattern]:
     BERT that costs far more than it does on the paper's VGG / NMT layers.
     """
     return {"EW": tvwjax.EW(), "BW": tvwjax.BW(32, 32), "2:4": tvwjax.NM(2, 4),
-            "TW": tvwjax.TW1D(tile=tile), "TVW": tvwjax.TVW(tile=tile, column_share=0.0),
+            "TW": tvwjax.TW(tile=tile), "TVW": tvwjax.TVW(tile=tile, column_share=0.0),
             "TVW-16": tvwjax.TVW(tile=16, column_share=0.0),
             "TW-2D": tvwjax.TW(tile=tile), "TVW-2D": tvwjax.TVW(tile=tile)}
 

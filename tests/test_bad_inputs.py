@@ -49,7 +49,7 @@ def _nan_w():
 
 
 def _tw_mask(tile=4):
-    return tvwjax.TW1D(tile=tile).mask(jnp.abs(jnp.asarray(_w())), 0.5)
+    return tvwjax.TW(tile=tile).mask(jnp.abs(jnp.asarray(_w())), 0.5)
 
 
 def _random_mask(seed=3):
@@ -62,14 +62,14 @@ def _prune_update(tx, params, updates=None):
 
 
 def _sparse_dense_apply(features, inputs_dim):
-    w = tvwjax.compress(jnp.asarray(_w()), _tw_mask(), tvwjax.TW1D(tile=4))
+    w = tvwjax.compress(jnp.asarray(_w()), _tw_mask(), tvwjax.TW(tile=4))
     layer = tvwjax.nn.SparseDense(features=features, use_bias=False)
     return layer.apply({"params": {"kernel": w}}, jnp.ones((2, inputs_dim)))
 
 
 def _sparse_linear_call(inputs_dim):
     layer = tvwjax.nn.SparseLinear(K, N, rngs=nnx.Rngs(0))
-    w = tvwjax.compress(jnp.asarray(_w()), _tw_mask(), tvwjax.TW1D(tile=4))
+    w = tvwjax.compress(jnp.asarray(_w()), _tw_mask(), tvwjax.TW(tile=4))
     layer.kernel.set_value(w)
     return layer(jnp.ones((2, inputs_dim)))
 
@@ -135,8 +135,17 @@ CASES = [
          ConfigError, ("dense/kernel", "sparsity + delta < 1")),
     # -- masks: shapes, dtypes, NaN/Inf, pytrees -------------------------------------------------
     Case("masks-nm-k-not-divisible",
-         lambda: tvwjax.masks({"kernel": jnp.ones((6, 8))}, tvwjax.NM(), 0.5),
+         lambda: tvwjax.masks({"kernel": jnp.ones((6, 8))}, tvwjax.NM(), 0.5,
+                              where=lambda p, leaf: p == "kernel"),
          ShapeError, ("kernel", "divisible by m=4", "K=6")),
+    Case("masks-3d-kernel-without-view",
+         lambda: tvwjax.masks({"kernel": jnp.ones((6, 2, 8))}, tvwjax.EW(), 0.5,
+                              where=lambda p, leaf: p == "kernel"),
+         ShapeError, ("kernel", "GEMM layout", "views=")),
+    Case("masks-view-out-of-range",
+         lambda: tvwjax.masks({"kernel": jnp.ones((6, 2, 8))}, tvwjax.EW(), 0.5,
+                              views={"kernel": 3}),
+         ConfigError, ("views", "kernel", "n_in")),
     Case("masks-empty-kernel",
          lambda: tvwjax.masks({"kernel": jnp.ones((0, 8))}, tvwjax.EW(), 0.5),
          ShapeError, ("kernel", "empty", "(0, 8)")),
@@ -225,7 +234,8 @@ CASES = [
              {"kernel": jnp.ones((K, N), jnp.int32)}),
          DTypeError, ("kernel", "floating")),
     Case("prune-nm-k-not-divisible",
-         lambda: tvwjax.prune(tvwjax.NM(), tvwjax.OneShot(0.5)).init(
+         lambda: tvwjax.prune(tvwjax.NM(), tvwjax.OneShot(0.5),
+                              where=lambda p, leaf: p == "kernel").init(
              {"kernel": jnp.ones((6, N))}),
          ShapeError, ("kernel", "divisible by m=4")),
     # -- compress / decompress -------------------------------------------------------------------
@@ -285,7 +295,7 @@ CASES = [
          ("x", "last dimension", f"K = {K}")),
     Case("matmul-k-mismatch-compressed",
          lambda: tvwjax.matmul(jnp.ones((2, N)), tvwjax.compress(_w(), _tw_mask(),
-                                                                  tvwjax.TW1D(tile=4))),
+                                                                  tvwjax.TW(tile=4))),
          ShapeError, ("x", "last dimension", f"K = {K}")),
     Case("matmul-scalar-x",
          lambda: tvwjax.matmul(jnp.float32(1.0), jnp.asarray(_w())), ShapeError,
@@ -338,7 +348,7 @@ CASES = [
     Case("check-1d-mask", lambda: tvwjax.check(np.ones(8, bool), tvwjax.EW()), ShapeError,
          ("mask", "ndim >= 2")),
     Case("check-tw-mask-violation",
-         lambda: tvwjax.check_tree({"w": {"kernel": _random_mask()}}, tvwjax.TW1D(tile=4)),
+         lambda: tvwjax.check_tree({"w": {"kernel": _random_mask()}}, tvwjax.TW(tile=4)),
          PatternViolationError, ("w/kernel", "row segment")),
 ]
 

@@ -122,7 +122,7 @@ def test_tie_rule_all_equal_scores_every_pattern():
     np.testing.assert_array_equal(vw, np.tile(np.arange(8)[:, None] % 4 < 2, (1, 8)))
     # TW-1D: row segments are ranked over the (K, tiles) grid row-major, so equal segments
     # are kept row by row across tiles: rows 0..3 in both tiles.
-    tw = np.asarray(tvwjax.TW1D(tile=4).mask(ones, 0.5))
+    tw = np.asarray(tvwjax.TW(tile=4).mask(ones, 0.5))
     np.testing.assert_array_equal(tw, np.tile(np.arange(8)[:, None] < 4, (1, 8)))
     # TW-2D: column pruning keeps the lower-index columns.
     tw2 = np.asarray(tvwjax.TW(tile=2).mask(ones, 0.75))

@@ -31,7 +31,7 @@ GRID = [i / 8 for i in range(1, 8)]
 
 MASK_PATTERNS = {
     "EW": tvwjax.EW(), "BW": tvwjax.BW(rows=4, cols=8), "VW": tvwjax.VW(length=8),
-    "NM": tvwjax.NM(), "TW-1D": tvwjax.TW1D(tile=8), "TW-2D": tvwjax.TW(tile=8),
+    "NM": tvwjax.NM(), "TW-1D": tvwjax.TW(tile=8), "TW-2D": tvwjax.TW(tile=8),
     "TW-rb4": tvwjax.TW(tile=8, row_block=4), "TEW": tvwjax.TEW(tile=8, delta=0.05),
     "TVW": tvwjax.TVW(tile=8), "TVW-1D": tvwjax.TVW(tile=4, column_share=0.0),
 }

@@ -17,11 +17,11 @@ from tvwjax.formats import (
     compress,
     decompress,
 )
-from tvwjax.patterns import BW, EW, NM, TEW, TVW, TW, TW1D, VW
+from tvwjax.patterns import BW, EW, NM, TEW, TVW, TW, VW
 
 CASES = [
     (TW(tile=32), 0.75, TileWise),
-    (TW1D(tile=32), 0.6, TileWise),
+    (TW(tile=32), 0.6, TileWise),
     (TW(tile=16, column_share=0.3), 0.9, TileWise),
     (TVW(tile=32), 0.75, TileVectorWise),
     (TVW(tile=16), 0.5, TileVectorWise),
@@ -72,8 +72,8 @@ def test_round_trip_low_precision(dtype):
 
 def test_tile_layout_contract():
     """rows/cols/counts/values as documented for the Pallas kernels (ragged N, K_t differ)."""
-    w, m = _masked((64, 100), TW1D(tile=32), 0.7, seed=3)
-    cw = compress(w, m, TW1D(tile=32))
+    w, m = _masked((64, 100), TW(tile=32), 0.7, seed=3)
+    cw = compress(w, m, TW(tile=32))
     t, kp, g = cw.values.shape
     assert (t, g) == (4, 32) and cw.rows.shape == (t, kp) and cw.cols.shape == (t, g)
     assert cw.rows.dtype == cw.cols.dtype == cw.counts.dtype == np.int32

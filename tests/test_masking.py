@@ -192,9 +192,14 @@ def test_error_integer_leaf():
 
 
 def test_error_nm_divisibility_names_leaf():
-    p = {"fc": {"kernel": jnp.ones((30, 8))}}
+    p = {"fc": {"kernel": jnp.ones((30, 8))}, "ok": {"kernel": jnp.ones((32, 8))}}
     with pytest.raises(tw.ShapeError, match="fc/kernel.*divisible by m=4"):
-        tw.masks(p, tw.NM(), 0.5)
+        tw.masks(p, tw.NM(), 0.5, where=lambda path, leaf: path == "fc/kernel")
+    # the default selection leaves it dense and reports why
+    m = tw.masks(p, tw.NM(), 0.5)
+    assert m["fc"]["kernel"] is None and m["ok"]["kernel"] is not None
+    (skipped,) = tw.selection(p, tw.NM(), 0.5).skipped
+    assert skipped.path == "fc/kernel" and "divisible by m=4" in skipped.reason
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 from tvwjax.errors import ConfigError, DTypeError, ShapeError
 from tvwjax.formats import compress, decompress
 from tvwjax.matmul import BUCKET_MIN_M, M_CHUNK, SCAN_MIN_M, matmul
-from tvwjax.patterns import BW, NM, TVW, TW, TW1D
+from tvwjax.patterns import BW, NM, TVW, TW
 
 K, N = 72, 100
 FORMATS = {
     "tw2d": (TW(tile=16), 0.75),
-    "tw1d": (TW1D(tile=16), 0.6),
+    "tw1d": (TW(tile=16), 0.6),
     "tvw": (TVW(tile=16), 0.75),
     "nm": (NM(), 0.5),
     "block": (BW(8, 16), 0.5),

@@ -18,7 +18,7 @@ SPARSITIES = [0.0, 0.5, 0.75, 0.9]
 def patterns():
     return [
         tw.EW(), tw.BW(8, 8), tw.BW(4, 16), tw.VW(16), tw.NM(), tw.NM(1, 4),
-        tw.TW(16), tw.TW1D(16), tw.TW(16, row_block=4), tw.TEW(16, delta=0.05),
+        tw.TW(16), tw.TW(16), tw.TW(16, row_block=4), tw.TEW(16, delta=0.05),
         tw.TVW(16), tw.TVW(16, column_share=0.0), tw.TVW(8, row_block=8),
     ]
 
@@ -66,8 +66,8 @@ def test_exact_counts(shape, s):
     want = int(np.floor((1 - s) * k * n + 0.5))
     assert int(tw.EW().mask(sc, s).sum()) == want
     assert int(tw.TEW(16, delta=0.05).mask(sc, s).sum()) == want
-    assert int(tw.TW1D(16).mask(sc, s).sum()) <= want
-    assert int(tw.TW1D(16).mask(sc, s).sum()) > want - 16
+    assert int(tw.TW(16).mask(sc, s).sum()) <= want
+    assert int(tw.TW(16).mask(sc, s).sum()) > want - 16
     vw = np.asarray(tw.VW(16).mask(sc, s))
     lens = [min(16, k - i) for i in range(0, k, 16)]
     assert vw.sum() == n * sum(int(np.floor((1 - s) * ln + 0.5)) for ln in lens)
@@ -95,7 +95,7 @@ def test_ew_keeps_largest():
 
 def test_tw2d_column_then_segments():
     sc = scores_for((64, 64), 3)
-    p = tw.TW(16)  # column_share 0.5: 75% -> 50% columns x 50% segments
+    p = tw.TW(16, column_share=0.5)  # TW-2D: 75% -> 50% columns x 50% segments
     m = np.asarray(p.mask(sc, 0.75))
     cols = m.any(axis=0)
     assert cols.sum() == 32

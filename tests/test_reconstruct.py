@@ -17,7 +17,7 @@ from tvwjax.reconstruction import layer_error, one_shot, reconstruct, reconstruc
 
 PATTERNS = [
     (tvwjax.EW(), 0.5), (tvwjax.EW(), 0.75), (tvwjax.NM(2, 4), 0.5),
-    (tvwjax.TW(tile=8), 0.5), (tvwjax.TW1D(tile=8), 0.75), (tvwjax.TVW(tile=8), 0.75),
+    (tvwjax.TW(tile=8), 0.5), (tvwjax.TW(tile=8), 0.75), (tvwjax.TVW(tile=8), 0.75),
     (tvwjax.BW(8, 8), 0.5), (tvwjax.VW(8), 0.5),
 ]
 
@@ -119,7 +119,7 @@ def test_tw_solves_are_shared_per_tile():
     """TW: every column of a tile gets the same least-squares system (one solve per tile)."""
     from tvwjax.reconstruction import _groups
     x, w = _problem(k=32, n=32)
-    pat = tvwjax.TW1D(tile=8)
+    pat = tvwjax.TW(tile=8)
     mask = np.asarray(pat.mask(jnp.abs(w), 0.5))
     groups = _groups(mask, include_full=False)
     assert len(groups) <= 4

@@ -2,7 +2,7 @@
 
 The flat public API:
 
-* patterns -- :class:`EW`, :class:`BW`, :class:`VW`, :class:`NM`, :class:`TW` (+ :func:`TW1D`),
+* patterns -- :class:`EW`, :class:`BW`, :class:`VW`, :class:`NM`, :class:`TW` (1-D by default),
   :class:`TEW`, :class:`TVW`;
 * masks -- :func:`masks` (any pytree, layer or global scope), :func:`apply_masks`,
   scores :func:`magnitude`, :func:`taylor_init`, :func:`taylor_accumulate`;
@@ -45,26 +45,28 @@ from tvwjax.formats import (
     compress,
     decompress,
 )
-from tvwjax.masking import apply_masks, default_where, masks
+from tvwjax.masking import LeafPlan, Selection, apply_masks, default_where, masks, selection
 from tvwjax.matmul import matmul
-from tvwjax.patterns import BW, EW, NM, TEW, TVW, TW, TW1D, VW, Pattern
+from tvwjax.patterns import BW, EW, NM, TEW, TVW, TW, VW, Pattern
 from tvwjax.plot import plot_mask, plot_masks
 from tvwjax.reconstruction import one_shot, reconstruct, reconstruct_layer
 from tvwjax.schedules import OneShot, Polynomial, Schedule, Staged
 from tvwjax.scores import magnitude, taylor_accumulate, taylor_init, taylor_scores
 from tvwjax.summary import format_summary, summary
 from tvwjax.transform import PruneState, fixed_masks, get_masks, prune
+from tvwjax.views import gemm_views
 
 __version__ = "0.1.0"
 
 __all__ = [
     # patterns
-    "BW", "EW", "NM", "TEW", "TVW", "TW", "TW1D", "VW", "Pattern",
+    "BW", "EW", "NM", "TEW", "TVW", "TW", "VW", "Pattern",
     # errors
     "ConfigError", "DTypeError", "PatternViolationError", "ScoreError", "ShapeError",
     "TreeMismatchError", "TvwError", "errors",
     # masks and scores
-    "apply_masks", "as_matrix", "default_where", "masks", "path_str",
+    "LeafPlan", "Selection", "apply_masks", "as_matrix", "default_where", "gemm_views", "masks",
+    "path_str", "selection",
     "magnitude", "taylor_accumulate", "taylor_init", "taylor_scores",
     # validation and inspection
     "check", "check_tree", "format_summary", "summary", "plot_mask", "plot_masks",

@@ -8,12 +8,14 @@ Optax sees.
 
 from __future__ import annotations
 
+import fnmatch
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from tvwjax.errors import TreeMismatchError
+from tvwjax.errors import ConfigError, TreeMismatchError
 
 PyTree = Any
 KeyPath = tuple
@@ -81,15 +83,55 @@ def check_same_leaves(tree: PyTree, params: PyTree, what: str, *, none_ok: bool)
                                     f"parameter's {jnp.shape(p)}")
 
 
-def as_matrix(x: jax.Array) -> jax.Array:
-    """The ``(K, N)`` GEMM view of a kernel: ``(prod(shape[:-1]), shape[-1])``.
+def as_matrix(x: jax.Array, n_in: int | None = None) -> jax.Array:
+    """The ``(K, N)`` GEMM view of a kernel whose first ``n_in`` axes are contracted:
+    ``(prod(shape[:n_in]), prod(shape[n_in:]))`` (default ``n_in = ndim - 1``).
 
     >>> import jax.numpy as jnp
     >>> as_matrix(jnp.zeros((3, 3, 8, 16))).shape   # a conv kernel: im2col (kh*kw*Cin, Cout)
     (72, 16)
+    >>> as_matrix(jnp.zeros((384, 12, 32)), n_in=1).shape  # attention query (in, heads, dim)
+    (384, 384)
     """
-    return x.reshape(-1, x.shape[-1])
+    n_in = x.ndim - 1 if n_in is None else n_in
+    shape = tuple(x.shape)
+    return x.reshape(math.prod(shape[:n_in]), math.prod(shape[n_in:]))
 
 
-__all__ = ["as_matrix", "check_same_leaves", "is_none", "leaves_with_paths", "path_difference",
-           "path_str"]
+def default_n_in(shape: tuple[int, ...]) -> int | None:
+    """Contracted leading axes of a kernel known from its shape alone: 1 for a 2-D
+    ``(in, out)`` kernel, 3 for a 4-D ``(kh, kw, Cin, Cout)`` conv kernel; ``None`` where the
+    shape cannot tell (a 3-D kernel is ``(in, heads, head_dim)`` for an attention query and
+    ``(heads, head_dim, out)`` for its output projection, or a 1-D conv)."""
+    return {2: 1, 4: 3}.get(len(shape))
+
+
+def view_of(path: str, shape: tuple[int, ...], views: Any) -> tuple[int | None, str]:
+    """``(n_in, "")`` for the GEMM view of the leaf at ``path``, or ``(None, reason)``.
+
+    ``views`` maps leaf paths or globs (``fnmatch`` on path strings; a key also matches the
+    same path under a leading ``params/``) to ``n_in``, the number of leading contracted
+    axes (see :func:`tvwjax.gemm_views`). Leaves it does not name use :func:`default_n_in`.
+    """
+    n_in = None
+    if views:
+        for key, value in views.items():
+            if fnmatch.fnmatchcase(path, key) or fnmatch.fnmatchcase(path, "params/" + key):
+                n_in = value
+                break
+        if n_in is not None and (isinstance(n_in, bool) or not isinstance(n_in, int)
+                                 or not 1 <= n_in < len(shape)):
+            raise ConfigError(f"views: {path}: n_in must be an integer in [1, {len(shape) - 1}] "
+                              f"for a kernel of shape {shape}, got {n_in!r}")
+    if n_in is None:
+        n_in = default_n_in(shape)
+    if n_in is None:
+        return None, (f"GEMM layout of a {len(shape)}-D kernel {shape} is unknown from its "
+                      "shape ((in, heads, head_dim) or (heads, head_dim, out)?); pass "
+                      "views=tvwjax.gemm_views(model, ...) or views={path: n_in}, n_in = "
+                      "the number of leading contracted axes")
+    return n_in, ""
+
+
+__all__ = ["as_matrix", "check_same_leaves", "default_n_in", "is_none", "leaves_with_paths",
+           "path_difference", "path_str", "view_of"]

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from tvwjax import _validate as val
-from tvwjax._tree import leaves_with_paths
+from tvwjax._tree import leaves_with_paths, view_of
 from tvwjax.errors import ConfigError, PatternViolationError, ShapeError
 from tvwjax.patterns import BW, EW, NM, TEW, TVW, TW, VW, Pattern
 
@@ -197,15 +197,18 @@ def _checker(pattern: Pattern):
 
 
 def check(mask: Any, pattern: Pattern, sparsity: float | None = None,
-          name: str = "mask") -> None:
+          name: str = "mask", n_in: int | None = None) -> None:
     """Raise :class:`PatternViolationError` unless ``mask`` follows ``pattern``.
 
     Args:
-      mask: boolean array (``ndim >= 2``; viewed as ``(prod(shape[:-1]), shape[-1])``).
+      mask: boolean array (``ndim >= 2``), checked in its GEMM view
+        ``(prod(shape[:n_in]), prod(shape[n_in:]))``.
       pattern: the pattern it should follow.
       sparsity: if given, also check the kept count the pattern implies at this sparsity
         (exact for EW, VW, N:M and TEW; within the pattern's granularity for BW, TW, TVW).
       name: what the error message calls the mask (e.g. a leaf path).
+      n_in: leading contracted axes of the kernel (default ``ndim - 1``; see
+        :func:`tvwjax.gemm_views`).
 
     >>> import jax.numpy as jnp, tvwjax
     >>> check(jnp.array([[True], [False], [True], [False]]), tvwjax.NM(), 0.5)
@@ -229,7 +232,11 @@ def check(mask: Any, pattern: Pattern, sparsity: float | None = None,
         raise ShapeError(f"{name}: a mask must have ndim >= 2, got shape {m.shape}")
     if m.dtype != np.bool_:
         raise PatternViolationError(f"{name}: a mask must be boolean, got dtype {m.dtype}")
-    m = m.reshape(-1, m.shape[-1])
+    n_in = m.ndim - 1 if n_in is None else n_in
+    if not 1 <= n_in < m.ndim:
+        raise ConfigError(f"{name}: n_in must be in [1, {m.ndim - 1}] for a mask of shape "
+                          f"{m.shape}, got {n_in!r}")
+    m = m.reshape(int(np.prod(m.shape[:n_in])), -1)
     if sparsity == 0 or (sparsity is None and m.all()):
         if not m.all():
             _fail(name, f"sparsity 0 means dense, but {int((~m).sum())} entries are pruned")
@@ -240,10 +247,15 @@ def check(mask: Any, pattern: Pattern, sparsity: float | None = None,
     fn(m, pattern, sparsity, name)
 
 
-def check_tree(mask_tree: Any, pattern: Pattern, sparsity: float | None = None) -> None:
-    """:func:`check` every non-``None`` mask of a pytree, naming the failing leaf's path."""
+def check_tree(mask_tree: Any, pattern: Pattern, sparsity: float | None = None, *,
+               views: Any = None) -> None:
+    """:func:`check` every non-``None`` mask of a pytree in its GEMM view, naming the
+    failing leaf's path (``views`` as in :func:`tvwjax.masks`)."""
     for path, m in leaves_with_paths(mask_tree)[0]:
-        check(m, pattern, sparsity, name=path)
+        n_in, reason = view_of(path, tuple(np.shape(m)), views)
+        if n_in is None:
+            raise ConfigError(f"{path}: {reason}")
+        check(m, pattern, sparsity, name=path, n_in=n_in)
 
 
 __all__ = ["check", "check_tree"]

@@ -21,7 +21,9 @@ the threshold gave it.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -37,6 +39,7 @@ from tvwjax._tree import (
     leaves_with_paths,
     path_difference,
     path_str,
+    view_of,
 )
 from tvwjax.errors import ConfigError, DTypeError, ShapeError, TreeMismatchError
 from tvwjax.patterns import Pattern
@@ -61,12 +64,59 @@ def default_where(path: str, leaf: Any) -> bool:
 
 
 class _Leaf:
-    """A selected leaf: its path, 2-D score view and sparsity."""
+    """A selected leaf: its path, 2-D score view (``n_in`` leading axes contracted) and
+    sparsity."""
 
-    def __init__(self, index, path, leaf, score, sparsity, fixed):
+    def __init__(self, index, path, leaf, score, sparsity, fixed, n_in):
         self.index, self.path, self.leaf = index, path, leaf
-        self.score = as_matrix(jnp.asarray(score, jnp.float32))
+        self.score = as_matrix(jnp.asarray(score, jnp.float32), n_in)
         self.sparsity, self.fixed = sparsity, fixed
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafPlan:
+    """One leaf of a :func:`selection` report.
+
+    Attributes:
+      path: the leaf's path string.
+      shape: the leaf's shape.
+      view: its ``(K, N)`` GEMM view (``None`` when unknown).
+      sparsity: its target sparsity (``None`` in global scope, where one threshold decides,
+        and for leaves that are not pruned).
+      pruned: whether :func:`masks` prunes it.
+      reason: why it is not pruned (``""`` when it is).
+    """
+
+    path: str
+    shape: tuple[int, ...]
+    view: tuple[int, int] | None
+    sparsity: float | None
+    pruned: bool
+    reason: str
+
+
+class Selection(tuple):
+    """The :class:`LeafPlan` of every kernel-like leaf; ``str()`` is a markdown table."""
+
+    @property
+    def pruned(self) -> list[LeafPlan]:
+        """The leaves that will be pruned."""
+        return [lp for lp in self if lp.pruned]
+
+    @property
+    def skipped(self) -> list[LeafPlan]:
+        """The kernel-like leaves that will not be pruned, each with its reason."""
+        return [lp for lp in self if not lp.pruned]
+
+    def __str__(self) -> str:
+        lines = ["| leaf | shape | GEMM view (K, N) | sparsity | pruned |", "|---|---|---|---|---|"]
+        for lp in self:
+            view = "?" if lp.view is None else f"{lp.view[0]} x {lp.view[1]}"
+            s = ("global" if lp.sparsity is None else f"{lp.sparsity:g}") if lp.pruned else "-"
+            status = "yes" if lp.pruned else f"no: {lp.reason}"
+            lines.append(f"| {lp.path} | {'x'.join(map(str, lp.shape))} | {view} | {s} | "
+                         f"{status} |")
+        return "\n".join(lines)
 
 
 def _check_overrides(overrides: Any) -> None:
@@ -196,6 +246,108 @@ _core_static = jax.jit(
 
 
 # -- public entry point -----------------------------------------------------------------------
+def _plan(flat, pattern, sparsity, where, scope, overrides, views, report):
+    """The leaves :func:`masks` prunes: ``(index, path, leaf, sparsity, fixed, n_in)``.
+
+    With the default ``where``, leaves the pattern cannot apply to (an unknown GEMM layout,
+    ``K`` not divisible by ``m`` for N:M, ...) are skipped; with an explicit ``where`` they
+    raise. ``report`` (a list or None) receives a :class:`LeafPlan` per kernel-like leaf.
+    """
+    explicit_where = where is not None
+    where = where or default_where
+    used_globs: set[str] = set()
+    plan = []
+
+    def note(path, leaf, view, s, pruned, reason):
+        if report is not None:
+            report.append(LeafPlan(path, tuple(leaf.shape), view,
+                                   s if pruned and isinstance(s, float) and
+                                   not (scope == "global" and s == sparsity) else None,
+                                   pruned, reason))
+
+    for i, (path, leaf) in enumerate(flat):
+        if not where(path, leaf):
+            if default_where(path, leaf):
+                note(path, leaf, None, None, False, "not selected by where")
+            continue
+        leaf_sparsity, fixed = _override(path, overrides, sparsity)
+        if fixed:
+            used_globs.add(next(g for g in overrides if fnmatch.fnmatchcase(path, g)))
+        if leaf_sparsity is None:
+            note(path, leaf, None, None, False, "override None")
+            continue
+        leaf_sparsity = val.sparsity(leaf_sparsity, f"{path}: override sparsity")
+        if not hasattr(leaf, "ndim"):
+            raise ShapeError(f"{path}: selected leaf is not an array ({type(leaf).__name__})")
+        if explicit_where and leaf.ndim < 2:
+            raise ShapeError(f"{path}: selected leaf has shape {leaf.shape}; only arrays "
+                             "with ndim >= 2 (kernels) can be pruned")
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            raise DTypeError(f"{path}: can only prune floating-point weights, got "
+                             f"dtype {leaf.dtype}")
+        if leaf.size == 0:
+            raise ShapeError(f"{path}: cannot prune an empty array of shape {leaf.shape}")
+        n_in, reason = view_of(path, tuple(leaf.shape), views)
+        view = None
+        if n_in is not None:
+            view = (math.prod(leaf.shape[:n_in]), math.prod(leaf.shape[n_in:]))
+            try:
+                pattern.validate_shape(view, path)
+            except ShapeError as e:
+                reason = str(e).removeprefix(f"{path}: ")
+        if reason:
+            if explicit_where:
+                raise ShapeError(f"{path}: {reason}")
+            note(path, leaf, view, None, False, reason)
+            continue
+        if isinstance(leaf_sparsity, float) and (fixed or scope == "layer"):
+            pattern.validate_sparsity(leaf_sparsity, path)
+        note(path, leaf, view, leaf_sparsity, True, "")
+        plan.append((i, path, leaf, leaf_sparsity, fixed, n_in))
+    unused = [g for g in (overrides or {}) if g not in used_globs]
+    if unused:
+        raise ConfigError(f"overrides: {unused} match no leaf selected by where (selected: "
+                          f"{[p for p, leaf in flat if where(p, leaf)][:5]}...)")
+    return plan
+
+
+def selection(
+    params: PyTree,
+    pattern: Pattern,
+    sparsity: float,
+    *,
+    where: WherePredicate | None = None,
+    scope: str = "layer",
+    overrides: Mapping[str, float | None] | None = None,
+    layer_bounds: tuple[float, float] | None = None,
+    views: Mapping[str, int] | None = None,
+) -> Selection:
+    """What :func:`masks` (and :func:`tvwjax.prune`) will do with these arguments, before
+    training: every kernel-like leaf with its GEMM view, target sparsity, and why it is
+    skipped if it is. Nothing is computed on the values.
+
+    Args: as :func:`masks`.
+
+    Returns:
+      A :class:`Selection`: a tuple of :class:`LeafPlan`, printed as a markdown table.
+
+    >>> import jax.numpy as jnp, tvwjax
+    >>> params = {"stem": {"kernel": jnp.ones((7, 7, 3, 64))},
+    ...           "fc": {"kernel": jnp.ones((64, 10)), "bias": jnp.zeros(10)}}
+    >>> print(tvwjax.selection(params, tvwjax.NM(), 0.5))
+    | leaf | shape | GEMM view (K, N) | sparsity | pruned |
+    |---|---|---|---|---|
+    | fc/kernel | 64x10 | 64 x 10 | 0.5 | yes |
+    | stem/kernel | 7x7x3x64 | 147 x 64 | - | no: 2:4 sparsity needs K ... got K=147 |
+    """
+    layer_bounds = check_selection_args(pattern, scope, where, overrides, layer_bounds)
+    sparsity = val.sparsity(sparsity)
+    report: list[LeafPlan] = []
+    _plan(leaves_with_paths(params)[0], pattern, sparsity, where, scope, overrides, views,
+          report)
+    return Selection(report)
+
+
 def masks(
     params: PyTree,
     pattern: Pattern,
@@ -206,6 +358,7 @@ def masks(
     scope: str = "layer",
     overrides: Mapping[str, float | None] | None = None,
     layer_bounds: tuple[float, float] | None = None,
+    views: Mapping[str, int] | None = None,
 ) -> PyTree:
     """Sparsity masks for every selected leaf of ``params``.
 
@@ -226,6 +379,15 @@ def masks(
         selected leaf raises (a typo must not pass silently).
       layer_bounds: ``(min_sparsity, max_sparsity)`` per leaf in global scope
         (default ``(0, 1)``: unbounded).
+      views: ``{path or glob: n_in}``: the GEMM view of kernels whose layout the shape
+        cannot tell, ``n_in`` leading axes contracted (from :func:`tvwjax.gemm_views`, which
+        reads it off the model's modules). Without it, 2-D kernels are ``(in, out)`` and 4-D
+        ones ``(kh, kw, Cin, Cout)`` conv kernels viewed as ``(kh*kw*Cin, Cout)``; other
+        ranks are skipped by the default ``where`` and rejected by an explicit one.
+
+    With the default ``where``, a kernel the pattern cannot apply to (an unknown layout,
+    ``K`` not divisible by 4 for 2:4, ...) is left dense; :func:`selection` reports which
+    and why. With an explicit ``where`` it raises.
 
     Returns:
       A pytree with the structure of ``params``: bool masks (True = kept) shaped like each
@@ -257,29 +419,9 @@ def masks(
         score_leaves = [sc for _, sc in s_flat]
 
     out: list[Any] = [None] * len(flat)
-    explicit_where = where is not None
-    where = where or default_where
     selected: list[_Leaf] = []
-    used_globs: set[str] = set()
-    for i, (path, leaf) in enumerate(flat):
-        if not where(path, leaf):
-            continue
-        leaf_sparsity, fixed = _override(path, overrides, sparsity)
-        if fixed:
-            used_globs.add(next(g for g in overrides if fnmatch.fnmatchcase(path, g)))
-        if leaf_sparsity is None:
-            continue
-        leaf_sparsity = val.sparsity(leaf_sparsity, f"{path}: override sparsity")
-        if not hasattr(leaf, "ndim"):
-            raise ShapeError(f"{path}: selected leaf is not an array ({type(leaf).__name__})")
-        if explicit_where and leaf.ndim < 2:
-            raise ShapeError(f"{path}: selected leaf has shape {leaf.shape}; only arrays "
-                             "with ndim >= 2 (kernels) can be pruned")
-        if not jnp.issubdtype(leaf.dtype, jnp.floating):
-            raise DTypeError(f"{path}: can only prune floating-point weights, got "
-                             f"dtype {leaf.dtype}")
-        if leaf.size == 0:
-            raise ShapeError(f"{path}: cannot prune an empty array of shape {leaf.shape}")
+    for i, path, leaf, leaf_sparsity, fixed, n_in in _plan(
+            flat, pattern, sparsity, where, scope, overrides, views, report=None):
         score = score_leaves[i]
         if score is None:
             score = magnitude(leaf)
@@ -287,15 +429,7 @@ def masks(
             raise TreeMismatchError(f"{path}: scores have shape {jnp.shape(score)}, "
                                     f"expected the leaf's shape {leaf.shape}")
         val.finite_nonnegative(score, path)
-        lf = _Leaf(i, path, leaf, score, leaf_sparsity, fixed)
-        pattern.validate_shape(lf.score.shape, path)
-        if isinstance(leaf_sparsity, float) and (fixed or scope == "layer"):
-            pattern.validate_sparsity(leaf_sparsity, path)
-        selected.append(lf)
-    unused = [g for g in (overrides or {}) if g not in used_globs]
-    if unused:
-        raise ConfigError(f"overrides: {unused} match no leaf selected by where (selected: "
-                          f"{[p for p, leaf in flat if where(p, leaf)][:5]}...)")
+        selected.append(_Leaf(i, path, leaf, score, leaf_sparsity, fixed, n_in))
 
     if selected:
         kwargs = dict(pattern=pattern, scope=scope, layer_bounds=layer_bounds,
@@ -338,4 +472,5 @@ def apply_masks(params: PyTree, mask_tree: PyTree) -> PyTree:
     return jax.tree_util.tree_map_with_path(one, mask_tree, params, is_leaf=is_none)
 
 
-__all__ = ["apply_masks", "check_selection_args", "default_where", "masks"]
+__all__ = ["LeafPlan", "Selection", "apply_masks", "check_selection_args", "default_where",
+           "masks", "selection"]

@@ -14,7 +14,9 @@ and a target sparsity ``s`` (density ``d = 1 - s``) into a boolean keep-mask:
             in log-density), surviving columns grouped in order into tiles of ``tile``
             columns, then row *segments* (one row inside one tile) kept or dropped whole,
             ranked over the whole matrix so that tiles keep different numbers of rows.
-            ``column_share=0`` is TW-1D, the default ``0.5`` is the paper's TW-2D
+            The default ``column_share=0`` is TW-1D (every tile keeps at least
+            ``min_rows`` rows: no output feature loses all its weights); ``0.5`` is the
+            paper's TW-2D, which prunes whole output columns
 ``TEW``     TW at ``s + delta`` plus the largest ``delta`` fraction of the remaining weights
 ``TVW``     TW at density ``min(1, d*m/n)`` with kept rows per tile rounded to a multiple of
             ``row_block``, then N:M along K over each tile's kept rows (in compact order)
@@ -308,21 +310,28 @@ class TW(Pattern):
     Args:
       tile: tile width ``G`` in output columns (default 128, as in the paper).
       column_share: share of the log-density taken by global column pruning:
-        column density ``d**column_share``, the rest by row segments. ``0`` gives TW-1D
-        (no column pruning); the default ``0.5`` splits equally (75% -> 50% of the columns x
-        50% of the row segments), as in the reference code.
+        column density ``d**column_share``, the rest by row segments. The default ``0``
+        is TW-1D: no output column is pruned whole. ``0.5`` is the paper's TW-2D, which
+        splits equally (75% -> 50% of the columns x 50% of the row segments), as in the
+        reference code; it removes whole output features (ask for it explicitly).
       row_block: kept rows per tile are rounded to a multiple of this (1 = no rounding).
+      min_rows: every tile (of surviving columns) keeps at least this many rows (rounded
+        up to ``row_block``), so no output feature is left without a weight; ``0`` lets a
+        tile lose all its rows. The guarantee takes its rows from the same budget, so the
+        sparsity is unchanged.
     """
 
     tile: int = 128
-    column_share: float = 0.5
+    column_share: float = 0.0
     row_block: int = 1
+    min_rows: int = 1
     name: ClassVar[str] = "TW"
     format: ClassVar[str | None] = "TileWise"
 
     def __post_init__(self):
         val.positive_int(self.tile, f"{type(self).__name__}: tile")
         val.positive_int(self.row_block, f"{type(self).__name__}: row_block")
+        val.int_at_least(self.min_rows, f"{type(self).__name__}: min_rows", 0)
         if not (isinstance(self.column_share, float | int)
                 and 0.0 <= self.column_share <= 1.0):
             raise ConfigError(f"{type(self).__name__}: column_share must be in [0, 1], "
@@ -353,14 +362,23 @@ class TW(Pattern):
         tile_id, width = column_tiles(col_keep, self.tile)
         seg = jnp.sqrt(segment_sumsq(scores, tile_id, t) / jnp.maximum(width, 1)[None, :])
         sizes = jnp.broadcast_to(width[None, :], (k, t))
-        keep = sel.budget_mask(seg.reshape(-1), sizes.reshape(-1), sel.count(density, k * n))
+        rb = self.row_block
+        floor_rows = min(k, val.round_up(self.min_rows, rb))
+        rank = sel.rank_desc(seg, axis=0) if (rb > 1 or floor_rows > 1) else None
+        ranked = seg
+        if floor_rows > 0:  # each tile's best rows first: no tile (output feature) left empty
+            first = (rank < floor_rows if rank is not None
+                     else jnp.arange(k)[:, None] == jnp.argmax(seg, axis=0)[None, :])
+            ranked = jnp.where(first & (width > 0)[None, :], jnp.inf, seg)
+        keep = sel.budget_mask(ranked.reshape(-1), sizes.reshape(-1),
+                               sel.count(density, k * n))
         keep = keep.reshape(k, t)
-        if self.row_block > 1:
-            rb = self.row_block
+        if rb > 1:
             c = jnp.sum(keep, axis=0)
             c = jnp.floor(c / rb + 0.5).astype(jnp.int32) * rb
+            c = jnp.maximum(c, floor_rows)
             c = jnp.where(width > 0, jnp.clip(c, 0, (k // rb) * rb), 0)
-            keep = sel.rank_desc(seg, axis=0) < c[None, :]
+            keep = rank < c[None, :]
         return col_keep, tile_id, keep
 
     @staticmethod
@@ -379,11 +397,6 @@ class TW(Pattern):
     def _mask(self, scores, density):
         _, tile_id, keep = self._tw_keep(scores, density)
         return self._expand(keep, tile_id)
-
-
-def TW1D(tile: int = 128, row_block: int = 1) -> TW:  # noqa: N802 (reads like a class)
-    """Tile-wise 1-D: consecutive tiles of ``tile`` columns, no column pruning."""
-    return TW(tile=tile, column_share=0.0, row_block=row_block)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -494,4 +507,4 @@ PATTERNS: dict[str, type[Pattern]] = {
     "EW": EW, "BW": BW, "VW": VW, "NM": NM, "TW": TW, "TEW": TEW, "TVW": TVW,
 }
 
-__all__ = ["BW", "EW", "NM", "PATTERNS", "TEW", "TVW", "TW", "TW1D", "VW", "Pattern"]
+__all__ = ["BW", "EW", "NM", "PATTERNS", "TEW", "TVW", "TW", "VW", "Pattern"]

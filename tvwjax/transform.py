@@ -119,6 +119,7 @@ def prune(
     overrides: Mapping[str, float | None] | None = None,
     layer_bounds: tuple[float, float] | None = None,
     score_fn: ScoreFn | None = None,
+    views: Mapping[str, int] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Enforce a sparsity ``pattern`` following ``schedule``; chain it after the optimizer.
 
@@ -136,6 +137,9 @@ def prune(
       layer_bounds: ``(min, max)`` per-leaf sparsity in global scope.
       score_fn: ``score_fn(weights) -> scores`` (default ``|w|``), applied to the weights
         the step produces. Ignored on a step whose ``update`` is given ``scores=``.
+      views: GEMM views of kernels whose layout the shape cannot tell (attention), e.g.
+        from :func:`tvwjax.gemm_views`; see :func:`tvwjax.masks`. Check what will be pruned
+        with :func:`tvwjax.selection` and the same arguments.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. Its ``update(updates, state, params,
@@ -166,7 +170,8 @@ def prune(
         # Which leaves get masks: the library's leaf selection and checks, traced
         # abstractly (no score is computed or copied to the host).
         template = jax.eval_shape(
-            lambda p: compute_masks(p, pattern, 0.0, where=where, overrides=overrides), params)
+            lambda p: compute_masks(p, pattern, 0.0, where=where, overrides=overrides,
+                                    views=views), params)
         return PruneState(jnp.zeros([], jnp.int32), _ones_like_masks(params, template),
                           jnp.float32(0.0))
 
@@ -198,7 +203,8 @@ def prune(
                     lambda m, s: s if m is None else jnp.where(m, s, jnp.zeros((), s.dtype)),
                     old, sc, is_leaf=is_none)
             new = compute_masks(cand, pattern, target, scores=sc, where=where,
-                                scope=scope, overrides=overrides, layer_bounds=layer_bounds)
+                                scope=scope, overrides=overrides, layer_bounds=layer_bounds,
+                                views=views)
             return new, pattern.effective_sparsity(target)
 
         new_masks, new_sparsity = jax.lax.cond(

@@ -30,7 +30,7 @@ def compress(w: Any, mask: Any, pattern: Pattern) -> CompressedWeight:
     ============================  ============================================
     pattern                       format
     ============================  ============================================
-    ``TW``, ``TW1D``              :class:`TileWise` (tile = ``pattern.tile``)
+    ``TW`` (1-D or 2-D)           :class:`TileWise` (tile = ``pattern.tile``)
     ``TVW``                       :class:`TileVectorWise`
     ``NM``                        :class:`NMSparse`
     ``BW``                        :class:`BlockSparse`

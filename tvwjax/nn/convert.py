@@ -8,7 +8,8 @@ import jax
 import numpy as np
 
 from tvwjax import _validate as val
-from tvwjax._tree import as_matrix, check_same_leaves, leaves_with_paths
+from tvwjax._tree import as_matrix, check_same_leaves, leaves_with_paths, view_of
+from tvwjax.errors import ConfigError
 from tvwjax.formats import TileVectorWise, compress
 from tvwjax.patterns import Pattern
 
@@ -16,7 +17,8 @@ PyTree = Any
 
 
 def compress_params(params: PyTree, mask_tree: PyTree, pattern: Pattern, *,
-                    keep_dense_if_full: bool = True, decode_nm: bool = False) -> PyTree:
+                    keep_dense_if_full: bool = True, decode_nm: bool = False,
+                    views: Any = None) -> PyTree:
     """Replace every masked leaf of ``params`` by its compressed weight (eager).
 
     Args:
@@ -29,6 +31,8 @@ def compress_params(params: PyTree, mask_tree: PyTree, pattern: Pattern, *,
         (:meth:`~tvwjax.TileVectorWise.to_tile_wise`): how TVW runs fastest on a CPU, which
         has no 2:4 hardware (memory: TW at twice the TVW density). Keep ``False`` for the
         GPU kernels and for storage.
+      views: GEMM views as in :func:`tvwjax.masks` (the same ``views`` the masks were
+        made with); a kernel is compressed in that view.
 
     Returns:
       ``params`` with each pruned kernel replaced by a compressed ``(K, N)`` weight (kernels
@@ -67,8 +71,11 @@ def compress_params(params: PyTree, mask_tree: PyTree, pattern: Pattern, *,
         if keep_dense_if_full and m.all():
             out.append(leaf)
             continue
+        n_in, reason = view_of(path, tuple(np.shape(leaf)), views)
+        if n_in is None:
+            raise ConfigError(f"{path}: {reason}")
         try:
-            cw = compress(as_matrix(leaf), as_matrix(m), pattern)
+            cw = compress(as_matrix(leaf, n_in), as_matrix(m, n_in), pattern)
         except ValueError as e:
             raise type(e)(f"{path}: {e}") from e
         if decode_nm and isinstance(cw, TileVectorWise):
