@@ -230,3 +230,70 @@ def test_none_leaves_round_trip():
     assert out["a"]["bias"] is None
     small = tvwjax.nn.compress_params(params, m, tvwjax.TW(tile=8))
     assert isinstance(small["a"]["kernel"], tvwjax.TileWise) and small["a"]["bias"] is None
+
+
+@pytest.mark.parametrize("pattern,s", [(tvwjax.TW(tile=16), 0.75), (tvwjax.TVW(tile=16), 0.75),
+                                       (tvwjax.NM(), 0.5)], ids=lambda v: repr(v)[:12])
+def test_linen_model_runs_compressed_unchanged(vit, pattern, s):
+    """Every pruned matrix compressed (attention and conv included); the user's own model
+    class under jit equals masked dense."""
+    model, params, views = vit
+    m = tvwjax.masks(params, pattern, s, views=views)
+    small = tvwjax.nn.compress_params(params, m, pattern, views=views)
+    pruned = {lp.path for lp in tvwjax.selection(params, pattern, s, views=views).pruned}
+    compressed = {path for path, leaf in tvwjax._tree.leaves_with_paths(
+        small, none_leaves=False)[0] if path.endswith("/values")}
+    assert {p.removesuffix("/values") for p in compressed} == pruned
+    x = jax.random.normal(jax.random.key(3), (2, 16, 16, 3))
+    ref = model.apply({"params": tvwjax.apply_masks(params, m)}, x)
+    with tvwjax.nn.compressed_kernels():
+        y = jax.jit(model.apply)({"params": small}, x)
+    scale = float(jnp.max(jnp.abs(ref)))
+    np.testing.assert_allclose(np.asarray(y) / scale, np.asarray(ref) / scale, atol=1e-5)
+
+
+def test_linen_compressed_on_the_interpret_backend(vit):
+    model, params, views = vit
+    pattern = tvwjax.TVW(tile=16)
+    keep_small = {"stem/kernel": None, "patch/kernel": None, "fc1/kernel": None,
+                  "fc2/kernel": None}  # interpret mode is slow: attention and head only
+    m = tvwjax.masks(params, pattern, 0.75, views=views, overrides=keep_small)
+    small = tvwjax.nn.compress_params(params, m, pattern, views=views)
+    x = jax.random.normal(jax.random.key(4), (1, 16, 16, 3))
+    ref = model.apply({"params": tvwjax.apply_masks(params, m)}, x)
+    with tvwjax.nn.compressed_kernels(backend="interpret"):
+        y = model.apply({"params": small}, x)
+    scale = float(jnp.max(jnp.abs(ref)))
+    np.testing.assert_allclose(np.asarray(y) / scale, np.asarray(ref) / scale, atol=1e-5)
+
+
+def test_nnx_model_compressed_in_place_runs_under_nnx_jit():
+    model = NNXNet(nnx.Rngs(0))
+    views = tvwjax.gemm_views(model)
+    pattern = tvwjax.TW(tile=8)
+    state = nnx.state(model, nnx.Param)
+    m = tvwjax.masks(state, pattern, 0.75, views=views)
+    nnx.update(model, tvwjax.apply_masks(state, m))
+    x = jax.random.normal(jax.random.key(5), (2, 8, 8, 3))
+    ref = model(x)
+    tvwjax.nn.compress_model(model, m, pattern, views=views)
+    assert isinstance(model.attn.query.kernel.get_value(), tvwjax.TileWise)
+    assert isinstance(model.conv.kernel.get_value(), tvwjax.TileWise)
+    y = nnx.jit(lambda mod, v: mod(v))(model, x)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(ref), atol=1e-5)
+
+
+def test_compressed_kernel_in_an_unsupported_layer_says_so():
+    class E(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Einsum((8, 16), "bi,ij->bj", name="proj")(x)
+
+    model, x = E(), jnp.ones((2, 8))
+    params = model.init(jax.random.key(0), x)["params"]
+    views = tvwjax.gemm_views(model, x)
+    m = tvwjax.masks(params, tvwjax.TW(tile=8), 0.5, views=views)
+    small = tvwjax.nn.compress_params(params, m, tvwjax.TW(tile=8), views=views)
+    with pytest.raises(tvwjax.ConfigError, match="proj/kernel.*Einsum"):
+        with tvwjax.nn.compressed_kernels():
+            model.apply({"params": small}, x)

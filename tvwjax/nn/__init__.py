@@ -8,5 +8,7 @@ params and masks into compressed params for jit-compiled inference.
 from tvwjax.nn.convert import compress_model, compress_params
 from tvwjax.nn.linen import SparseDense
 from tvwjax.nn.nnx import SparseLinear
+from tvwjax.nn.stock import compressed_kernels
 
-__all__ = ["SparseDense", "SparseLinear", "compress_model", "compress_params"]
+__all__ = ["SparseDense", "SparseLinear", "compress_model", "compress_params",
+           "compressed_kernels"]

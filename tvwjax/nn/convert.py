@@ -84,15 +84,33 @@ def compress_params(params: PyTree, mask_tree: PyTree, pattern: Pattern, *,
     return jax.tree_util.tree_unflatten(p_def, out)
 
 
-def compress_model(model: Any, mask_state: PyTree, pattern: Pattern) -> Any:
+def compress_model(model: Any, mask_state: PyTree, pattern: Pattern, *, views: Any = None,
+                   decode_nm: bool = False, backend: str = "auto") -> Any:
     """NNX: compress the pruned kernels of ``model`` in place and return it.
 
-    ``mask_state`` is ``tvwjax.masks(nnx.state(model, nnx.Param), pattern, s)``.
+    Works on the user's own model: stock ``nnx.Linear``, ``nnx.LinearGeneral`` (so
+    ``nnx.MultiHeadAttention``) and ``nnx.Conv`` layers holding a compressed kernel run it
+    through :func:`tvwjax.matmul` (see :mod:`tvwjax.nn.stock`), as do
+    :class:`~tvwjax.nn.SparseLinear` layers; call the model as before, under ``nnx.jit``.
+
+    Args:
+      model: an NNX module.
+      mask_state: ``tvwjax.masks(nnx.state(model, nnx.Param), pattern, s, views=views)``.
+      pattern: the pattern the masks follow.
+      views: the GEMM views the masks were made with (``tvwjax.gemm_views(model)``).
+      decode_nm, backend: see :func:`compress_params` and :func:`tvwjax.matmul`.
+
+    Raises:
+      ConfigError: a compressed kernel in a layer kind that cannot run it.
     """
     from flax import nnx
 
+    from tvwjax.nn.stock import swap_nnx_layers
+
     state = nnx.state(model, nnx.Param)
-    nnx.update(model, compress_params(state, mask_state, pattern))
+    nnx.update(model, compress_params(state, mask_state, pattern, views=views,
+                                      decode_nm=decode_nm))
+    swap_nnx_layers(model, backend)
     return model
 
 

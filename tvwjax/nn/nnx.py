@@ -29,6 +29,8 @@ class SparseLinear(nnx.Module):
       backend: ``tvwjax.matmul`` backend for compressed kernels.
     """
 
+    _tvw_compressed_ok = True  # runs compressed kernels itself
+
     def __init__(self, in_features: int, out_features: int, *, use_bias: bool = True,
                  dtype: Any = None, param_dtype: Any = jnp.float32, precision: Any = None,
                  kernel_init: Any = default_kernel_init,
