@@ -399,3 +399,42 @@ def test_mask_state_is_sharded_like_params():
     r = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-2000:]
+
+
+def test_wrong_order_warns_and_the_wrapper_cannot_be_wrong():
+    import warnings
+
+    from tvwjax import PruneOrderWarning, pruned
+
+    sched = OneShot(0.5)
+    wrong = optax.chain(prune(EW(), sched), optax.adam(0.05))
+    with pytest.warns(PruneOrderWarning, match="before the optimizer"):
+        for _ in _train_unchecked(wrong, 3):
+            pass
+    for tx in (optax.chain(optax.adam(0.05), prune(EW(), sched)),
+               pruned(optax.adam(0.05), EW(), sched)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PruneOrderWarning)
+            for _ in _train(tx, 3):
+                pass
+    # extra args (Taylor scores) reach the prune step through the wrapper
+    params = _params()
+    xs, ys = _data(1)
+    acc = taylor_accumulate(taylor_init(params), jax.grad(_loss)(params, xs[0], ys[0]), params)
+    tx = pruned(optax.sgd(0.0), EW(), OneShot(0.5), where=_only_l1)
+    _, st = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params,
+                      scores=acc)
+    np.testing.assert_array_equal(
+        get_masks(st)["l1"]["kernel"],
+        compute_masks(params, EW(), 0.5, scores=acc, where=_only_l1)["l1"]["kernel"])
+
+
+def _train_unchecked(tx, steps: int):
+    params = _params()
+    state = tx.init(params)
+    step = _make_step(tx)
+    xs, ys = _data(steps)
+    for t in range(steps):
+        params, state = step(params, state, xs[t], ys[t])
+        jax.block_until_ready(params)
+        yield t, params, state

@@ -31,6 +31,7 @@ from tvwjax.errors import (
     ConfigError,
     DTypeError,
     PatternViolationError,
+    PruneOrderWarning,
     ScoreError,
     ShapeError,
     TreeMismatchError,
@@ -53,7 +54,7 @@ from tvwjax.reconstruction import one_shot, reconstruct, reconstruct_layer
 from tvwjax.schedules import OneShot, Polynomial, Schedule, Staged
 from tvwjax.scores import magnitude, taylor_accumulate, taylor_init, taylor_scores
 from tvwjax.summary import format_summary, summary
-from tvwjax.transform import PruneState, fixed_masks, get_masks, prune
+from tvwjax.transform import PruneState, fixed_masks, get_masks, prune, pruned
 from tvwjax.views import gemm_views
 
 __version__ = "0.1.0"
@@ -62,7 +63,8 @@ __all__ = [
     # patterns
     "BW", "EW", "NM", "TEW", "TVW", "TW", "VW", "Pattern",
     # errors
-    "ConfigError", "DTypeError", "PatternViolationError", "ScoreError", "ShapeError",
+    "ConfigError", "DTypeError", "PatternViolationError", "PruneOrderWarning", "ScoreError",
+    "ShapeError",
     "TreeMismatchError", "TvwError", "errors",
     # masks and scores
     "LeafPlan", "Selection", "apply_masks", "as_matrix", "default_where", "gemm_views", "masks",
@@ -72,7 +74,7 @@ __all__ = [
     "check", "check_tree", "format_summary", "summary", "plot_mask", "plot_masks",
     # training
     "OneShot", "Polynomial", "PruneState", "Schedule", "Staged", "fixed_masks", "get_masks",
-    "prune", "schedules", "transform",
+    "prune", "pruned", "schedules", "transform",
     # execution
     "BlockSparse", "CompressedWeight", "NMSparse", "TileVectorWise", "TileWise", "compress",
     "decompress", "matmul", "nn",

@@ -50,10 +50,16 @@ class PatternViolationError(TvwError):
     """A mask breaks the sparsity pattern it is checked against."""
 
 
+class PruneOrderWarning(UserWarning):
+    """A pruning transform saw pruned weights that are not zero: it is chained before the
+    optimizer instead of after it."""
+
+
 __all__ = [
     "ConfigError",
     "DTypeError",
     "PatternViolationError",
+    "PruneOrderWarning",
     "ScoreError",
     "ShapeError",
     "TreeMismatchError",

@@ -27,6 +27,8 @@ References:
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -36,7 +38,7 @@ import optax
 
 from tvwjax import _validate as val
 from tvwjax._tree import check_same_leaves, is_none, leaves_with_paths
-from tvwjax.errors import ConfigError, TreeMismatchError
+from tvwjax.errors import ConfigError, PruneOrderWarning, TreeMismatchError
 from tvwjax.masking import check_selection_args
 from tvwjax.masking import masks as compute_masks
 from tvwjax.patterns import Pattern
@@ -100,6 +102,29 @@ def _need_params(params: PyTree | None, who: str) -> None:
         raise ConfigError(
             f"{who}: update needs params (tx.update(grads, state, params)); optax.chain, "
             "nnx.Optimizer.update and TrainState.apply_gradients pass them.")
+
+
+def _warn_order(who: str, leaked, step) -> None:
+    warnings.warn(
+        f"{who}: {int(leaked)} weight(s) that the masks prune are not zero at step {int(step)}: "
+        "is the transform chained before the optimizer? It must come last: "
+        "optax.chain(inner, tvwjax.prune(...)), or tvwjax.pruned(inner, ...) which cannot be "
+        "mis-ordered.", PruneOrderWarning, stacklevel=2)
+
+
+def _check_order(who: str, masks: PyTree, params: PyTree, count: jax.Array) -> None:
+    """Warn (from inside jit, only when it happens) if weights pruned by the previous step's
+    masks are not exactly zero: the sign of a transform placed before the optimizer."""
+    leaks = [jnp.sum((~m) & (p != 0)) for m, p in zip(
+        jax.tree.leaves(masks, is_leaf=is_none), jax.tree.leaves(
+            jax.tree.map(lambda m, p: None if m is None else p, masks, params, is_leaf=is_none),
+            is_leaf=is_none), strict=True) if m is not None]
+    if not leaks:
+        return
+    leaked = functools.reduce(jnp.add, leaks)
+    jax.lax.cond((count > 0) & (leaked > 0),
+                 lambda: jax.debug.callback(functools.partial(_warn_order, who), leaked, count),
+                 lambda: None)
 
 
 def _masked_updates(new: PyTree, prev: PyTree, updates: PyTree, params: PyTree) -> PyTree:
@@ -183,6 +208,7 @@ def prune(
         old = state.masks
         check_same_leaves(old, params, "prune: state.masks (from another model?)",
                           none_ok=True)
+        _check_order("prune", old, params, state.count)
         target, do_update = schedule(state.count)
 
         def recompute(_):
@@ -253,10 +279,38 @@ def fixed_masks(mask_tree: PyTree) -> optax.GradientTransformationExtraArgs:
         check_same_leaves(updates, params, "fixed_masks: updates", none_ok=False)
         check_same_leaves(state.masks, params, "fixed_masks: state.masks (from another "
                           "model?)", none_ok=True)
+        _check_order("fixed_masks", state.masks, params, state.count)
         out = _masked_updates(state.masks, state.masks, updates, params)
         return out, state._replace(count=optax.safe_int32_increment(state.count))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def pruned(inner: optax.GradientTransformation, pattern: Pattern, schedule: Schedule,
+           **kwargs: Any) -> optax.GradientTransformationExtraArgs:
+    """The wrapper form: ``inner`` followed by :func:`prune`, an order that cannot be wrong.
+
+    ``pruned(optax.adamw(1e-3), TVW(64), Polynomial(...), views=...)`` is
+    ``optax.chain(optax.adamw(1e-3), prune(TVW(64), Polynomial(...), views=...))``. Put the
+    other way round (``chain(prune, inner)``) the optimizer would move pruned weights off
+    zero; :func:`prune` warns with a :class:`~tvwjax.errors.PruneOrderWarning` when it sees
+    that.
+
+    Args:
+      inner: the optimizer whose updates are masked.
+      pattern, schedule, **kwargs: as :func:`prune`.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` (extra ``scores=`` reach the prune step).
+
+    >>> import jax.numpy as jnp, optax, tvwjax
+    >>> params = {"kernel": jnp.arange(1.0, 17.0).reshape(4, 4)}
+    >>> tx = tvwjax.pruned(optax.adam(1e-2), tvwjax.EW(), tvwjax.OneShot(0.75))
+    >>> updates, _ = tx.update({"kernel": jnp.ones((4, 4))}, tx.init(params), params)
+    >>> int((optax.apply_updates(params, updates)["kernel"] == 0).sum())
+    12
+    """
+    return optax.chain(inner, prune(pattern, schedule, **kwargs))
 
 
 def get_masks(opt_state: Any) -> PyTree:
@@ -291,4 +345,4 @@ def get_masks(opt_state: Any) -> PyTree:
     return found[0].masks
 
 
-__all__ = ["PruneState", "fixed_masks", "get_masks", "prune"]
+__all__ = ["PruneState", "fixed_masks", "get_masks", "prune", "pruned"]
