@@ -14,8 +14,9 @@ EXAMPLES = ROOT / "examples"
 NOTEBOOKS = sorted(p.name for p in EXAMPLES.glob("[0-9][0-9]_*.ipynb"))
 
 
-def test_the_three_notebooks_exist():
-    assert NOTEBOOKS == ["01_masks.ipynb", "02_training.ipynb", "03_inference.ipynb"]
+def test_the_four_notebooks_exist():
+    assert NOTEBOOKS == ["01_masks.ipynb", "02_training.ipynb", "03_inference.ipynb",
+                         "04_own_model.ipynb"]
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)

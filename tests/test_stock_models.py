@@ -297,3 +297,21 @@ def test_compressed_kernel_in_an_unsupported_layer_says_so():
     with pytest.raises(tvwjax.ConfigError, match="proj/kernel.*Einsum"):
         with tvwjax.nn.compressed_kernels():
             model.apply({"params": small}, x)
+
+
+@pytest.mark.slow
+def test_defaults_keep_toy_accuracy_within_two_points_of_dense():
+    """A stock ViT-style model on the digits: dense, then TW 75% with every default (1-D,
+    all kernels, layer scope) through the wrapper form."""
+    from examples.own_model import dense_then_pruned
+
+    r = dense_then_pruned(tvwjax.TW(tile=16), 0.75, dense_steps=300, prune_steps=200,
+                          finetune_steps=100)
+    tvwjax.check_tree(r["masks"], tvwjax.TW(tile=16), 0.75, views=r["views"])
+    for path, n_in in r["views"].items():
+        mk = r["masks"]
+        for key in path.split("/"):
+            mk = mk[key]
+        assert _gemm(mk, n_in).any(axis=0).all(), path  # every output feature keeps weights
+    assert r["dense"] > 0.85
+    assert r["pruned"] >= r["dense"] - 0.02, (r["dense"], r["pruned"])
