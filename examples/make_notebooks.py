@@ -58,9 +58,11 @@ print(f"{steps} steps, loss {float(losses[-1]):.3f}, "
 ## Every pattern at 75% (2:4 at its fixed 50%)
 
 Tile sizes scale with the layer width: tiles of 32 columns for `N = 128` (the paper uses
-128 for BERT's 768). TW is the paper's TW-2D: half of the sparsity (in log-density) prunes
-whole columns, the other half row *segments* inside each tile. TVW is TW followed by 2:4
-along `K` inside each tile's kept rows (75% TVW = 50% TW x 2:4)."""),
+128 for BERT's 768). `TW(tile)` is TW-1D, the default: row *segments* inside each tile of
+consecutive columns, every tile keeping at least one row. The paper's TW-2D is explicit,
+`TW(tile, column_share=0.5)`: half of the sparsity (in log-density) prunes whole columns
+(output features), the other half row segments. TVW is TW-1D followed by 2:4 along `K`
+inside each tile's kept rows (75% TVW = 50% TW x 2:4)."""),
     ("code", '''\
 w = params["fc1"]["kernel"]
 scores = jnp.abs(w)
@@ -70,7 +72,7 @@ patterns = {
     "VW 16": (tvwjax.VW(16), 0.75),
     "2:4": (tvwjax.NM(2, 4), 0.5),
     "TW-1D": (tvwjax.TW(tile=32), 0.75),
-    "TW-2D": (tvwjax.TW(tile=32), 0.75),
+    "TW-2D": (tvwjax.TW(tile=32, column_share=0.5), 0.75),
     "TEW": (tvwjax.TEW(tile=32, delta=0.05), 0.75),
     "TVW": (tvwjax.TVW(tile=32), 0.75),
 }

@@ -315,3 +315,50 @@ def test_defaults_keep_toy_accuracy_within_two_points_of_dense():
         assert _gemm(mk, n_in).any(axis=0).all(), path  # every output feature keeps weights
     assert r["dense"] > 0.85
     assert r["pruned"] >= r["dense"] - 0.02, (r["dense"], r["pruned"])
+
+
+class WithBatchNormAndBoxes(nn.Module):
+    """BatchNorm batch_stats and logically partitioned (boxed) kernels."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        init = nn.with_partitioning(nn.initializers.lecun_normal(), ("embed", "mlp"))
+        x = nn.Conv(16, (3, 3), strides=(2, 2), kernel_init=init, name="conv")(x)
+        x = nn.BatchNorm(use_running_average=not train, name="bn")(x)
+        x = nn.Dense(32, kernel_init=init, name="fc")(nn.relu(x).reshape(x.shape[0], -1))
+        return nn.Dense(10, name="head")(x)
+
+
+def test_batch_stats_and_boxed_params():
+    model, x = WithBatchNormAndBoxes(), jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
+    variables = model.init(jax.random.key(1), x)
+    views = tvwjax.gemm_views(model, x)
+    assert views == {"conv/kernel": 3, "fc/kernel": 1, "head/kernel": 1}
+    params, stats = variables["params"], variables["batch_stats"]
+    assert isinstance(params["fc"]["kernel"], nn.Partitioned)
+    pattern = tvwjax.TVW(tile=8)
+    tx = tvwjax.pruned(optax.adam(1e-2), pattern, tvwjax.OneShot(0.75), views=views)
+    state = tx.init(params)
+
+    @jax.jit
+    def step(p, bs, st):
+        def loss(q):
+            out, upd = model.apply({"params": q, "batch_stats": bs}, x, train=True,
+                                   mutable=["batch_stats"])
+            return jnp.mean(out ** 2), upd["batch_stats"]
+        g, bs = jax.grad(loss, has_aux=True)(p)
+        u, st = tx.update(g, st, p)
+        return optax.apply_updates(p, u), bs, st
+
+    for _ in range(3):
+        params, stats, state = step(params, stats, state)
+    m = tvwjax.get_masks(state)
+    tvwjax.check_tree(m, pattern, 0.75, views=views)
+    assert isinstance(params["fc"]["kernel"], nn.Partitioned)
+    kernel = params["fc"]["kernel"].unbox()
+    assert bool(jnp.all(kernel[~m["fc"]["kernel"].unbox()] == 0))
+    small = tvwjax.nn.compress_params(params, m, pattern, views=views)
+    ref = model.apply({"params": params, "batch_stats": stats}, x)
+    with tvwjax.nn.compressed_kernels():
+        y = jax.jit(lambda p, v: model.apply({"params": p, "batch_stats": stats}, v))(small, x)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(ref), atol=1e-5)

@@ -177,13 +177,15 @@ def compressed_kernels(backend: str = "auto") -> Iterator[None]:
     >>> bool(jnp.allclose(y, ref, atol=1e-5))
     True
     """
+    def param(mod, name):
+        value = mod.get_variable("params", name) if mod.has_variable("params", name) else None
+        return value.unbox() if isinstance(value, nn.meta.AxisMetadata) else value
+
     def interceptor(next_fun, args, kwargs, context):
         mod = context.module
-        if (context.method_name == "__call__" and args and mod.has_variable("params", "kernel")
-                and isinstance(mod.get_variable("params", "kernel"), CompressedWeight)):
-            cw = mod.get_variable("params", "kernel")
-            bias = mod.get_variable("params", "bias") if mod.has_variable("params", "bias") \
-                else None
+        if (context.method_name == "__call__" and args
+                and isinstance(param(mod, "kernel"), CompressedWeight)):
+            cw, bias = param(mod, "kernel"), param(mod, "bias")
             name = "/".join((*mod.path, "kernel")) or "kernel"
             y = run_layer(mod, args[0], cw, bias, backend, name)
             if y is not None:
