@@ -362,3 +362,28 @@ def test_batch_stats_and_boxed_params():
     with tvwjax.nn.compressed_kernels():
         y = jax.jit(lambda p, v: model.apply({"params": p, "batch_stats": stats}, v))(small, x)
     np.testing.assert_allclose(np.asarray(y), np.asarray(ref), atol=1e-5)
+
+
+def test_one_shot_calibrates_and_refits_attention_in_its_view():
+    from tvwjax.calibration import collect, linen_inputs
+
+    class Block(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = x + nn.MultiHeadDotProductAttention(num_heads=4, name="attn")(x)
+            return nn.Dense(10, name="head")(x.mean(1))
+
+    model, x = Block(), jax.random.normal(jax.random.key(0), (4, 12, 32))
+    variables = model.init(jax.random.key(1), x)
+    views = tvwjax.gemm_views(model, x)
+    batches = [(jax.random.normal(jax.random.key(i), (8, 12, 32)),) for i in range(2)]
+    stats = collect(linen_inputs(model), variables, batches)
+    assert stats["params/attn/query/kernel"].sumsq.shape == (32,)   # K = in
+    assert stats["params/attn/out/kernel"].sumsq.shape == (32,)     # K = heads * head_dim
+    pattern = tvwjax.TW(tile=8)
+    _, m, report = tvwjax.one_shot(linen_inputs(model), variables, pattern, 0.5, batches,
+                                   views=views)
+    tvwjax.check_tree(m, pattern, 0.5, views=views)
+    assert {p.removeprefix("params/") for p in report} == set(views)
+    for e in report.values():
+        assert e["reconstructed"] <= e["masked"] + 1e-6

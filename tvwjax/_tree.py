@@ -98,6 +98,15 @@ def as_matrix(x: jax.Array, n_in: int | None = None) -> jax.Array:
     return x.reshape(math.prod(shape[:n_in]), math.prod(shape[n_in:]))
 
 
+def n_in_for(shape: tuple[int, ...], k: int) -> int | None:
+    """The ``n_in`` whose GEMM view of ``shape`` has ``K = k`` rows (``None`` if none):
+    e.g. the view that calibration statistics of ``k`` input features fit."""
+    for n_in in range(1, len(shape)):
+        if math.prod(shape[:n_in]) == k:
+            return n_in
+    return None
+
+
 def default_n_in(shape: tuple[int, ...]) -> int | None:
     """Contracted leading axes of a kernel known from its shape alone: 1 for a 2-D
     ``(in, out)`` kernel, 3 for a 4-D ``(kh, kw, Cin, Cout)`` conv kernel; ``None`` where the
@@ -134,4 +143,4 @@ def view_of(path: str, shape: tuple[int, ...], views: Any) -> tuple[int | None, 
 
 
 __all__ = ["as_matrix", "check_same_leaves", "default_n_in", "is_none", "leaves_with_paths",
-           "path_difference", "path_str", "view_of"]
+           "n_in_for", "path_difference", "path_str", "view_of"]

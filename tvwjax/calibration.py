@@ -40,6 +40,7 @@ References:
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -132,6 +133,30 @@ def _call_args(batch: Batch) -> tuple[tuple, dict]:
     return (batch,), {}
 
 
+def _gemm_rows(mod: Any, x: Any, kernel: Any) -> jax.Array | None:
+    """The inputs of a dense layer as ``(..., K)`` rows of its GEMM, or None if ``mod`` is not
+    a dense layer fed ``x``: a 2-D kernel reading the last axis (``Dense``, ``Linear`` and
+    Dense-like wrappers), or ``DenseGeneral`` / ``LinearGeneral`` (attention projections),
+    whose contracted axes of ``x`` are flattened into ``K`` in the kernel's order."""
+    from flax import nnx
+
+    if not hasattr(x, "shape") or not hasattr(kernel, "shape") or x.ndim < 1:
+        return None
+    if len(kernel.shape) == 2 and not isinstance(mod, nn.DenseGeneral | nnx.LinearGeneral):
+        return x if x.shape[-1] == kernel.shape[0] else None
+    if isinstance(mod, nn.DenseGeneral | nnx.LinearGeneral):
+        if getattr(mod, "batch_dims", ()) or getattr(mod, "batch_axis", None):
+            return None
+        axis = mod.axis if isinstance(mod.axis, tuple | list) else (mod.axis,)
+        axes = tuple(a % x.ndim for a in axis)
+        k = math.prod(x.shape[a] for a in axes)
+        if k != math.prod(kernel.shape[:len(axes)]):
+            return None
+        rest = [a for a in range(x.ndim) if a not in axes]
+        return jnp.transpose(x, (*rest, *axes)).reshape(*(x.shape[a] for a in rest), k)
+    return None
+
+
 # -- Linen -----------------------------------------------------------------------------------
 def linen_inputs(model: nn.Module, *, method: str | Callable | None = None,
                  where: WherePredicate | None = None,
@@ -168,9 +193,9 @@ def linen_inputs(model: nn.Module, *, method: str | Callable | None = None,
             if (context.method_name == "__call__" and args
                     and mod.has_variable(collection, "kernel")):
                 kernel = mod.get_variable(collection, "kernel")
-                x = args[0]
-                if (getattr(kernel, "ndim", 0) == 2 and hasattr(x, "shape")
-                        and x.ndim >= 1 and x.shape[-1] == kernel.shape[0]):
+                kernel = kernel.unbox() if isinstance(kernel, nn.meta.AxisMetadata) else kernel
+                x = _gemm_rows(mod, args[0], kernel)
+                if x is not None:
                     path = "/".join((collection, *mod.path, "kernel"))
                     if where(path, kernel):
                         found.setdefault(path, []).append(x)
@@ -227,17 +252,16 @@ def nnx_inputs(graphdef: Any, *, where: WherePredicate | None = None,
             if not isinstance(node, nnx.Module):
                 continue
             kernel = getattr(node, "kernel", None)
-            if not isinstance(kernel, nnx.Variable) or getattr(kernel, "ndim", 0) != 2:
+            if not isinstance(kernel, nnx.Variable) or getattr(kernel, "ndim", 0) < 2:
                 continue
             kpath = path_str(tuple(jax.tree_util.DictKey(p) for p in path) + (
                 jax.tree_util.DictKey("kernel"),))
             if not where(kpath, kernel[...]):
                 continue
-            k_in = kernel.shape[0]
-
-            def record(x, _path=kpath, _k=k_in):
-                if hasattr(x, "shape") and x.shape[-1] == _k:
-                    found.setdefault(_path, []).append(x)
+            def record(x, _path=kpath, _node=node, _kernel=kernel[...]):
+                rows = _gemm_rows(_node, x, _kernel)
+                if rows is not None:
+                    found.setdefault(_path, []).append(rows)
 
             object.__setattr__(node, "_tvw_record", record)
             object.__setattr__(node, "__class__", _recording_class(type(node)))

@@ -34,7 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from tvwjax._tree import as_matrix, path_str
+from tvwjax._tree import as_matrix, n_in_for, path_str
 from tvwjax.calibration import LayerStats, feature_norm
 from tvwjax.errors import ConfigError, ShapeError
 from tvwjax.masking import default_where
@@ -113,10 +113,11 @@ def data_scores(params: PyTree, stats: Mapping[str, LayerStats], fn: ScoreFn = w
                               f"{len(stats)} layers, e.g. {sorted(stats)[:3]}); capture it or "
                               "exclude it with where=")
         st = stats[path]
-        w2 = as_matrix(leaf)
-        if st.sumsq.shape != (w2.shape[0],):
-            raise ShapeError(f"{path}: statistics have {st.sumsq.shape[0]} input features, "
-                             f"the kernel has K={w2.shape[0]}")
+        n_in = n_in_for(tuple(leaf.shape), int(st.sumsq.shape[0]))
+        if st.sumsq.ndim != 1 or n_in is None:
+            raise ShapeError(f"{path}: statistics have {st.sumsq.shape} input features, no "
+                             f"GEMM view of the kernel {tuple(leaf.shape)} has that K")
+        w2 = as_matrix(leaf, n_in)
         s = jnp.asarray(fn(w2, st), jnp.float32)
         if s.shape != w2.shape:
             raise ShapeError(f"{path}: score function returned shape {s.shape}, expected "

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tvwjax import _validate as val
-from tvwjax._tree import as_matrix, path_str
+from tvwjax._tree import as_matrix, n_in_for, path_str
 from tvwjax.calibration import (
     Batch,
     InputsFn,
@@ -69,6 +69,16 @@ PyTree = Any
 Array = jax.Array
 
 _HI = jax.lax.Precision.HIGHEST
+
+
+def _view_for(shape: tuple[int, ...], gram: Any) -> int:
+    """The GEMM view (``n_in``) of a kernel that its ``(K, K)`` Gram matrix fits: the
+    calibration capture decides which axes are contracted (attention: ``(in, H, D)`` has
+    ``K = in``, ``(H, D, out)`` has ``K = H*D``). Falls back to ``ndim - 1`` (then the shape
+    check reports the mismatch)."""
+    k = jnp.shape(gram)[0] if jnp.ndim(gram) == 2 else None
+    n_in = n_in_for(tuple(shape), k) if k is not None else None
+    return len(shape) - 1 if n_in is None else n_in
 
 
 def _pow2(x: int) -> int:
@@ -188,7 +198,9 @@ def layer_error(w_ref: Array, w: Array, gram: Array) -> Array:
     Returns:
       A float32 scalar.
     """
-    d = as_matrix(jnp.asarray(w_ref, jnp.float32)) - as_matrix(jnp.asarray(w, jnp.float32))
+    n_in = _view_for(jnp.shape(w), gram)
+    d = (as_matrix(jnp.asarray(w_ref, jnp.float32), n_in)
+         - as_matrix(jnp.asarray(w, jnp.float32), n_in))
     return jnp.sum(d * jnp.matmul(jnp.asarray(gram, jnp.float32), d, precision=_HI))
 
 
@@ -247,10 +259,11 @@ def reconstruct_layer(w: Array, mask: Array, gram: Array, *, damping: float = 0.
         raise ConfigError(f"{name}: method must be 'auto', 'exact' or 'sweep', "
                           f"got {method!r}")
     shape = jnp.shape(w)
-    w2 = as_matrix(jnp.asarray(w, jnp.float32))
+    n_in = _view_for(shape, gram)
+    w2 = as_matrix(jnp.asarray(w, jnp.float32), n_in)
     if jnp.shape(mask) != shape:
         raise ShapeError(f"{name}: mask has shape {jnp.shape(mask)}, expected {shape}")
-    m = np.asarray(as_matrix(jnp.asarray(mask)), bool)
+    m = np.asarray(as_matrix(jnp.asarray(mask), n_in), bool)
     k, n = w2.shape
     g = jnp.asarray(gram, jnp.float32)
     if g.shape != (k, k):
@@ -443,10 +456,11 @@ def _errors_jit(w, plain, new, g, c, gref):
 
 
 def _errors(w, mask, new, g, cross, gref) -> dict[str, float]:
-    w2 = as_matrix(jnp.asarray(w, jnp.float32))
-    m2 = as_matrix(jnp.asarray(mask))
+    n_in = _view_for(jnp.shape(w), g)
+    w2 = as_matrix(jnp.asarray(w, jnp.float32), n_in)
+    m2 = as_matrix(jnp.asarray(mask), n_in)
     c = g if cross is None else cross
-    e0, e1 = _errors_jit(w2, jnp.where(m2, w2, 0.0), as_matrix(new), g, c, gref)
+    e0, e1 = _errors_jit(w2, jnp.where(m2, w2, 0.0), as_matrix(new, n_in), g, c, gref)
     return {"masked": float(e0), "reconstructed": float(e1)}
 
 
@@ -459,7 +473,8 @@ def one_shot(inputs_fn: InputsFn, params: PyTree, pattern: Pattern, sparsity: fl
              overrides: Mapping[str, float | None] | None = None, damping: float = 0.01,
              sequential: bool = True, match: str = "self",
              group_by: Callable[[str], Any] | None = None,
-             progress: Callable[[str], None] | None = None) -> tuple[PyTree, PyTree, dict]:
+             progress: Callable[[str], None] | None = None,
+             views: Mapping[str, int] | None = None) -> tuple[PyTree, PyTree, dict]:
     """One-shot pruning of a pretrained model: data-aware masks, then optional refit.
 
     1. Calibration statistics of every captured layer on the dense model
@@ -478,7 +493,9 @@ def one_shot(inputs_fn: InputsFn, params: PyTree, pattern: Pattern, sparsity: fl
       score: ``"magnitude"``, ``"activation"`` or a score function.
       refit: run the reconstruction.
       row_mask, damping, sequential, match, group_by, progress: see :func:`reconstruct`.
-      where, scope, layer_bounds, overrides: see :func:`tvwjax.masks`.
+      where, scope, layer_bounds, overrides, views: see :func:`tvwjax.masks` (pass
+        ``views=tvwjax.gemm_views(model, ...)`` to prune attention kernels; calibration
+        captures their inputs in the same view).
 
     Returns:
       ``(params, masks, report)``: pruned (and refit) parameters, the masks, and the
@@ -508,7 +525,7 @@ def one_shot(inputs_fn: InputsFn, params: PyTree, pattern: Pattern, sparsity: fl
         raise ConfigError(f"score must be 'magnitude', 'activation' or a callable, "
                           f"got {score!r}")
     mask_tree = masks(params, pattern, sparsity, scores=scores, where=where, scope=scope,
-                      layer_bounds=layer_bounds, overrides=overrides)
+                      layer_bounds=layer_bounds, overrides=overrides, views=views)
     if not refit:
         from tvwjax.masking import apply_masks
         return apply_masks(params, mask_tree), mask_tree, {}
