@@ -125,7 +125,7 @@ def test_tie_rule_all_equal_scores_every_pattern():
     tw = np.asarray(tvwjax.TW(tile=4).mask(ones, 0.5))
     np.testing.assert_array_equal(tw, np.tile(np.arange(8)[:, None] < 4, (1, 8)))
     # TW-2D: column pruning keeps the lower-index columns.
-    tw2 = np.asarray(tvwjax.TW(tile=2).mask(ones, 0.75))
+    tw2 = np.asarray(tvwjax.TW(tile=2, column_share=0.5).mask(ones, 0.75))
     assert tw2[:, :4].any(axis=0).all() and not tw2[:, 4:].any()
     # BW: blocks in row-major block order.
     bw = np.asarray(tvwjax.BW(rows=4, cols=4).mask(ones, 0.5))
