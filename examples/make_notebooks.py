@@ -399,7 +399,7 @@ print(tvwjax.selection(params, pattern, sparsity, views=views))'''),
 `tvwjax.pruned(inner, pattern, schedule)` is `optax.chain(inner, prune(...))`: the order
 cannot be wrong, and pruned weights are exactly zero after every step."""),
     ("code", '''\
-dense_steps, prune_steps, finetune_steps = (120, 80, 40) if SMALL else (300, 200, 100)
+dense_steps, prune_steps, finetune_steps = (60, 40, 20) if SMALL else (300, 200, 100)
 dense, _ = train(model, params, optax.adam(3e-3), xtr, ytr, dense_steps)
 tx = tvwjax.pruned(optax.adam(1e-3), pattern,
                    tvwjax.Polynomial(sparsity, 0, prune_steps, frequency=prune_steps // 10),
