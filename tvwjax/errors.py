@@ -16,6 +16,8 @@ type                       raised when
 ``ScoreError``             scores contain NaN or Inf, or are negative
 ``TreeMismatchError``      two pytrees that must share a structure do not
 ``PatternViolationError``  a mask does not follow the pattern it is claimed to follow
+``FormatError``            a compressed weight's index tables or values are inconsistent
+                           or out of range (constructor, ``replace``, checkpoint restore)
 =========================  ==============================================================
 """
 
@@ -50,6 +52,10 @@ class PatternViolationError(TvwError):
     """A mask breaks the sparsity pattern it is checked against."""
 
 
+class FormatError(TvwError):
+    """A compressed weight's index tables or values are inconsistent or out of range."""
+
+
 class PruneOrderWarning(UserWarning):
     """A pruning transform saw pruned weights that are not zero: it is chained before the
     optimizer instead of after it."""
@@ -58,6 +64,7 @@ class PruneOrderWarning(UserWarning):
 __all__ = [
     "ConfigError",
     "DTypeError",
+    "FormatError",
     "PatternViolationError",
     "PruneOrderWarning",
     "ScoreError",

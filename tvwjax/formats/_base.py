@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from tvwjax import _validate as val
-from tvwjax.errors import DTypeError, ScoreError, ShapeError
+from tvwjax.errors import DTypeError, FormatError, ScoreError, ShapeError
+from tvwjax.formats import _tables as _tab
 
 Array = jax.Array
 
@@ -58,17 +59,36 @@ class StaticArray:
         return f"StaticArray(shape={self.array.shape}, dtype={self.array.dtype})"
 
 
+class _CheckedAux(tuple):
+    """Pytree aux data ``(tables, statics)`` that passed the table checks.
+
+    A plain tuple for JAX (it compares and hashes by content, so treedefs are unchanged);
+    its type is the record that the checks ran, so :meth:`CompressedWeight._unflatten`,
+    which JAX calls on every ``jit`` output and ``tree.map``, trusts it without re-checking.
+    Only :meth:`CompressedWeight._check_aux` makes one; any other aux data is checked.
+    """
+
+    __slots__ = ()
+
+
 class CompressedWeight:
     """Base class of the compressed formats (a pytree; see the module docstring).
 
     Subclasses declare ``leaf_fields`` (differentiable arrays), ``table_fields`` (static
-    index tables, stored as :class:`StaticArray`) and ``static_fields`` (hashable Python
-    values). ``shape`` is always the dense ``(K, N)``.
+    index tables, stored as :class:`StaticArray` in the dtype ``table_dtypes`` gives) and
+    ``static_fields`` (hashable Python values), and implement :meth:`_check_fields`, the
+    layout contract of their tables. ``shape`` is always the dense ``(K, N)``.
+
+    The constructor, :meth:`replace` and the pytree unflatten of unchecked aux data validate
+    the tables (indices in range, counts within the padded size, shapes consistent, sorted
+    and unique where the layout says so) and the values (floating dtype, the shape the
+    tables imply), raising :class:`~tvwjax.errors.FormatError`.
     """
 
     leaf_fields: ClassVar[tuple[str, ...]] = ("values",)
     table_fields: ClassVar[tuple[str, ...]] = ()
     static_fields: ClassVar[tuple[str, ...]] = ("shape",)
+    table_dtypes: ClassVar[dict[str, Any]] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -80,38 +100,106 @@ class CompressedWeight:
         if set(fields) != expected:
             raise TypeError(f"{type(self).__name__} needs fields {sorted(expected)}, "
                             f"got {sorted(fields)}")
-        for name in self.leaf_fields:
-            object.__setattr__(self, name, fields[name])
-        tables = {}
-        for name in self.table_fields:
-            t = fields[name]
-            tables[name] = t if isinstance(t, StaticArray) else StaticArray(t)
-        object.__setattr__(self, "_tables", tables)
-        for name in self.static_fields:
-            object.__setattr__(self, name, fields[name])
+        aux = type(self)._check_aux(tuple(fields[n] for n in self.table_fields),
+                                    tuple(fields[n] for n in self.static_fields))
+        leaves = {n: fields[n] for n in self.leaf_fields}
+        type(self)._check_leaves(aux, leaves)
+        self._set(aux, tuple(leaves[n] for n in self.leaf_fields))
+
+    def _set(self, aux: _CheckedAux, children: tuple) -> None:
+        tables, statics = aux
+        for name, child in zip(self.leaf_fields, children, strict=True):
+            object.__setattr__(self, name, child)
+        object.__setattr__(self, "_aux_data", aux)
+        object.__setattr__(self, "_tables", dict(zip(self.table_fields, tables, strict=True)))
+        for name, value in zip(self.static_fields, statics, strict=True):
+            object.__setattr__(self, name, value)
+
+    # -- validation ------------------------------------------------------------------------
+    @classmethod
+    def _check_aux(cls, tables: tuple, statics: tuple) -> _CheckedAux:
+        """Check tables and static fields; return them normalised (tables as
+        :class:`StaticArray` in their contract dtype, statics as ints / tuples of ints)."""
+        where = cls.__name__
+        if len(tables) != len(cls.table_fields) or len(statics) != len(cls.static_fields):
+            raise FormatError(f"{where}: expected tables {cls.table_fields} and static fields "
+                              f"{cls.static_fields}, got {len(tables)} tables and "
+                              f"{len(statics)} static fields")
+        arrays: dict[str, np.ndarray] = {}
+        for name, t in zip(cls.table_fields, tables, strict=True):
+            a = _tab.table_array(t.array if isinstance(t, StaticArray) else t, where, name)
+            dtype = np.dtype(cls.table_dtypes[name])
+            _tab.fits_dtype(a, dtype, where, name)
+            arrays[name] = a.astype(dtype, copy=False)
+        fixed = cls._check_fields(arrays, dict(zip(cls.static_fields, statics, strict=True)))
+        out = []
+        for name, t in zip(cls.table_fields, tables, strict=True):
+            keep = isinstance(t, StaticArray) and t.array.dtype == arrays[name].dtype
+            out.append(t if keep else StaticArray(arrays[name]))
+        return _CheckedAux((tuple(out), tuple(fixed[n] for n in cls.static_fields)))
+
+    @classmethod
+    def _check_fields(cls, tables: dict[str, np.ndarray], statics: dict[str, Any]
+                      ) -> dict[str, Any]:
+        """The format's layout contract: raise :class:`FormatError` unless ``tables``
+        (concrete, already in their contract dtypes) and ``statics`` are consistent;
+        return the statics normalised. Subclasses extend it."""
+        return {"shape": _tab.static_pair(statics["shape"], cls.__name__, "shape")}
+
+    @classmethod
+    def _leaf_shapes(cls, tables: dict[str, np.ndarray], statics: dict[str, Any]
+                     ) -> dict[str, tuple[int, ...]]:
+        """The shape of every leaf field that the (checked) tables and statics imply."""
+        raise NotImplementedError
+
+    @classmethod
+    def _check_leaves(cls, aux: _CheckedAux, leaves: dict[str, Any]) -> None:
+        """Raise :class:`FormatError` unless every given leaf is an array (concrete, traced
+        or abstract) with a floating dtype and the shape the tables imply."""
+        tables, statics = aux
+        shapes = cls._leaf_shapes({n: t.array for n, t in zip(cls.table_fields, tables,
+                                                               strict=True)},
+                                  dict(zip(cls.static_fields, statics, strict=True)))
+        where = cls.__name__
+        for name, v in leaves.items():
+            shape, dtype = getattr(v, "shape", None), getattr(v, "dtype", None)
+            if shape is None or dtype is None:
+                raise FormatError(f"{where}: {name} must be an array, got "
+                                  f"{type(v).__name__}")
+            if not jnp.issubdtype(dtype, jnp.floating):
+                raise FormatError(f"{where}: {name} must have a floating dtype, got {dtype}")
+            if tuple(shape) != shapes[name]:
+                raise FormatError(f"{where}: {name} has shape {tuple(shape)}, expected "
+                                  f"{shapes[name]} (from the index tables and shape "
+                                  f"{statics[0]})")
 
     # -- pytree protocol -------------------------------------------------------------------
-    def _aux(self):
-        return (tuple(self._tables[n] for n in self.table_fields),
-                tuple(getattr(self, n) for n in self.static_fields))
+    def _aux(self) -> _CheckedAux:
+        return self._aux_data
 
     def _flatten(self):
-        return tuple(getattr(self, n) for n in self.leaf_fields), self._aux()
+        return tuple(getattr(self, n) for n in self.leaf_fields), self._aux_data
 
     def _flatten_with_keys(self):
         children = tuple((jax.tree_util.GetAttrKey(n), getattr(self, n))
                          for n in self.leaf_fields)
-        return children, self._aux()
+        return children, self._aux_data
 
     @classmethod
     def _unflatten(cls, aux, children):
+        # JAX passes back the aux data a flatten returned: already checked, so this stays a
+        # type test. Aux data from anywhere else (a hand-built treedef) is checked here. The
+        # children are not: JAX unflattens with placeholders (None, ShapeDtypeStruct,
+        # shardings, stacked arrays); the public constructor and replace check values.
+        if type(aux) is not _CheckedAux:
+            try:
+                tables, statics = aux
+            except (TypeError, ValueError):
+                raise FormatError(f"{cls.__name__}: aux data must be (tables, statics), got "
+                                  f"{type(aux).__name__}") from None
+            aux = cls._check_aux(tuple(tables), tuple(statics))
         obj = object.__new__(cls)
-        tables, statics = aux
-        for name, child in zip(cls.leaf_fields, children, strict=True):
-            object.__setattr__(obj, name, child)
-        object.__setattr__(obj, "_tables", dict(zip(cls.table_fields, tables, strict=True)))
-        for name, value in zip(cls.static_fields, statics, strict=True):
-            object.__setattr__(obj, name, value)
+        obj._set(aux, tuple(children))
         return obj
 
     def __getattr__(self, name: str) -> np.ndarray:
@@ -128,13 +216,20 @@ class CompressedWeight:
         return self._tables[name]
 
     def replace(self, **leaves: Any) -> CompressedWeight:
-        """A copy with some leaf arrays replaced (e.g. fine-tuned ``values``)."""
+        """A copy with some leaf arrays replaced (e.g. fine-tuned ``values``).
+
+        Raises:
+          TypeError: a name that is not a leaf field.
+          FormatError: a new leaf is not a floating array of the shape the tables imply
+            (checked here, so a wrong array fails now rather than deep inside XLA).
+        """
         bad = set(leaves) - set(self.leaf_fields)
         if bad:
             raise TypeError(f"{type(self).__name__}.replace: only leaf fields "
                             f"{self.leaf_fields} can be replaced, got {sorted(bad)}")
+        type(self)._check_leaves(self._aux_data, leaves)
         children = tuple(leaves.get(n, getattr(self, n)) for n in self.leaf_fields)
-        return type(self)._unflatten(self._aux(), children)
+        return type(self)._unflatten(self._aux_data, children)
 
     # -- common properties -------------------------------------------------------------------
     @property

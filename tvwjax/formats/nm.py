@@ -8,8 +8,9 @@ import numpy as np
 
 from pallas_kernels.nm_codec import nm_compress, nm_decompress, pack_index, unpack_index
 from tvwjax._validate import nm_pair
-from tvwjax.errors import PatternViolationError, ShapeError
+from tvwjax.errors import FormatError, PatternViolationError, ShapeError
 from tvwjax.formats._base import CompressedWeight, check_dense_and_mask
+from tvwjax.formats._tables import nm_static, positions_follow_contract, shape_is
 
 Array = jax.Array
 
@@ -23,6 +24,29 @@ class NMSparse(CompressedWeight):
 
     table_fields = ("meta",)
     static_fields = ("shape", "nm")
+    table_dtypes = {"meta": np.uint8}
+
+    @classmethod
+    def _check_fields(cls, tables, statics):
+        """``K`` divisible by ``m``, ``meta`` ``(ceil(K*n/m/4), N)`` whose positions are
+        ``< m`` and distinct within each group of ``n`` values."""
+        fixed = super()._check_fields(tables, statics)
+        where = cls.__name__
+        k, nn = fixed["shape"]
+        n, m = fixed["nm"] = nm_static(statics["nm"], where)
+        if k % m:
+            raise FormatError(f"{where}: shape {(k, nn)} has K={k}, expected a multiple of "
+                              f"m={m}")
+        vr = k * n // m
+        shape_is(tables["meta"], (-(-vr // 4), nn), where, "meta",
+                 f" (ceil(K*n/m/4), N) for shape {(k, nn)}, nm={(n, m)}")
+        positions_follow_contract(tables["meta"], vr, n, m, where)
+        return fixed
+
+    @classmethod
+    def _leaf_shapes(cls, tables, statics):
+        (k, nn), (n, m) = statics["shape"], statics["nm"]
+        return {"values": (k * n // m, nn)}
 
     @classmethod
     def from_dense(cls, w, mask, n: int = 2, m: int = 4) -> NMSparse:

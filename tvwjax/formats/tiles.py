@@ -34,7 +34,8 @@ import numpy as np
 from pallas_kernels.layout import tiles_to_dense, tvw_compact_blocks
 from pallas_kernels.nm_codec import nm_compress, pack_index
 from tvwjax._validate import nm_pair, positive_int, round_up
-from tvwjax.errors import PatternViolationError
+from tvwjax.errors import FormatError, PatternViolationError
+from tvwjax.formats import _tables as _tab
 from tvwjax.formats._base import CompressedWeight, check_dense_and_mask
 
 Array = jax.Array
@@ -159,6 +160,32 @@ class TileFormat(CompressedWeight):
 
     table_fields = ("rows", "cols", "counts")
     static_fields = ("shape", "tile")
+    table_dtypes = {"rows": np.int32, "cols": np.int32, "counts": np.int32}
+
+    @classmethod
+    def _check_fields(cls, tables, statics):
+        """``rows`` ``(T, Kp)``, ``cols`` ``(T, G)``, ``counts`` ``(T,)`` as in the module
+        docstring: counts in ``[0, Kp]``, kept rows in ``[0, K)`` strictly increasing,
+        padding rows 0, columns in ``[0, N]`` with ``N`` as padding, real columns first and
+        strictly increasing over the tiles, ``G == tile``."""
+        fixed = super()._check_fields(tables, statics)
+        where = cls.__name__
+        k, n = fixed["shape"]
+        g = fixed["tile"] = _tab.static_int(statics["tile"], where, "tile")
+        rows, cols, counts = tables["rows"], tables["cols"], tables["counts"]
+        _tab.ndim_is(rows, 2, where, "rows", "(T, Kp)")
+        t, kp = rows.shape
+        _tab.shape_is(cols, (t, g), where, "cols", f" (T={t} tiles from rows, tile={g})")
+        _tab.shape_is(counts, (t,), where, "counts", f" (T={t} tiles from rows)")
+        _tab.counts_in_range(counts, kp, where)
+        _tab.rows_follow_contract(rows, counts, k, where)
+        _tab.cols_follow_contract(cols, n, where)
+        return fixed
+
+    @classmethod
+    def _leaf_shapes(cls, tables, statics):
+        t, kp = tables["rows"].shape
+        return {"values": (t, kp, statics["tile"])}
 
     @property
     def num_tiles(self) -> int:
@@ -228,6 +255,44 @@ class BlockSparse(TileWise):
     static_fields = ("shape", "tile", "block")
 
     @classmethod
+    def _check_fields(cls, tables, statics):
+        """The :class:`TileWise` contract, plus: ``tile == bc``, one tile per block column
+        (``T = ceil(N / bc)``, tile ``j`` holding columns ``j*bc ..``) and each tile's rows
+        whole blocks of ``br`` consecutive rows (the last block of rows may be ragged)."""
+        fixed = super()._check_fields(tables, statics)
+        where = cls.__name__
+        k, n = fixed["shape"]
+        br, bc = fixed["block"] = _tab.static_pair(statics["block"], where, "block")
+        if fixed["tile"] != bc:
+            raise FormatError(f"{where}: tile must equal the block columns {bc}, got "
+                              f"tile={fixed['tile']}")
+        rows, cols, counts = tables["rows"], tables["cols"], tables["counts"]
+        nb, kb = -(-n // bc), -(-k // br)
+        if rows.shape[0] != nb:
+            raise FormatError(f"{where}: rows table has {rows.shape[0]} tiles, expected "
+                              f"ceil(N / bc) = {nb} (one per block column)")
+        want = np.arange(nb * bc).reshape(nb, bc)
+        want = np.where(want < n, want, n)
+        bad = cols != want
+        if bad.any():
+            tt, j = (int(v) for v in np.argwhere(bad)[0])
+            raise FormatError(f"{where}: cols table has {int(cols[tt, j])} at tile {tt}, "
+                              f"column {j}, expected {int(want[tt, j])} (tile {tt} is block "
+                              f"column {tt})")
+        kept = np.arange(rows.shape[1])[None, :] < counts[:, None]
+        tile_of = np.broadcast_to(np.arange(nb)[:, None], rows.shape)
+        key = tile_of[kept].astype(np.int64) * kb + rows[kept] // br
+        got = np.bincount(key, minlength=nb * kb).reshape(nb, kb)
+        size = np.minimum(br, k - np.arange(kb) * br)
+        bad = (got > 0) & (got != size[None, :])
+        if bad.any():
+            tt, b = (int(v) for v in np.argwhere(bad)[0])
+            raise FormatError(f"{where}: rows table of tile {tt} holds {int(got[tt, b])} of "
+                              f"the {int(size[b])} rows of block row {b} (rows {b * br}..), "
+                              "expected whole blocks")
+        return fixed
+
+    @classmethod
     def from_dense(cls, w, mask, block: tuple[int, int] = (32, 32)) -> BlockSparse:
         """Compress ``w * mask`` where ``mask`` keeps or drops whole ``br x bc`` blocks.
 
@@ -272,6 +337,31 @@ class TileVectorWise(TileFormat):
 
     table_fields = ("rows", "cols", "counts", "meta")
     static_fields = ("shape", "tile", "nm")
+    table_dtypes = {**TileFormat.table_dtypes, "meta": np.uint8}
+
+    @classmethod
+    def _check_fields(cls, tables, statics):
+        """The tile contract of :class:`TileWise`, plus: ``Kp`` a multiple of 8 and of
+        ``m``, ``meta`` ``(T, ceil(Kp*n/m/4), G)`` whose positions are ``< m`` and distinct
+        within each group of ``n``."""
+        fixed = super()._check_fields(tables, statics)
+        where = cls.__name__
+        n, m = fixed["nm"] = _tab.nm_static(statics["nm"], where)
+        t, kp = tables["rows"].shape
+        if kp % 8 or kp % m:
+            raise FormatError(f"{where}: rows table has Kp={kp} padded rows per tile, "
+                              f"expected a multiple of 8 and of m={m}")
+        vr = kp * n // m
+        _tab.shape_is(tables["meta"], (t, -(-vr // 4), fixed["tile"]), where, "meta",
+                      f" (T={t}, ceil(Kp*n/m/4) for Kp={kp}, nm={(n, m)}, tile)")
+        _tab.positions_follow_contract(tables["meta"], vr, n, m, where)
+        return fixed
+
+    @classmethod
+    def _leaf_shapes(cls, tables, statics):
+        t, kp = tables["rows"].shape
+        n, m = statics["nm"]
+        return {"values": (t, kp * n // m, statics["tile"])}
 
     @classmethod
     def from_dense(cls, w, mask, tile: int = 128, n: int = 2, m: int = 4) -> TileVectorWise:
