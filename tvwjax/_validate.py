@@ -10,6 +10,7 @@ them through unchanged and the callers document what happens to them under ``jit
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -136,5 +137,82 @@ def bool_mask(mask: Any, name: str) -> Any:
     return values.astype(bool) if isinstance(mask, np.ndarray) else jnp.asarray(mask) != 0
 
 
-__all__ = ["bool_mask", "finite_nonnegative", "int_at_least", "is_traced", "nm_pair",
-           "positive_int", "round_up", "sparsity"]
+def concrete_int(value: Any, name: str, minimum: int = 1) -> int:
+    """``value`` as an ``int`` if it is an integer ``>= minimum``, else ConfigError.
+
+    Like :func:`int_at_least`, and also accepts a concrete 0-d JAX or NumPy integer array, so
+    ``4``, ``np.int64(4)``, ``np.array(4)`` and ``jnp.int32(4)`` are read alike. Bools,
+    floats (even ``4.0``) and traced values are rejected: they are static sizes.
+    """
+    what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    if is_traced(value):
+        raise ConfigError(f"{name} must be {what} known before tracing (a static size), got "
+                          "a traced value")
+    if isinstance(value, np.ndarray | jax.Array) and np.ndim(value) == 0 and jnp.issubdtype(
+            value.dtype, jnp.integer):
+        value = int(np.asarray(value))
+    return int_at_least(value, name, minimum)
+
+
+def flag(value: Any, name: str) -> bool:
+    """``value`` as a Python bool if it is a bool (Python, NumPy, or a concrete 0-d bool
+    array), else ConfigError (``"no"`` or ``0`` must not pass as a truth value)."""
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if (isinstance(value, np.ndarray | jax.Array) and not is_traced(value)
+            and np.ndim(value) == 0 and value.dtype == np.bool_):
+        return bool(np.asarray(value))
+    raise ConfigError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+
+
+def choice(value: Any, name: str, choices: Sequence[str]) -> str:
+    """``value`` if it is one of the strings ``choices``, else ConfigError listing them."""
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def mapping_or_none(value: Any, name: str) -> Mapping | None:
+    """``value`` if it is ``None`` or a mapping (``dict``, ``FrozenDict``), else ConfigError."""
+    if value is None or isinstance(value, Mapping):
+        return value
+    raise ConfigError(f"{name} must be a mapping {{path or glob: value}} or None, got "
+                      f"{type(value).__name__} {value!r}")
+
+
+def array(value: Any, name: str) -> Array:
+    """``value`` as a JAX array if it is array-like, else a :mod:`tvwjax.errors` exception.
+
+    JAX arrays and tracers pass unchanged; NumPy arrays and scalars, Python numbers and
+    nested sequences of numbers are converted with ``jnp.asarray`` (so NumPy input behaves
+    as JAX input does). ``None``, strings, mappings and other objects raise
+    :class:`ConfigError`; arrays of a non-numeric dtype (strings, objects) raise
+    :class:`DTypeError`. The dtype is not otherwise checked here.
+    """
+    if isinstance(value, jax.Array):
+        return value
+    if value is None or isinstance(value, str | bytes | Mapping):
+        raise ConfigError(f"{name} must be an array, got {type(value).__name__} "
+                          f"{_short_repr(value)}")
+    if not isinstance(value, np.ndarray | np.generic | int | float | complex | list | tuple):
+        if not (hasattr(value, "__array__") or hasattr(value, "__jax_array__")):
+            raise ConfigError(f"{name} must be an array, got {type(value).__name__}")
+    try:
+        host = value if hasattr(value, "__jax_array__") else np.asarray(value)
+    except (TypeError, ValueError):  # ragged nested lists, unconvertible objects
+        raise ConfigError(f"{name} must be an array, got a {type(value).__name__} that NumPy "
+                          "cannot read as one (ragged nested sequences?)") from None
+    dtype = np.dtype(getattr(host, "dtype", np.float32))
+    if not (dtype == np.bool_ or jnp.issubdtype(dtype, jnp.number)):
+        raise DTypeError(f"{name} must be a numeric array, got dtype {dtype}")
+    return jnp.asarray(host)
+
+
+def _short_repr(value: Any, limit: int = 40) -> str:
+    r = repr(value)
+    return r if len(r) <= limit else r[:limit - 3] + "..."
+
+
+__all__ = ["array", "bool_mask", "choice", "concrete_int", "finite_nonnegative", "flag",
+           "int_at_least", "is_traced", "mapping_or_none", "nm_pair", "positive_int",
+           "round_up", "sparsity"]

@@ -40,6 +40,7 @@ from jax import lax
 
 import pallas_kernels
 from pallas_kernels.common import SUPPORTED_DTYPES
+from tvwjax import _validate as val
 from tvwjax.errors import ConfigError, DTypeError, ShapeError
 from tvwjax.formats import CompressedWeight, StaticArray, TileVectorWise, decompress
 from tvwjax.formats.tiles import TileFormat
@@ -189,7 +190,7 @@ def _kept_rows_only_grad(values: Array, counts: np.ndarray) -> Array:
 def _tiles_xla(x2d: Array, cw: TileFormat, out_dtype) -> Array:
     m = x2d.shape[0]
     n_out = int(cw.shape[1])
-    if cw.num_tiles == 0:
+    if cw.num_tiles == 0 or m == 0:
         return jnp.zeros((m, n_out), out_dtype)
     values = _kept_rows_only_grad(cw.compact_values(), cw.counts).astype(out_dtype)
     acc = jnp.float32 if jnp.dtype(out_dtype).itemsize < 4 else out_dtype
@@ -255,15 +256,23 @@ def _kernel_matmul(x2d: Array, cw: TileFormat, interpret: bool) -> Array:
 
 
 # -- public entry point ------------------------------------------------------------------------
-def _check_inputs(x: Any, w: Any) -> tuple[Array, tuple[int, int]]:
+def _check_inputs(x: Any, w: Any) -> tuple[Array, Any, tuple[int, int]]:
+    """``x`` as a JAX array, ``w`` (compressed, or a dense JAX array) and ``w``'s ``(K, N)``.
+
+    NumPy arrays and nested sequences of numbers are accepted for ``x`` and a dense ``w``
+    (read as ``jnp.asarray`` reads them); anything else raises a :mod:`tvwjax.errors`
+    exception naming the argument.
+    """
     if isinstance(w, CompressedWeight):
         shape = tuple(int(s) for s in w.shape)
         wdt = w.values.dtype
     else:
-        if not hasattr(w, "shape") or not hasattr(w, "dtype"):
+        try:
+            w = val.array(w, "w")
+        except ConfigError:
             raise ConfigError(f"w must be a dense (K, N) array or a compressed weight, got "
-                              f"{type(w).__name__}")
-        if len(w.shape) != 2:
+                              f"{type(w).__name__}") from None
+        if w.ndim != 2:
             raise ShapeError(f"w: expected a 2-D (K, N) weight, got shape {tuple(w.shape)}")
         if 0 in tuple(w.shape):
             raise ShapeError(f"w: empty weight of shape {tuple(w.shape)}; expected K >= 1 and "
@@ -272,15 +281,14 @@ def _check_inputs(x: Any, w: Any) -> tuple[Array, tuple[int, int]]:
         wdt = w.dtype
     if not jnp.issubdtype(wdt, jnp.floating):
         raise DTypeError(f"w: expected floating-point values, got dtype {wdt}")
-    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        x = jnp.asarray(x)
+    x = val.array(x, "x")
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise DTypeError(f"x: expected a floating-point array (float32, bfloat16, float16), "
                          f"got dtype {x.dtype}")
     if x.ndim < 1 or x.shape[-1] != shape[0]:
         raise ShapeError(f"x: last dimension must equal w's K = {shape[0]} (w has shape "
                          f"{shape}), got x of shape {tuple(x.shape)}")
-    return x, shape
+    return x, w, shape
 
 
 def matmul(x: Array, w: Any, backend: str = "auto") -> Array:
@@ -288,9 +296,10 @@ def matmul(x: Array, w: Any, backend: str = "auto") -> Array:
     ``NMSparse``, ``BlockSparse``).
 
     Args:
-      x: ``(..., K)`` activations, any number of leading batch dims; float32, bfloat16 or
-        float16.
-      w: a dense ``(K, N)`` array or a :class:`~tvwjax.formats.CompressedWeight`.
+      x: ``(..., K)`` activations, any number of leading batch dims (zero rows are fine);
+        float32, bfloat16 or float16; a JAX or NumPy array (or nested lists of numbers).
+      w: a dense ``(K, N)`` array (JAX or NumPy) or a
+        :class:`~tvwjax.formats.CompressedWeight`.
       backend: ``"cpu"`` (XLA gather + batched GEMM), ``"gpu"`` (Pallas kernels),
         ``"interpret"`` (the Pallas kernels in interpret mode on the CPU, slow) or
         ``"auto"`` (``"gpu"`` when ``jax.default_backend() == "gpu"``, else ``"cpu"``).
@@ -298,11 +307,12 @@ def matmul(x: Array, w: Any, backend: str = "auto") -> Array:
 
     Returns:
       ``(..., N)`` in the promoted dtype of ``x`` and ``w``, accumulated in float32;
-      equal to ``x @ decompress(w)`` within the dtype's rounding. Differentiable with
-      respect to ``x`` and ``w``'s values.
+      equal to ``x @ decompress(w)`` within the dtype's rounding (zeros when ``x`` has no
+      rows, on every backend). Differentiable with respect to ``x`` and ``w``'s values.
 
     Raises:
-      ConfigError: unknown ``backend`` or unsupported ``w``.
+      ConfigError: unknown ``backend``, ``x`` not an array (``None``, a string, ...) or
+        unsupported ``w``.
       DTypeError: integer ``x`` or ``w``; with ``backend="gpu"`` / ``"interpret"`` and a
         tile format, a dtype other than float32, bfloat16 or float16.
       ShapeError: ``x.shape[-1] != K`` or ``w`` not 2-D.
@@ -317,15 +327,16 @@ def matmul(x: Array, w: Any, backend: str = "auto") -> Array:
     >>> y.shape, bool(jnp.allclose(y, x @ jnp.where(mask, w, 0), atol=1e-4))
     ((5, 64), True)
     """
-    if backend not in BACKENDS:
-        raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    x, (k, n) = _check_inputs(x, w)
+    val.choice(backend, "backend", BACKENDS)
+    x, w, (k, n) = _check_inputs(x, w)
     lead = x.shape[:-1]
     x2d = x.reshape(-1, k)
     if backend == "auto":
         backend = "gpu" if jax.default_backend() == "gpu" else "cpu"
-    if backend in ("gpu", "interpret") and isinstance(w, TileFormat):
-        if x2d.shape[0] == 0 or w.num_tiles == 0:
+    if x2d.shape[0] == 0:  # no rows (e.g. an empty batch): the same answer on every path
+        y = jnp.zeros((0, n), jnp.result_type(x.dtype, w.dtype))
+    elif backend in ("gpu", "interpret") and isinstance(w, TileFormat):
+        if w.num_tiles == 0:
             y = jnp.zeros((x2d.shape[0], n), jnp.result_type(x.dtype, w.dtype))
         else:
             y = _kernel_matmul(x2d, w, backend == "interpret")

@@ -8,11 +8,35 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from tvwjax import _validate as val
 from tvwjax.errors import ShapeError
 from tvwjax.formats import CompressedWeight
-from tvwjax.matmul import matmul
+from tvwjax.matmul import BACKENDS, matmul
 
 Array = jax.Array
+
+
+def check_layer_args(owner: str, sizes: dict[str, Any], use_bias: Any,
+                     backend: Any) -> dict[str, int]:
+    """Construction-time checks of a layer's sizes, ``use_bias`` and ``backend``.
+
+    Returns the sizes as Python ints; raises :class:`~tvwjax.errors.ConfigError` naming the
+    parameter (``"SparseDense: features must be a positive integer, got 0"``).
+    """
+    out = {k: val.concrete_int(v, f"{owner}: {k}") for k, v in sizes.items()}
+    val.flag(use_bias, f"{owner}: use_bias")
+    val.choice(backend, f"{owner}: backend", BACKENDS)
+    return out
+
+
+def check_inputs(inputs: Any, where: str) -> Array:
+    """``inputs`` as a JAX array of shape ``(..., K)`` with ``K >= 1`` (NumPy arrays and
+    nested lists are converted), else a :mod:`tvwjax.errors` exception naming ``inputs``."""
+    x = val.array(inputs, f"{where}: inputs")
+    if x.ndim < 1 or x.shape[-1] < 1:
+        raise ShapeError(f"{where}: inputs must have shape (..., K) with K >= 1 features, got "
+                         f"shape {tuple(x.shape)}")
+    return x
 
 
 def kernel_shape(kernel: Any) -> tuple[int, int]:
@@ -27,6 +51,7 @@ def dense_forward(inputs: Array, kernel: Any, bias: Array | None, *, features: i
     A dense kernel takes exactly ``nn.Dense``'s path (``lax.dot_general`` with
     ``precision``); a compressed one goes through :func:`tvwjax.matmul`.
     """
+    inputs = check_inputs(inputs, where)
     k, n = kernel_shape(kernel)
     if n != features:
         raise ShapeError(f"{where}: kernel has {n} output features, the layer has "
@@ -51,4 +76,4 @@ def dense_forward(inputs: Array, kernel: Any, bias: Array | None, *, features: i
     return y
 
 
-__all__ = ["dense_forward", "kernel_shape"]
+__all__ = ["check_inputs", "check_layer_args", "dense_forward", "kernel_shape"]

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tvwjax.nn._common import dense_forward
+from tvwjax.nn._common import check_inputs, check_layer_args, dense_forward
 
 Array = jax.Array
 default_kernel_init = nn.initializers.lecun_normal()
@@ -28,6 +28,12 @@ class SparseDense(nn.Module):
       use_bias, dtype, param_dtype, precision, kernel_init, bias_init: as in ``nn.Dense``
         (``precision`` applies to dense kernels).
       backend: ``tvwjax.matmul`` backend for compressed kernels (``"auto"``).
+
+    Raises:
+      ConfigError: at construction, ``features`` not a positive integer (Python, NumPy or
+        concrete JAX), ``use_bias`` not a bool, or an unknown ``backend``.
+      ShapeError: when called, inputs without a last axis of ``K >= 1`` features, or a
+        kernel that does not fit them.
     """
 
     features: int
@@ -39,9 +45,18 @@ class SparseDense(nn.Module):
     bias_init: Any = nn.initializers.zeros_init()
     backend: str = "auto"
 
+    def __post_init__(self) -> None:
+        """Check the attributes when the module is constructed (not at its first call)."""
+        sizes = check_layer_args("SparseDense", {"features": self.features}, self.use_bias,
+                                 self.backend)
+        object.__setattr__(self, "features", sizes["features"])
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, inputs: Array) -> Array:
         """``inputs @ kernel + bias`` over the last axis of ``inputs``."""
+        where = "/".join(self.scope.path) or "SparseDense"
+        inputs = check_inputs(inputs, where)
         if self.has_variable("params", "kernel"):
             kernel = self.get_variable("params", "kernel")
         else:
@@ -49,7 +64,6 @@ class SparseDense(nn.Module):
                                 (jnp.shape(inputs)[-1], self.features), self.param_dtype)
         bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
                 if self.use_bias else None)
-        where = "/".join(self.scope.path) or "SparseDense"
         return dense_forward(inputs, kernel, bias, features=self.features, dtype=self.dtype,
                              precision=self.precision, backend=self.backend, where=where)
 

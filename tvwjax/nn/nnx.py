@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tvwjax.nn._common import dense_forward
+from tvwjax.nn._common import check_layer_args, dense_forward
 
 Array = jax.Array
 default_kernel_init = nnx.initializers.lecun_normal()
@@ -27,6 +27,11 @@ class SparseLinear(nnx.Module):
       in_features, out_features, use_bias, dtype, param_dtype, precision, kernel_init,
         bias_init, rngs: as in ``nnx.Linear``.
       backend: ``tvwjax.matmul`` backend for compressed kernels.
+
+    Raises:
+      ConfigError: ``in_features`` / ``out_features`` not positive integers, ``use_bias``
+        not a bool, or an unknown ``backend`` (all at construction).
+      ShapeError: when called, inputs without a last axis of ``in_features`` features.
     """
 
     _tvw_compressed_ok = True  # runs compressed kernels itself
@@ -36,6 +41,10 @@ class SparseLinear(nnx.Module):
                  kernel_init: Any = default_kernel_init,
                  bias_init: Any = default_bias_init, backend: str = "auto",
                  rngs: nnx.Rngs):
+        sizes = check_layer_args("SparseLinear", {"in_features": in_features,
+                                                  "out_features": out_features},
+                                 use_bias, backend)
+        in_features, out_features = sizes["in_features"], sizes["out_features"]
         self.in_features, self.out_features = in_features, out_features
         self.use_bias, self.dtype, self.param_dtype = use_bias, dtype, param_dtype
         self.precision, self.backend = precision, backend
