@@ -14,6 +14,14 @@ Consequences, all intended:
 
 Tables are exposed as numpy arrays through attribute access (``cw.rows``); pass them to a
 kernel with ``jnp.asarray``.
+
+Tables come from outside (a checkpoint, a hand-built weight), and the kernels gather with
+them, so they are checked wherever a weight is built from data the library did not check:
+the constructor, :meth:`CompressedWeight.replace` and
+:func:`tvwjax.checkpoint.restore` run each format's layout contract in NumPy
+(:mod:`._tables`) and raise :class:`~tvwjax.errors.FormatError`. The checked aux data
+carries its own record (its type), so the unflatten JAX runs on every ``jit`` output and
+``tree.map`` is a type test, while aux data from anywhere else is checked there too.
 """
 
 from __future__ import annotations
@@ -215,21 +223,37 @@ class CompressedWeight:
         """The hashable wrapper of table ``name`` (a cache key for trace-time plans)."""
         return self._tables[name]
 
-    def replace(self, **leaves: Any) -> CompressedWeight:
-        """A copy with some leaf arrays replaced (e.g. fine-tuned ``values``).
+    def replace(self, **fields: Any) -> CompressedWeight:
+        """A copy with some fields replaced: leaf arrays (e.g. fine-tuned ``values``), or
+        index tables and static fields (checked again, as by the constructor).
+
+        Replacing only leaves keeps the (already checked) tables and costs a shape and dtype
+        test, so it is cheap inside ``jit``; the new leaves may be traced.
 
         Raises:
-          TypeError: a name that is not a leaf field.
-          FormatError: a new leaf is not a floating array of the shape the tables imply
-            (checked here, so a wrong array fails now rather than deep inside XLA).
+          TypeError: a name that is not a field of the format.
+          FormatError: a new leaf is not a floating array of the shape the tables imply, or
+            new tables / static fields break the layout contract (checked here, so a wrong
+            array fails now rather than deep inside XLA or a kernel).
         """
-        bad = set(leaves) - set(self.leaf_fields)
+        cls = type(self)
+        names = set(cls.leaf_fields) | set(cls.table_fields) | set(cls.static_fields)
+        bad = set(fields) - names
         if bad:
-            raise TypeError(f"{type(self).__name__}.replace: only leaf fields "
-                            f"{self.leaf_fields} can be replaced, got {sorted(bad)}")
-        type(self)._check_leaves(self._aux_data, leaves)
-        children = tuple(leaves.get(n, getattr(self, n)) for n in self.leaf_fields)
-        return type(self)._unflatten(self._aux_data, children)
+            raise TypeError(f"{cls.__name__}.replace: fields are {sorted(names)}, got "
+                            f"{sorted(bad)}")
+        aux = self._aux_data
+        leaves = {n: fields[n] for n in cls.leaf_fields if n in fields}
+        if set(fields) - set(leaves):  # tables or statics change: check everything again
+            tables, statics = aux
+            aux = cls._check_aux(
+                tuple(fields.get(n, t) for n, t in zip(cls.table_fields, tables, strict=True)),
+                tuple(fields.get(n, v) for n, v in zip(cls.static_fields, statics,
+                                                        strict=True)))
+            leaves = {n: fields.get(n, getattr(self, n)) for n in cls.leaf_fields}
+        cls._check_leaves(aux, leaves)
+        children = tuple(leaves.get(n, getattr(self, n)) for n in cls.leaf_fields)
+        return cls._unflatten(aux, children)
 
     # -- common properties -------------------------------------------------------------------
     @property
