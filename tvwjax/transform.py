@@ -82,7 +82,10 @@ def _masks_by_path(params: PyTree, given: PyTree, arg: str) -> PyTree:
     flat_p, treedef = leaves_with_paths(params)
     extra = sorted(set(p for p, m in flat_g if m is not None) - {p for p, _ in flat_p})
     if extra:
-        raise TreeMismatchError(f"{arg}: masks for paths not in params: {extra[:5]}")
+        inside = sorted({p for p, _ in flat_p if any(e.startswith(p + "/") for e in extra)})
+        hint = (f"; a mask must be one array per leaf, not a nested list (at {inside[:3]})"
+                if inside else "")
+        raise TreeMismatchError(f"{arg}: masks for paths not in params: {extra[:5]}{hint}")
     out = []
     for path, p in flat_p:
         m = by_path.get(path)
@@ -95,6 +98,12 @@ def _masks_by_path(params: PyTree, given: PyTree, arg: str) -> PyTree:
     if all(m is None for m in out):
         raise ConfigError(f"{arg}: no mask matches a parameter (every leaf is None)")
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _need_state(state: Any, who: str) -> None:
+    if not isinstance(state, PruneState):
+        raise ConfigError(f"{who}: state must be the PruneState its init returned "
+                          f"(tx.init(params)), got {type(state).__name__}")
 
 
 def _need_params(params: PyTree | None, who: str) -> None:
@@ -172,8 +181,14 @@ def prune(
       scores, e.g. Taylor scores) replaces ``score_fn`` for that step. Masks start all-True.
 
     Raises:
-      ConfigError: a bad pattern, schedule or scope, or a schedule target the pattern
-        cannot produce.
+      ConfigError: a bad pattern, schedule, scope or ``views``, or a schedule target the
+        pattern cannot produce; at ``update``, a state that is not this transform's
+        :class:`PruneState`, or no ``params``.
+      TreeMismatchError: at ``update``, ``updates``, ``scores`` or the state's masks not
+        shaped like ``params`` (naming the leaf path).
+      ScoreError: called eagerly (not under ``jit``) on a mask-update step, NaN/Inf or
+        negative scores (or weights, for the default ``|w|``). Under ``jit`` the values
+        are traced and cannot be checked.
 
     >>> import jax.numpy as jnp, optax, tvwjax
     >>> params = {"kernel": jnp.arange(1.0, 17.0).reshape(4, 4)}
@@ -189,6 +204,7 @@ def prune(
                           f"Staged), got {schedule!r}")
     if score_fn is not None and not callable(score_fn):
         raise ConfigError(f"prune: score_fn must be callable, got {score_fn!r}")
+    views = val.mapping_or_none(views, "prune: views")
     schedule.validate_for(pattern)
 
     def init_fn(params: PyTree) -> PruneState:
@@ -203,6 +219,7 @@ def prune(
     def update_fn(updates: PyTree, state: PruneState, params: PyTree | None = None,
                   *, scores: PyTree | None = None, **extra_args) -> tuple[PyTree, PruneState]:
         del extra_args
+        _need_state(state, "prune")
         _need_params(params, "prune")
         check_same_leaves(updates, params, "prune: updates", none_ok=False)
         old = state.masks
@@ -233,8 +250,15 @@ def prune(
                                 views=views)
             return new, pattern.effective_sparsity(target)
 
-        new_masks, new_sparsity = jax.lax.cond(
-            do_update, recompute, lambda _: (old, state.sparsity), None)
+        if val.is_traced(do_update):  # under jit: the mask code runs only on update steps
+            new_masks, new_sparsity = jax.lax.cond(
+                do_update, recompute, lambda _: (old, state.sparsity), None)
+        elif do_update:  # eager: concrete values, so masks() checks them (NaN scores, ...)
+            new_masks, new_sparsity = recompute(None)
+            new_masks = jax.tree.map(jnp.asarray, new_masks)
+            new_sparsity = jnp.asarray(new_sparsity, jnp.float32)
+        else:
+            new_masks, new_sparsity = old, state.sparsity
         out = _masked_updates(new_masks, old, updates, params)
         return out, PruneState(optax.safe_int32_increment(state.count), new_masks,
                                new_sparsity)
@@ -275,6 +299,7 @@ def fixed_masks(mask_tree: PyTree) -> optax.GradientTransformationExtraArgs:
     def update_fn(updates: PyTree, state: PruneState, params: PyTree | None = None,
                   **extra_args) -> tuple[PyTree, PruneState]:
         del extra_args
+        _need_state(state, "fixed_masks")
         _need_params(params, "fixed_masks")
         check_same_leaves(updates, params, "fixed_masks: updates", none_ok=False)
         check_same_leaves(state.masks, params, "fixed_masks: state.masks (from another "
@@ -303,6 +328,9 @@ def pruned(inner: optax.GradientTransformation, pattern: Pattern, schedule: Sche
     Returns:
       An ``optax.GradientTransformationExtraArgs`` (extra ``scores=`` reach the prune step).
 
+    Raises:
+      ConfigError: ``inner`` is not an Optax transformation; else as :func:`prune`.
+
     >>> import jax.numpy as jnp, optax, tvwjax
     >>> params = {"kernel": jnp.arange(1.0, 17.0).reshape(4, 4)}
     >>> tx = tvwjax.pruned(optax.adam(1e-2), tvwjax.EW(), tvwjax.OneShot(0.75))
@@ -310,6 +338,9 @@ def pruned(inner: optax.GradientTransformation, pattern: Pattern, schedule: Sche
     >>> int((optax.apply_updates(params, updates)["kernel"] == 0).sum())
     12
     """
+    if not (callable(getattr(inner, "init", None)) and callable(getattr(inner, "update", None))):
+        raise ConfigError(f"pruned: inner must be an optax GradientTransformation (e.g. "
+                          f"optax.adamw(1e-3)), got {type(inner).__name__} {inner!r}")
     return optax.chain(inner, prune(pattern, schedule, **kwargs))
 
 

@@ -41,6 +41,8 @@ def compress_params(params: PyTree, mask_tree: PyTree, pattern: Pattern, *,
       :class:`~tvwjax.nn.SparseLinear` under ``jax.jit``.
 
     Raises:
+      ConfigError: ``pattern`` not a Pattern, ``views`` not a mapping, a flag not a bool,
+        or a traced leaf (it runs eagerly: the index tables are static).
       TreeMismatchError: the trees differ or a mask's shape differs from its leaf's.
       PatternViolationError etc.: from :func:`tvwjax.compress`, prefixed with the leaf path.
 
@@ -58,6 +60,10 @@ def compress_params(params: PyTree, mask_tree: PyTree, pattern: Pattern, *,
     ...                   atol=1e-5))
     True
     """
+    _check_pattern(pattern, "compress_params")
+    views = val.mapping_or_none(views, "compress_params: views")
+    keep_dense_if_full = val.flag(keep_dense_if_full, "compress_params: keep_dense_if_full")
+    decode_nm = val.flag(decode_nm, "compress_params: decode_nm")
     check_same_leaves(mask_tree, params, "mask_tree", none_ok=True)
     p_flat, p_def = leaves_with_paths(params)
     masks_by_path = dict(leaves_with_paths(mask_tree, none_leaves=True)[0])
@@ -67,6 +73,9 @@ def compress_params(params: PyTree, mask_tree: PyTree, pattern: Pattern, *,
         if mask is None:
             out.append(leaf)
             continue
+        if val.is_traced(mask) or val.is_traced(leaf):
+            raise ConfigError(f"compress_params: {path}: got a traced value; compression "
+                              "builds static index tables, so call it outside jax.jit")
         m = val.bool_mask(np.asarray(mask), f"mask_tree: {path}")
         if keep_dense_if_full and m.all():
             out.append(leaf)
@@ -82,6 +91,12 @@ def compress_params(params: PyTree, mask_tree: PyTree, pattern: Pattern, *,
             cw = cw.to_tile_wise()
         out.append(cw)
     return jax.tree_util.tree_unflatten(p_def, out)
+
+
+def _check_pattern(pattern: Any, who: str) -> None:
+    if not isinstance(pattern, Pattern):
+        raise ConfigError(f"{who}: pattern must be a tvwjax Pattern (TW(), TVW(), NM(), BW()), "
+                          f"got {pattern!r}")
 
 
 def compress_model(model: Any, mask_state: PyTree, pattern: Pattern, *, views: Any = None,
@@ -101,11 +116,20 @@ def compress_model(model: Any, mask_state: PyTree, pattern: Pattern, *, views: A
       decode_nm, backend: see :func:`compress_params` and :func:`tvwjax.matmul`.
 
     Raises:
-      ConfigError: a compressed kernel in a layer kind that cannot run it.
+      ConfigError: ``model`` not an NNX module, an unknown ``backend``, or a compressed
+        kernel in a layer kind that cannot run it; and the errors of
+        :func:`compress_params`.
     """
     from flax import nnx
 
+    from tvwjax.matmul import BACKENDS
     from tvwjax.nn.stock import swap_nnx_layers
+
+    if not isinstance(model, nnx.Module):
+        raise ConfigError(f"compress_model: model must be an NNX module (use "
+                          f"compress_params for Linen params), got {type(model).__name__}")
+    val.choice(backend, "compress_model: backend", BACKENDS)
+    _check_pattern(pattern, "compress_model")
 
     state = nnx.state(model, nnx.Param)
     nnx.update(model, compress_params(state, mask_state, pattern, views=views,

@@ -30,9 +30,10 @@ import jax
 import jax.numpy as jnp
 from flax.linen.linear import canonicalize_padding
 
-from tvwjax.errors import ConfigError
+from tvwjax import _validate as val
+from tvwjax.errors import ConfigError, ShapeError
 from tvwjax.formats import CompressedWeight
-from tvwjax.matmul import matmul
+from tvwjax.matmul import BACKENDS, matmul
 
 Array = jax.Array
 
@@ -52,6 +53,9 @@ def dense_general(x: Array, cw: CompressedWeight, bias: Array | None, *,
                   axis: int | Sequence[int], features: Sequence[int], dtype: Any,
                   backend: str, name: str) -> Array:
     """``DenseGeneral`` with a compressed ``(prod(in), prod(features))`` kernel."""
+    x = val.array(x, f"{name}: inputs")
+    if x.ndim == 0:
+        raise ShapeError(f"{name}: inputs must have the contracted axes {axis}, got a scalar")
     axes = _axes(axis, x.ndim)
     k = math.prod(x.shape[a] for a in axes)
     n = math.prod(features)
@@ -75,6 +79,7 @@ def conv(x: Array, cw: CompressedWeight, bias: Array | None, *,
          backend: str, name: str) -> Array:
     """``Conv`` (NHWC, HWIO) with a compressed ``(prod(window) * Cin, Cout)`` kernel: the
     im2col GEMM."""
+    x = val.array(x, f"{name}: inputs")
     rank = len(kernel_size)
     if feature_group_count != 1:
         raise ConfigError(f"{name}: compressed grouped convolutions are not supported "
@@ -162,8 +167,9 @@ def compressed_kernels(backend: str = "auto") -> Iterator[None]:
       backend: the :func:`tvwjax.matmul` backend.
 
     Raises:
-      ConfigError: a compressed kernel in a layer kind that cannot run it (``Einsum``,
-        ``ConvTranspose``, grouped conv), or in the wrong view.
+      ConfigError: an unknown ``backend`` (on entering), or a compressed kernel in a layer
+        kind that cannot run it (``Einsum``, ``ConvTranspose``, grouped conv), or in the
+        wrong view.
 
     >>> import jax, jax.numpy as jnp, flax.linen as nn, tvwjax
     >>> model, x = nn.MultiHeadDotProductAttention(num_heads=2), jnp.ones((1, 4, 16))
@@ -177,6 +183,8 @@ def compressed_kernels(backend: str = "auto") -> Iterator[None]:
     >>> bool(jnp.allclose(y, ref, atol=1e-5))
     True
     """
+    val.choice(backend, "compressed_kernels: backend", BACKENDS)
+
     def param(mod, name):
         value = mod.get_variable("params", name) if mod.has_variable("params", name) else None
         return value.unbox() if isinstance(value, nn.meta.AxisMetadata) else value
