@@ -30,6 +30,7 @@ from tvwjax.check import check, check_tree
 from tvwjax.errors import (
     ConfigError,
     DTypeError,
+    FormatError,
     PatternViolationError,
     PruneOrderWarning,
     ScoreError,
@@ -63,8 +64,8 @@ __all__ = [
     # patterns
     "BW", "EW", "NM", "TEW", "TVW", "TW", "VW", "Pattern",
     # errors
-    "ConfigError", "DTypeError", "PatternViolationError", "PruneOrderWarning", "ScoreError",
-    "ShapeError",
+    "ConfigError", "DTypeError", "FormatError", "PatternViolationError", "PruneOrderWarning",
+    "ScoreError", "ShapeError",
     "TreeMismatchError", "TvwError", "errors",
     # masks and scores
     "LeafPlan", "Selection", "apply_masks", "as_matrix", "default_where", "gemm_views", "masks",
