@@ -504,3 +504,14 @@ def test_typed_prng_keys(tmp_path):
         checkpoint.restore(path, {**tree, "rbg": jax.random.key(0)})
     with pytest.raises(TreeMismatchError, match="ks: .*shape \\(2,\\)"):
         checkpoint.restore(path, {**tree, "ks": jax.random.split(jax.random.key(0), 2)})
+
+
+@pytest.mark.parametrize("pattern", [TW(tile=4), TVW(tile=4), NM(), BW(4, 4)],
+                         ids=lambda p: type(p).__name__)
+def test_all_pruned_weights_pass_the_checks(pattern, tmp_path):
+    w = np.ones((16, 10), np.float32)
+    cw = tvwjax.compress(w, np.zeros(w.shape, bool), pattern)
+    out = checkpoint.restore(checkpoint.save(tmp_path / "c", {"w": cw}))["w"]
+    assert type(out) is type(cw) and out._aux() == cw._aux()
+    np.testing.assert_array_equal(np.asarray(tvwjax.decompress(out)), np.zeros((16, 10)))
+    np.testing.assert_array_equal(np.asarray(jax.jit(tvwjax.decompress)(out)), np.zeros((16, 10)))

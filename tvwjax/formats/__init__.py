@@ -1,8 +1,9 @@
 """Compressed weight formats (pytrees with static index tables) and ``compress``/``decompress``.
 
 One concept per module: :mod:`._base` (the pytree machinery and input checks),
-:mod:`.tiles` (TW, TVW and block-sparse tiles), :mod:`.nm` (N:M), :mod:`.api` (dispatch
-from a pattern to its format).
+:mod:`._tables` (the checks of index tables against the layout contract), :mod:`.tiles`
+(TW, TVW and block-sparse tiles), :mod:`.nm` (N:M), :mod:`.api` (dispatch from a pattern to
+its format).
 """
 
 from tvwjax.formats._base import CompressedWeight, StaticArray

@@ -149,7 +149,8 @@ def positions_follow_contract(meta: np.ndarray, v_rows: int, n: int, m: int,
     value rows' positions is ``< m``, and the ``n`` positions of a group are distinct."""
     shifts = (np.arange(_PLANES, dtype=np.uint8) * _BITS)[:, None]
     planes = (meta[..., :, None, :] >> shifts) & np.uint8(3)      # (..., B, 4, C)
-    idx = planes.reshape(*meta.shape[:-2], -1, meta.shape[-1])[..., :v_rows, :]
+    idx = planes.reshape(*meta.shape[:-2], meta.shape[-2] * _PLANES,
+                         meta.shape[-1])[..., :v_rows, :]
     bad = idx >= m
     if bad.any():
         *lead, r, c = _first(bad)

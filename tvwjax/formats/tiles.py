@@ -415,6 +415,8 @@ class TileVectorWise(TileFormat):
         :func:`pallas_kernels.layout.tvw_compact_blocks` (elementwise ops only)."""
         # The barrier keeps XLA from constant-folding the decoded indices into large
         # boolean constants (measured: 3x slower than decoding the packed bytes at run time).
+        if self.num_tiles == 0:  # all pruned (the decoder's reshapes need a tile)
+            return jnp.zeros(self.rows.shape + (self.tile,), self.values.dtype)
         meta = jax.lax.optimization_barrier(jnp.asarray(self.meta))
         return tvw_compact_blocks(self.values, meta, *self.nm)
 
