@@ -92,6 +92,32 @@ def test_all_pruned_weight_gives_zeros():
 
 
 @pytest.mark.parametrize("name", FORMATS)
+@pytest.mark.parametrize("backend", ["cpu", "interpret"])
+def test_no_rows_give_zeros_and_zero_gradients(name, backend):
+    # An empty batch (x with no rows) is a valid input on every backend, eager and jitted,
+    # and differentiable: zero gradients of the right shapes.
+    cw, _ = _weight(name, jnp.bfloat16)
+    for lead in [(0,), (2, 0)]:
+        x = jnp.ones((*lead, K), jnp.bfloat16)
+        for f in (matmul, jax.jit(matmul, static_argnames="backend")):
+            y = f(x, cw, backend=backend)
+            assert y.shape == (*lead, N) and y.dtype == jnp.bfloat16
+            assert not np.any(np.asarray(y, np.float32))
+    gx, gw = jax.grad(lambda x, w: jnp.sum(matmul(x, w, backend=backend)), argnums=(0, 1))(
+        jnp.ones((0, K), jnp.bfloat16), cw)
+    assert gx.shape == (0, K)
+    assert gw.values.shape == cw.values.shape and not np.any(np.asarray(gw.values, np.float32))
+
+
+def test_numpy_inputs_equal_jax_inputs():
+    cw, wd = _weight("tw2d")
+    x = np.random.default_rng(6).standard_normal((5, K)).astype(np.float32)
+    for w in (cw, np.asarray(wd)):
+        np.testing.assert_array_equal(np.asarray(matmul(x, w)),
+                                      np.asarray(matmul(jnp.asarray(x), w)))
+
+
+@pytest.mark.parametrize("name", FORMATS)
 def test_gradients_match_masked_dense(name):
     cw, wd = _weight(name)
     x = jnp.asarray(np.random.default_rng(4).standard_normal((3, 7, K)), jnp.float32)

@@ -231,6 +231,47 @@ def test_taylor_scores_extra_arg_change_the_masks():
     np.testing.assert_array_equal(get_masks(cs)["l1"]["kernel"], m_tay)
 
 
+@pytest.mark.parametrize("pattern", [EW(), TW(tile=4)], ids=["ew", "tw"])
+def test_eager_and_jitted_updates_are_identical(pattern):
+    # Eagerly (concrete step) the masks are recomputed directly so that masks() checks the
+    # scores; under jit inside lax.cond. Both must give the same masks, updates and state.
+    tx = optax.chain(optax.adam(0.05), prune(pattern, Polynomial(0.75, 1, 5, frequency=2)))
+    params_e = params_j = _params()
+    state_e = state_j = tx.init(params_e)
+    update_j = jax.jit(tx.update)
+    xs, ys = _data(7)
+    for t in range(7):
+        g_e, g_j = (jax.grad(_loss)(p, xs[t], ys[t]) for p in (params_e, params_j))
+        u_e, state_e = tx.update(g_e, state_e, params_e)
+        u_j, state_j = update_j(g_j, state_j, params_j)
+        params_e, params_j = optax.apply_updates(params_e, u_e), optax.apply_updates(
+            params_j, u_j)
+        assert jax.tree.structure(state_e) == jax.tree.structure(state_j)
+        for a, b in zip(jax.tree.leaves((params_e, state_e)),
+                        jax.tree.leaves((params_j, state_j)), strict=True):
+            assert a.dtype == b.dtype
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+        for m_e, m_j in zip(jax.tree.leaves(get_masks(state_e)),
+                            jax.tree.leaves(get_masks(state_j)), strict=True):
+            np.testing.assert_array_equal(m_e, m_j)
+    assert float(state_e[1].sparsity) == pytest.approx(0.75)
+    _check_zeros(params_e, get_masks(state_e))
+
+
+def test_eager_update_checks_concrete_scores():
+    # Eagerly the scores are concrete: NaN scores raise (naming the leaf) instead of masking
+    # silently; on a step without a mask update they are not read.
+    from tvwjax.errors import ScoreError
+
+    params = _params()
+    tx = prune(EW(), OneShot(0.5, step=1), where=_only_l1)
+    zero = jax.tree.map(jnp.zeros_like, params)
+    bad = jax.tree.map(lambda x: jnp.full(x.shape, jnp.nan), params)
+    _, state = tx.update(zero, tx.init(params), params, scores=bad)   # step 0: no update
+    with pytest.raises(ScoreError, match="l1/kernel"):
+        tx.update(zero, state, params, scores=bad)
+
+
 def test_score_fn_is_used():
     params = _params()
     # negated order: keep the *smallest* magnitudes
