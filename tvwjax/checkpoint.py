@@ -141,8 +141,10 @@ def save(path: str | os.PathLike, tree: PyTree, *, force: bool = False) -> Path:
 
     Args:
       path: the checkpoint directory (created; its parent must exist).
-      tree: any pytree of ``jax.Array`` / numpy arrays / Python scalars, possibly with
-        :class:`~tvwjax.formats.CompressedWeight` nodes (their tables are saved too).
+      tree: any pytree of ``jax.Array`` / numpy arrays / Python scalars / typed PRNG key
+        arrays (saved as their key data and impl name), possibly with
+        :class:`~tvwjax.formats.CompressedWeight` nodes (their tables are saved too): a
+        training state, a Flax ``TrainState``, ``nnx.state(model)``.
       force: overwrite an existing checkpoint at ``path``.
 
     Returns:
