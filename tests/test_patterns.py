@@ -32,6 +32,13 @@ def allowed(p, s, shape):
     return True
 
 
+def kept_count(s: float, total: int) -> int:
+    """The README's counting rule, written out: float32 ``1 - s`` times ``total`` (one
+    rounding), half up, at least 1 when anything is kept."""
+    x = float(np.float32(np.float32(1) - np.float32(s)) * np.float32(total))
+    return min(total, max(1, int(np.floor(x + 0.5)))) if s < 1 else 0
+
+
 def scores_for(shape, seed=0):
     return jnp.abs(jax.random.normal(jax.random.key(seed), shape))
 
@@ -63,14 +70,14 @@ def test_mask_follows_pattern_and_corruption_is_caught(p, s, shape):
 def test_exact_counts(shape, s):
     k, n = shape
     sc = scores_for(shape, 1)
-    want = int(np.floor((1 - s) * k * n + 0.5))
+    want = kept_count(s, k * n)
     assert int(tw.EW().mask(sc, s).sum()) == want
     assert int(tw.TEW(16, delta=0.05).mask(sc, s).sum()) == want
     assert int(tw.TW(16).mask(sc, s).sum()) <= want
     assert int(tw.TW(16).mask(sc, s).sum()) > want - 16
     vw = np.asarray(tw.VW(16).mask(sc, s))
     lens = [min(16, k - i) for i in range(0, k, 16)]
-    assert vw.sum() == n * sum(int(np.floor((1 - s) * ln + 0.5)) for ln in lens)
+    assert vw.sum() == n * sum(kept_count(s, ln) for ln in lens)
 
 
 def test_nm_keeps_n_of_m_along_contraction_axis():

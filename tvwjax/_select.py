@@ -13,18 +13,33 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tvwjax.errors import ShapeError
 
 Array = jax.Array
 
 
-def count(density: Array | float, total: int) -> Array:
-    """Number of kept items: ``round(density * total)`` (half up), clipped to ``[0, total]``."""
-    if isinstance(density, float | int):
-        return jnp.asarray(min(max(int(density * total + 0.5), 0), total), jnp.int32)
-    k = jnp.floor(jnp.asarray(density, jnp.float32) * total + 0.5).astype(jnp.int32)
-    return jnp.clip(k, 0, total)
+#: The largest float32 below 1: a traced sparsity is clipped to it (every leaf keeps a unit).
+BELOW_ONE = float(np.nextafter(np.float32(1.0), np.float32(0.0)))
+
+
+def count(density: Array | float, total) -> Array:
+    """Number of kept items of ``total`` at ``density``: the documented counting rule.
+
+    ``k = round_half_up(float32(density) * float32(total))``, clipped to ``[0, total]``, and
+    at least 1 when ``density > 0`` (a leaf, vector or tile that is pruned at all keeps a
+    unit). The product and the rounding are single float32 operations (``lax.round``, no
+    multiply-add that a compiler could fuse), so the count is bit-identical whether
+    ``density`` is a constant folded at trace time or a traced value, eagerly or under
+    ``jit``. ``total`` may be an int or an integer array (elementwise counts).
+    """
+    total_i = jnp.asarray(total, jnp.int32)
+    d = jnp.asarray(density, jnp.float32)
+    x = d * jnp.asarray(np.asarray(total, np.float32))
+    k = jax.lax.round(x, jax.lax.RoundingMethod.AWAY_FROM_ZERO).astype(jnp.int32)
+    k = jnp.where(d > 0, jnp.maximum(k, 1), 0)
+    return jnp.clip(k, 0, total_i)
 
 
 def rank_desc(scores: Array, axis: int = -1) -> Array:
@@ -34,8 +49,11 @@ def rank_desc(scores: Array, axis: int = -1) -> Array:
 
 
 def order_key(x: Array) -> Array:
-    """A ``uint32`` key with the same order as the float32 values of ``x`` (NaN-free)."""
-    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
+    """A ``uint32`` key with the same order as the float32 values of ``x`` (NaN-free);
+    ``-0.0`` and ``+0.0`` get the same key."""
+    x = x.astype(jnp.float32)
+    x = jnp.where(x == 0, jnp.float32(0), x)  # -0.0 and +0.0 are one score (the tie rule)
+    bits = jax.lax.bitcast_convert_type(x, jnp.int32)
     key = jnp.where(bits >= 0, bits, bits ^ jnp.int32(0x7FFFFFFF))
     return jax.lax.bitcast_convert_type(key, jnp.uint32) ^ jnp.uint32(0x80000000)
 
@@ -75,6 +93,11 @@ def _prefix_mask(scores: Array, sizes: Array | None, budget: Array | int) -> Arr
     tie = key == t
     keep = above | (tie & (jnp.cumsum(jnp.where(tie, z, 0)) <= room))
     keep = jnp.where(total <= budget, True, keep) & (z > 0)
+    # A positive budget smaller than the best unit still keeps that unit (a leaf pruned at
+    # a sparsity below 1 is never emptied): the first unit in (score desc, index asc) order.
+    best = jnp.argmax(jnp.where(z > 0, key, jnp.uint32(0)))
+    first = (jnp.arange(flat.size) == best) & (z > 0)
+    keep = jnp.where((budget > 0) & ~jnp.any(keep), first, keep)
     return keep.reshape(scores.shape)
 
 
@@ -93,7 +116,8 @@ def budget_mask(scores: Array, sizes: Array, budget: Array | int) -> Array:
 
     Units are given flat (1-D ``scores`` and ``sizes``). Units of size 0 are never kept.
     The kept units are a prefix of the ranking, so the result is deterministic and the kept
-    size lies in ``(budget - max(size), budget]`` whenever enough units exist.
+    size lies in ``(budget - max(size), budget]`` whenever enough units exist; a positive
+    budget smaller than the best unit keeps that one unit.
     """
     return _prefix_mask(scores, sizes, budget)
 

@@ -23,8 +23,13 @@ from tvwjax.errors import ConfigError, PatternViolationError, ShapeError
 from tvwjax.patterns import BW, EW, NM, TEW, TVW, TW, VW, Pattern
 
 
-def _round(x: float) -> int:
-    return int(np.floor(x + 0.5))
+def _kept(s: float, total: int) -> int:
+    """The documented counting rule, in NumPy float32: ``d = 1 - s``, keep
+    ``round_half_up(d * total)`` (each step one float32 operation), at least 1 if ``d > 0``."""
+    d = np.float32(1.0) - np.float32(s)
+    x = d * np.float32(total)  # one correctly rounded float32 product
+    k = int(np.floor(np.float64(x) + 0.5))  # exact in float64
+    return min(max(k, 1 if d > 0 else 0), total)
 
 
 def _fail(name: str, msg: str) -> None:
@@ -40,21 +45,24 @@ def _chunks(m: np.ndarray, tile: int, fixed: bool) -> list[np.ndarray]:
 
 def _check_ew(m, p, s, name):
     if s is not None:
-        want = _round((1 - s) * m.size)
+        want = _kept(s, m.size)
         if int(m.sum()) != want:
             _fail(name, f"EW at sparsity {s} keeps {want} entries, mask keeps {int(m.sum())}")
 
 
 def _check_bw(m, p: BW, s, name):
     k, n = m.shape
+    kept_blocks = 0
     for i in range(0, k, p.rows):
         for j in range(0, n, p.cols):
             blk = m[i:i + p.rows, j:j + p.cols]
             if blk.any() and not blk.all():
                 _fail(name, f"block at ({i}, {j}) of size {blk.shape} is partially kept")
+            kept_blocks += bool(blk.all())
     if s is not None and s > 0:
-        budget, kept = _round((1 - s) * m.size), int(m.sum())
-        if not budget - p.rows * p.cols < kept <= budget:
+        budget, kept = _kept(s, m.size), int(m.sum())
+        # Within one block of the budget; a budget smaller than every block keeps one block.
+        if not (budget - p.rows * p.cols < kept <= budget or kept_blocks == 1):
             _fail(name, f"BW keeps {kept} entries, expected within one block of {budget}")
 
 
@@ -65,7 +73,7 @@ def _check_vw(m, p: VW, s, name):
         seg = m[i:i + p.length]
         c = seg.sum(axis=0)
         if s is not None:
-            want = seg.shape[0] if s == 0 else _round((1 - s) * seg.shape[0])
+            want = seg.shape[0] if s == 0 else _kept(s, seg.shape[0])
             bad = np.flatnonzero(c != want)
             if bad.size:
                 _fail(name, f"vector at rows {i}:{i + seg.shape[0]}, column {bad[0]} keeps "
@@ -121,7 +129,7 @@ def _check_tw(m, p: TW, s, name):
                          f"row_block={p.row_block}")
         kept_total += int(sub.sum())
     if s is not None and s > 0:
-        budget = _round((1 - s) * m.size)
+        budget = _kept(s, m.size)
         slack = p.tile * (1 + n_tiles * (p.row_block // 2 + (p.row_block > 1)))
         if abs(kept_total - budget) > slack:
             _fail(name, f"TW keeps {kept_total} entries, expected about {budget} "
@@ -176,7 +184,7 @@ def _check_tvw(m, p: TVW, s, name):
                          f"{p.n}:{p.m} groups of {p.m} rows")
         kept_total += int(sub.sum())
     if s is not None and s > 0:
-        budget = _round((1 - s) * m.size)
+        budget = _kept(s, m.size)
         n_tiles = -(-m.shape[1] // p.tile)
         slack = p.tile * (2 + n_tiles * p.row_block)
         if abs(kept_total - budget) > slack:

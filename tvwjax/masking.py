@@ -146,6 +146,25 @@ def check_selection_args(pattern: Any, scope: Any, where: Any, overrides: Any,
     return _layer_bounds(layer_bounds)
 
 
+def check_target(pattern: Pattern, sparsity: Any, scope: str,
+                 layer_bounds: tuple[float, float], who: str = "") -> None:
+    """Check a concrete target sparsity against the pattern and the layer bounds.
+
+    Layer scope checks each leaf's sparsity where it is planned; in global scope the
+    target itself must be one the pattern can produce (TVW: 0 or at least its floor), and
+    ``layer_bounds`` must contain it (otherwise no allocation meets both). A traced target
+    is read by :meth:`Pattern.effective_sparsity` instead.
+    """
+    if val.is_traced(sparsity) or scope != "global":
+        return
+    pattern.validate_sparsity(sparsity, f"{who}sparsity")
+    lo, hi = layer_bounds
+    if sparsity > 0 and not lo <= sparsity <= hi:
+        raise ConfigError(f"{who}layer_bounds {(lo, hi)!r} exclude the target sparsity "
+                          f"{sparsity!r}: every leaf would be "
+                          f"{'above' if sparsity < lo else 'below'} it")
+
+
 def _override(path: str, overrides: Mapping[str, float | None] | None, default):
     if overrides:
         for pat, value in overrides.items():
@@ -240,9 +259,6 @@ def _masks_core(scores, sparsities, target, *, pattern, scope, layer_bounds, fix
 
 
 _core = jax.jit(_masks_core, static_argnames=("pattern", "scope", "layer_bounds", "fixed"))
-_core_static = jax.jit(
-    lambda scores, *, sparsities, target, **kw: _masks_core(scores, sparsities, target, **kw),
-    static_argnames=("sparsities", "target", "pattern", "scope", "layer_bounds", "fixed"))
 
 
 # -- public entry point -----------------------------------------------------------------------
@@ -342,6 +358,7 @@ def selection(
     """
     layer_bounds = check_selection_args(pattern, scope, where, overrides, layer_bounds)
     sparsity = val.sparsity(sparsity)
+    check_target(pattern, sparsity, scope, layer_bounds)
     report: list[LeafPlan] = []
     _plan(leaves_with_paths(params)[0], pattern, sparsity, where, scope, overrides, views,
           report)
@@ -406,6 +423,7 @@ def masks(
     """
     layer_bounds = check_selection_args(pattern, scope, where, overrides, layer_bounds)
     sparsity = val.sparsity(sparsity)
+    check_target(pattern, sparsity, scope, layer_bounds)
 
     flat, treedef = leaves_with_paths(params)
     if scores is None:
@@ -436,12 +454,10 @@ def masks(
                       fixed=tuple(lf.fixed for lf in selected))
         score_list = [lf.score for lf in selected]
         sparsities = [lf.sparsity for lf in selected]
-        if all(isinstance(v, float) for v in sparsities) and isinstance(sparsity, float):
-            mask_list = _core_static(score_list, sparsities=tuple(sparsities),
-                                     target=sparsity, **kwargs)
-        else:
-            mask_list = _core(score_list, [jnp.asarray(v, jnp.float32) for v in sparsities],
-                              jnp.asarray(sparsity, jnp.float32), **kwargs)
+        # Concrete and traced sparsities take the same computation (the sparsities are
+        # arguments, read by Pattern.effective_sparsity): eager and jit masks are identical.
+        mask_list = _core(score_list, [jnp.asarray(v, jnp.float32) for v in sparsities],
+                          jnp.asarray(sparsity, jnp.float32), **kwargs)
         for lf, m in zip(selected, mask_list, strict=True):
             out[lf.index] = m.reshape(lf.leaf.shape)
     return jax.tree_util.tree_unflatten(treedef, out)

@@ -24,8 +24,14 @@ and a target sparsity ``s`` (density ``d = 1 - s``) into a boolean keep-mask:
 
 Sparsity conventions: ``s = 0`` always gives an all-True mask. ``NM`` only allows
 ``s in {0, 1 - n/m}``; ``TVW`` allows ``0`` or ``s >= 1 - n/m``. When the sparsity is a
-traced value (schedules inside ``jit``) these two round it up to their floor instead of
-raising. Ties are broken deterministically (see :mod:`tvwjax._select`).
+traced value (schedules inside ``jit``) it cannot raise and is read by
+:meth:`Pattern.effective_sparsity` (NaN -> 0, clipped below 1, rounded up to the floor).
+
+Counting rule: every "keep ``round(d*T)``" above is computed in float32 as
+``round_half_up(float32(1 - s) * T)`` and is at least 1 (a pruned leaf, vector or tile
+keeps a unit). Concrete and traced sparsities go through the same compiled computation,
+so eager and ``jit`` masks are identical. Ties are broken deterministically (see
+:mod:`tvwjax._select`).
 """
 
 from __future__ import annotations
@@ -47,10 +53,6 @@ from tvwjax.tiling import column_tiles, num_tiles, segment_sumsq
 Array = jax.Array
 
 _EPS = 1e-9
-
-
-def _is_static(x) -> bool:
-    return isinstance(x, float | int | np.floating | np.integer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,15 +118,12 @@ class Pattern:
                              f"got shape {scores.shape}")
         self.validate_shape(scores.shape, name)
         val.finite_nonnegative(scores, name)
-        ones = jnp.ones(scores.shape, bool)
         sparsity = val.sparsity(sparsity, f"{name}: sparsity")
-        if isinstance(sparsity, float):
-            s = self.validate_sparsity(sparsity, name)
-            if s == 0.0:
-                return ones
-            return _static_mask(self, scores, 1.0 - s)
-        sparsity = self.effective_sparsity(sparsity)
-        return jnp.where(sparsity <= 0.0, ones, self._mask(scores, 1.0 - sparsity))
+        if not val.is_traced(sparsity):
+            if self.validate_sparsity(sparsity, name) == 0.0:
+                return jnp.ones(scores.shape, bool)
+            sparsity = np.float32(sparsity)
+        return _mask_jit(self, scores, sparsity)
 
     def validate_shape(self, shape: tuple[int, int], name: str = "scores") -> None:
         """Raise :class:`ShapeError` if a ``(K, N)`` matrix cannot follow this pattern."""
@@ -139,10 +138,12 @@ class Pattern:
     def effective_sparsity(self, sparsity: float | Array) -> Array:
         """The sparsity this pattern's masks really have for a (traced) target.
 
-        A traced target cannot raise, so it is read by a documented rule: clipped to
-        ``[0, 1]`` (NaN reads as 0, dense), then rounded up to the pattern's :attr:`floor`
-        when it lies in ``(0, floor)``; ``NM`` rounds any non-zero target to its fixed
-        sparsity. A sparsity of 1 prunes everything.
+        A traced target cannot raise, so it is read by a documented rule: NaN reads as 0
+        (dense), values below 0 as 0, values of 1 or more as the largest float32 below 1
+        (each pruned leaf then keeps its minimum: one unit, or ``min_rows`` per TW tile);
+        a value in ``(0, floor)`` is rounded up to the pattern's :attr:`floor` and ``NM``
+        reads any non-zero target as its fixed sparsity. A concrete sparsity that passes
+        :meth:`validate_sparsity` is read by the same rule (so eager and ``jit`` agree).
 
         Args:
           sparsity: the schedule's target.
@@ -151,7 +152,7 @@ class Pattern:
           A float32 scalar.
         """
         s = jnp.asarray(sparsity, jnp.float32)
-        s = jnp.clip(jnp.where(jnp.isnan(s), 0.0, s), 0.0, 1.0)
+        s = jnp.clip(jnp.where(jnp.isnan(s), 0.0, s), 0.0, sel.BELOW_ONE)
         if self.floor == 0.0:
             return s
         return jnp.where(s > 0.0, jnp.maximum(s, jnp.float32(self.floor)), 0.0)
@@ -185,7 +186,8 @@ class BW(Pattern):
 
     Blocks start at the origin; blocks on the ragged bottom/right edge are smaller and are
     scored on their real entries. Blocks are kept in score order while the kept element
-    count stays within ``round(d*K*N)``.
+    count stays within ``round(d*K*N)``; a budget smaller than the best block keeps that
+    block (a pruned leaf never loses every weight).
     """
 
     rows: int = 32
@@ -229,8 +231,9 @@ class BW(Pattern):
 class VW(Pattern):
     """Vector-wise sparsity: vectors of ``length`` consecutive K entries inside one column.
 
-    Every vector keeps its top ``round(d*length)`` entries; a ragged last vector of length
-    ``r`` keeps ``round(d*r)``.
+    Every vector keeps its top ``round(d*length)`` entries, and at least one; a ragged last
+    vector of length ``r`` keeps ``round(d*r)`` (at least one). So VW prunes at most
+    ``1 - 1/length`` of a leaf.
     """
 
     length: int = 16
@@ -246,10 +249,7 @@ class VW(Pattern):
         nv = p.shape[0] // ln
         lens = np.full((nv,), ln)
         lens[-1] = k - (nv - 1) * ln
-        if _is_static(density):
-            kv = jnp.asarray(np.floor(density * lens + 0.5).astype(np.int32))
-        else:
-            kv = jnp.floor(density * jnp.asarray(lens, jnp.float32) + 0.5).astype(jnp.int32)
+        kv = sel.count(density, lens)
         ranks = sel.rank_desc(p.reshape(nv, ln, n), axis=1)
         return (ranks < kv[:, None, None]).reshape(nv * ln, n)[:k]
 
@@ -374,8 +374,8 @@ class TW(Pattern):
                                sel.count(density, k * n))
         keep = keep.reshape(k, t)
         if rb > 1:
-            c = jnp.sum(keep, axis=0)
-            c = jnp.floor(c / rb + 0.5).astype(jnp.int32) * rb
+            c = jnp.sum(keep, axis=0, dtype=jnp.int32)
+            c = (2 * c + rb) // (2 * rb) * rb  # to the nearest multiple of rb, half up
             c = jnp.maximum(c, floor_rows)
             c = jnp.where(width > 0, jnp.clip(c, 0, (k // rb) * rb), 0)
             keep = rank < c[None, :]
@@ -425,8 +425,7 @@ class TEW(TW):
 
     def _mask(self, scores, density):
         k, n = scores.shape
-        tw_density = jnp.maximum(density - self.delta, 0.0) if not _is_static(density) \
-            else max(density - self.delta, 0.0)
+        tw_density = jnp.maximum(density - jnp.float32(self.delta), 0.0)
         base = TW._mask(self, scores, tw_density)
         restore = sel.count(density, k * n) - jnp.sum(base, dtype=jnp.int32)
         rest = sel.topk_mask(jnp.where(base, -jnp.inf, scores.astype(jnp.float32)), restore)
@@ -476,10 +475,7 @@ class TVW(TW):
 
     def _mask(self, scores, density):
         k, n = scores.shape
-        if _is_static(density):
-            tw_density = min(1.0, density * self.m / self.n)
-        else:
-            tw_density = jnp.minimum(1.0, density * self.m / self.n)
+        tw_density = jnp.minimum(1.0, density * jnp.float32(self.m / self.n))
         _, tile_id, keep = self._tw_keep(scores, tw_density)
         # Per tile, a permutation of the rows with the kept rows first (original order).
         perm = jnp.argsort(~keep, axis=0, stable=True).astype(jnp.int32)  # (K, T)
@@ -497,10 +493,13 @@ class TVW(TW):
         return jnp.take_along_axis(nm, inv_ext[:, tile_id], axis=0)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2))
-def _static_mask(pattern: Pattern, scores: Array, density: float) -> Array:
-    """One compiled computation per (pattern, shape, density) instead of op-by-op dispatch."""
-    return pattern._mask(scores, density)
+@functools.partial(jax.jit, static_argnums=0)
+def _mask_jit(pattern: Pattern, scores: Array, sparsity: Array) -> Array:
+    """The one mask computation, eager or traced: the sparsity read by
+    :meth:`Pattern.effective_sparsity`, float32 arithmetic throughout (one compiled
+    computation per pattern and shape; the sparsity is an argument, not a constant)."""
+    s = pattern.effective_sparsity(sparsity)
+    return jnp.where(s <= 0.0, jnp.ones(scores.shape, bool), pattern._mask(scores, 1.0 - s))
 
 
 PATTERNS: dict[str, type[Pattern]] = {
