@@ -1,0 +1,238 @@
+// XLA FFI handler of the CPU TW matmul, its thread scheduling and the nanobind module
+// `tvwjax._tw_cpu` (the FFI capsules for jax.ffi.register_ffi_target, and which
+// instruction-set variant runs).
+//
+// Work is split into items (tile, rows of x) ordered by cost, taken from one atomic counter
+// by the calling thread and by tasks scheduled on XLA's intra-op thread pool (the
+// ffi::ThreadPool context). Tasks that start late find no work and return at once; they
+// hold the shared state by shared_ptr, so the call may have returned by then.
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "nanobind/nanobind.h"
+#include "nanobind/stl/string.h"
+#include "nanobind/stl/vector.h"
+#include "tw_kernel.h"
+#include "xla/ffi/api/c_api.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace nb = nanobind;
+namespace ffi = xla::ffi;
+
+namespace tvwjax {
+namespace {
+
+bool CpuHas(const char* feature) {
+  __builtin_cpu_init();
+  if (std::string(feature) == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (std::string(feature) == "avx512")
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  return std::string(feature) == "generic";
+}
+
+std::vector<const TwKernel*> Supported() {
+  std::vector<const TwKernel*> out;
+  if (CpuHas("avx512")) out.push_back(&avx512::kKernel);
+  if (CpuHas("avx2")) out.push_back(&avx2::kKernel);
+  out.push_back(&generic::kKernel);
+  return out;
+}
+
+std::atomic<const TwKernel*> g_kernel{nullptr};
+std::atomic<int> g_max_threads{0};  // 0: the pool's size
+
+const TwKernel* Kernel() {
+  const TwKernel* k = g_kernel.load(std::memory_order_acquire);
+  if (!k) {
+    k = Supported().front();
+    g_kernel.store(k, std::memory_order_release);
+  }
+  return k;
+}
+
+// A per-thread scratch buffer that grows (XLA's pool threads live long: no page faults
+// per call once warm).
+float* ThreadScratch(size_t floats) {
+  struct Buf {
+    float* p = nullptr;
+    size_t n = 0;
+    ~Buf() { std::free(p); }
+  };
+  thread_local Buf buf;
+  if (buf.n < floats) {
+    std::free(buf.p);
+    const size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;
+    buf.p = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (!buf.p) throw std::bad_alloc();
+    buf.n = floats;
+  }
+  return buf.p;
+}
+
+struct Item {
+  int64_t tile, m0, m1;
+};
+
+struct Shared {
+  TwProblem p;
+  const TwKernel* kernel;
+  std::vector<Item> items;
+  size_t scratch;
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+  std::atomic<bool> failed{false};
+};
+
+void Work(Shared& s) {
+  const int64_t n = static_cast<int64_t>(s.items.size());
+  float* scratch = nullptr;
+  for (int64_t i; (i = s.next.fetch_add(1, std::memory_order_relaxed)) < n;) {
+    try {
+      if (!scratch) scratch = ThreadScratch(s.scratch);
+      const Item& it = s.items[i];
+      s.kernel->item(s.p, it.tile, it.m0, it.m1, scratch);
+    } catch (...) {
+      s.failed.store(true, std::memory_order_relaxed);
+    }
+    s.done.fetch_add(1, std::memory_order_acq_rel);
+  }
+}
+
+ffi::Error Check(bool ok, const std::string& what) {
+  return ok ? ffi::Error::Success() : ffi::Error::InvalidArgument("tw_matmul_cpu: " + what);
+}
+
+ffi::Error TwMatmulImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer values,
+                        ffi::Buffer<ffi::S32> rows, ffi::Buffer<ffi::S32> cols,
+                        ffi::Buffer<ffi::S32> counts, ffi::Result<ffi::AnyBuffer> y) {
+  // Shapes and dtypes (the Python side checked them; a cheap second look).
+  auto xd = x.dimensions(), vd = values.dimensions(), rd = rows.dimensions(),
+       cd = cols.dimensions(), nd = counts.dimensions(), yd = y->dimensions();
+  if (auto e = Check(xd.size() == 2 && vd.size() == 3 && rd.size() == 2 && cd.size() == 2 &&
+                         nd.size() == 1 && yd.size() == 2,
+                     "expected x (M, K), values (T, Kp, G), rows (T, Kp), cols (T, G), "
+                     "counts (T,), y (M, N)");
+      e.failure())
+    return e;
+  TwProblem p;
+  p.m = xd[0], p.k = xd[1], p.n = yd[1], p.t = vd[0], p.kp = vd[1], p.g = vd[2];
+  if (auto e = Check(yd[0] == p.m && rd[0] == p.t && rd[1] == p.kp && cd[0] == p.t &&
+                         cd[1] == p.g && nd[0] == p.t,
+                     "inconsistent shapes");
+      e.failure())
+    return e;
+  const auto dt = x.element_type();
+  if (auto e = Check((dt == ffi::F32 || dt == ffi::BF16) && values.element_type() == dt &&
+                         y->element_type() == dt,
+                     "x, values and y must all be float32 or all bfloat16");
+      e.failure())
+    return e;
+  p.dtype = dt == ffi::F32 ? DType::kF32 : DType::kBF16;
+  p.x = x.untyped_data();
+  p.values = values.untyped_data();
+  p.rows = rows.typed_data();
+  p.cols = cols.typed_data();
+  p.counts = counts.typed_data();
+  p.y = y->untyped_data();
+  if (p.m == 0 || p.n == 0) return ffi::Error::Success();
+
+  // Tables: indices in range (O(T * Kp), negligible next to the product).
+  int64_t covered = 0;
+  for (int64_t t = 0; t < p.t; ++t) {
+    const int32_t kt = p.counts[t];
+    if (kt < 0 || kt > p.kp) return Check(false, "counts out of [0, Kp]");
+    for (int64_t r = 0; r < kt; ++r) {
+      const int32_t row = p.rows[t * p.kp + r];
+      if (row < 0 || row >= p.k) return Check(false, "rows out of [0, K)");
+    }
+    for (int64_t g = 0; g < p.g; ++g) {
+      const int32_t c = p.cols[t * p.g + g];
+      if (c < 0 || c > p.n) return Check(false, "cols out of [0, N]");
+      covered += c < p.n;
+    }
+  }
+  const size_t esize = p.dtype == DType::kF32 ? 4 : 2;
+  if (covered < p.n) std::memset(p.y, 0, static_cast<size_t>(p.m * p.n) * esize);
+  if (p.t == 0) return ffi::Error::Success();
+
+  auto s = std::make_shared<Shared>();
+  s->p = p;
+  s->kernel = Kernel();
+  int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  if (const int cap = g_max_threads.load(std::memory_order_relaxed); cap > 0)
+    threads = std::min<int64_t>(threads, cap);
+
+  // Items: tiles, split along M when there are too few tiles to keep every thread busy.
+  const int64_t mr = s->kernel->mr;
+  int64_t chunks = 1;
+  if (p.m > mr && p.t < 4 * threads)
+    chunks = std::min<int64_t>((4 * threads + p.t - 1) / p.t, (p.m + mr - 1) / mr);
+  const int64_t step = (p.m + chunks - 1) / chunks;
+  const int64_t rows_per_item = p.m == 1 ? 1 : (step + mr - 1) / mr * mr;
+  std::vector<int64_t> order(p.t);
+  for (int64_t t = 0; t < p.t; ++t) order[t] = t;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return p.counts[a] > p.counts[b]; });
+  for (int64_t t : order)
+    for (int64_t m0 = 0; m0 < p.m; m0 += rows_per_item)
+      s->items.push_back({t, m0, std::min(p.m, m0 + rows_per_item)});
+  s->scratch = s->kernel->scratch_floats(p, std::min(p.m, rows_per_item));
+
+  const int64_t helpers = std::min<int64_t>(threads, static_cast<int64_t>(s->items.size())) - 1;
+  for (int64_t h = 0; h < helpers; ++h) pool.Schedule([s] { Work(*s); });
+  Work(*s);
+  const int64_t n = static_cast<int64_t>(s->items.size());
+  while (s->done.load(std::memory_order_acquire) < n) std::this_thread::yield();
+  if (s->failed.load()) return ffi::Error::Internal("tw_matmul_cpu: out of memory for scratch");
+  return ffi::Error::Success();
+}
+
+}  // namespace
+}  // namespace tvwjax
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(TvwjaxTwMatmulCpu, tvwjax::TwMatmulImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()           // x (M, K)
+                                  .Arg<ffi::AnyBuffer>()           // values (T, Kp, G)
+                                  .Arg<ffi::Buffer<ffi::S32>>()    // rows (T, Kp)
+                                  .Arg<ffi::Buffer<ffi::S32>>()    // cols (T, G)
+                                  .Arg<ffi::Buffer<ffi::S32>>()    // counts (T,)
+                                  .Ret<ffi::AnyBuffer>()           // y (M, N)
+);
+
+NB_MODULE(_tw_cpu, m) {
+  m.doc() = "tvwjax CPU TW matmul: XLA FFI handlers (see tvwjax.cpu_kernel)";
+  m.def("registrations", []() {
+    nb::dict d;
+    d["tvwjax_tw_matmul_cpu"] = nb::capsule(reinterpret_cast<void*>(TvwjaxTwMatmulCpu));
+    return d;
+  });
+  m.def("isa", []() { return std::string(tvwjax::Kernel()->name); },
+        "The instruction-set variant the kernel runs.");
+  m.def("supported_isas", []() {
+    std::vector<std::string> out;
+    for (auto* k : tvwjax::Supported()) out.emplace_back(k->name);
+    return out;
+  }, "Variants this CPU can run, fastest first.");
+  m.def("set_isa", [](const std::string& name) {
+    for (auto* k : tvwjax::Supported())
+      if (name == k->name) {
+        tvwjax::g_kernel.store(k, std::memory_order_release);
+        return;
+      }
+    throw nb::value_error(("instruction set not supported on this CPU: " + name).c_str());
+  }, "Force a variant (tests); the default is the fastest supported.");
+  m.def("set_max_threads", [](int n) { tvwjax::g_max_threads.store(n); },
+        "Cap the worker threads (0: XLA's intra-op pool size).");
+}

@@ -1,0 +1,47 @@
+// The tile-wise (TW) compressed matmul y = x @ W on the CPU: shared declarations.
+//
+// Layout (pallas_kernels/layout.py): W is K x N; T tiles of G output columns each.
+//   values (T, Kp, G)  each tile's compact block, kept rows first, zeros after;
+//   rows   (T, Kp)     int32 original K row of each compact row (padding rows: 0);
+//   cols   (T, G)      int32 original output column of each tile column (padding: N);
+//   counts (T,)        int32 kept rows k_t of each tile.
+// Every output column belongs to at most one tile; columns of no tile are zero.
+//
+// One kernel source (tw_kernel_impl.h) is compiled once per instruction set (generic
+// SSE2, AVX2+FMA, AVX-512) and the FFI handler picks one at run time.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace tvwjax {
+
+enum class DType : int { kF32 = 0, kBF16 = 1 };
+
+struct TwProblem {
+  DType dtype;            // of x, values and y (same for all three)
+  int64_t m, k, n;        // x (m, k), y (m, n)
+  int64_t t, kp, g;       // values (t, kp, g)
+  const void* x;
+  const void* values;
+  const int32_t* rows;
+  const int32_t* cols;
+  const int32_t* counts;
+  void* y;
+};
+
+// One instruction-set variant of the kernel.
+struct TwKernel {
+  const char* name;
+  int mr;  // rows of the register block (M work is split in multiples of it)
+  // Floats of scratch one call of `item` needs (per thread).
+  size_t (*scratch_floats)(const TwProblem& p, int64_t rows);
+  // y[m0:m1, cols of tile] = x[m0:m1] @ W_tile; `scratch` is 64-byte aligned.
+  void (*item)(const TwProblem& p, int64_t tile, int64_t m0, int64_t m1, float* scratch);
+};
+
+namespace generic { extern const TwKernel kKernel; }
+namespace avx2 { extern const TwKernel kKernel; }
+namespace avx512 { extern const TwKernel kKernel; }
+
+}  // namespace tvwjax

@@ -1,0 +1,302 @@
+// The TW kernel body, written once with GCC/Clang vector extensions and compiled once per
+// instruction set: include it after defining TWK_NS (namespace) and TWK_VW (floats per
+// vector register: 4 SSE2, 8 AVX2, 16 AVX-512), in a translation unit compiled with the
+// matching -m flags (see CMakeLists.txt). Nothing here depends on -march=native.
+//
+// Per tile t (k_t kept rows, G columns) and a range of rows of x:
+//   * M == 1: a GEMV streaming the tile's compact rows once, each row's x value read
+//     through the row table and broadcast (memory-bound: reads k_t x G values once);
+//   * otherwise a register-blocked GEMM (BLIS-style): the activation slivers
+//     A[k][r] = x[m0 + r, rows[t, k]] are gathered *while packing* (no gathered copy of x
+//     exists beyond one MC x KC block in cache), the weight panels are read in place
+//     (f32, few rows of x) or packed into NR-wide panels (bf16 -> f32, or many rows), and an
+//     MR x NR micro-kernel accumulates in registers (float32 accumulation for bf16 too).
+// Results land in a per-thread MC x Gp float scratch and are then written (and rounded for
+// bf16) to the tile's output columns cols[t, :] (padding columns dropped).
+
+#include <cstdint>
+#include <cstring>
+
+#include "tw_kernel.h"
+
+#ifndef TWK_NS
+#error "define TWK_NS and TWK_VW before including tw_kernel_impl.h"
+#endif
+
+namespace tvwjax {
+namespace TWK_NS {
+
+constexpr int VW = TWK_VW;
+constexpr int NV = 2;                      // vectors per micro-tile row
+constexpr int NR = NV * VW;                // micro-tile columns
+constexpr int MR = VW == 16 ? 12 : 6;      // micro-tile rows (2*MR accumulators)
+constexpr int64_t MC = 144;                // rows of x per packed A block (multiple of MR)
+constexpr int64_t KC = 256;                // compact rows per packed A block
+constexpr int64_t SMALL_M = 32;            // up to this many rows: weights read in place
+constexpr int GEMV_NV = 8;                 // vectors per GEMV column chunk
+
+typedef float vf __attribute__((vector_size(VW * 4)));
+typedef float vfu __attribute__((vector_size(VW * 4), aligned(4)));
+typedef uint16_t vh __attribute__((vector_size(VW * 2), aligned(2)));
+typedef uint32_t vu __attribute__((vector_size(VW * 4)));
+
+static inline vf load(const float* p) { return *reinterpret_cast<const vfu*>(p); }
+static inline void store(float* p, vf v) { *reinterpret_cast<vfu*>(p) = v; }
+static inline vf bcast(float s) { return vf{} + s; }
+static inline vf load(const uint16_t* p) {  // bf16 -> f32: the bits moved up 16
+  vu u = __builtin_convertvector(*reinterpret_cast<const vh*>(p), vu) << 16;
+  return reinterpret_cast<vf&>(u);
+}
+
+static inline float to_f32(float v) { return v; }
+static inline float to_f32(uint16_t h) {
+  uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+static inline void from_f32(float v, float* out) { *out = v; }
+static inline void from_f32(float v, uint16_t* out) {  // round to nearest even
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) {  // NaN: keep it a (quiet) NaN
+    *out = static_cast<uint16_t>((u >> 16) | 0x40u);
+    return;
+  }
+  u += 0x7fffu + ((u >> 16) & 1u);
+  *out = static_cast<uint16_t>(u >> 16);
+}
+
+static inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+
+// ---- packing -------------------------------------------------------------------------------
+// A sliver of r rows: ap[k * r + i] = x[m0 + i, rows[k]] for k < kc (the fused gather).
+template <typename T>
+static void pack_a(const T* x, int64_t ldx, int64_t m0, int r, const int32_t* rows, int64_t kc,
+                   float* ap) {
+  for (int i = 0; i < r; ++i) {
+    const T* xr = x + (m0 + i) * ldx;
+    float* out = ap + i;
+    for (int64_t k = 0; k < kc; ++k) out[k * r] = to_f32(xr[rows[k]]);
+  }
+}
+
+// The tile's first kt rows as Gp/NR panels, panel j = bp[j * kt * NR ...], row-major NR wide,
+// zero beyond column G.
+template <typename T>
+static void pack_b(const T* w, int64_t g, int64_t kt, float* bp) {
+  const int64_t panels = round_up(g, NR) / NR;
+  for (int64_t j = 0; j < panels; ++j) {
+    float* out = bp + j * kt * NR;
+    const int64_t c0 = j * NR;
+    if (c0 + NR <= g) {
+      for (int64_t k = 0; k < kt; ++k) {
+        const T* src = w + k * g + c0;
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v) store(out + k * NR + v * VW, load(src + v * VW));
+      }
+    } else {
+      for (int64_t k = 0; k < kt; ++k)
+        for (int c = 0; c < NR; ++c)
+          out[k * NR + c] = c0 + c < g ? to_f32(w[k * g + c0 + c]) : 0.0f;
+    }
+  }
+}
+
+// ---- the micro-kernel ----------------------------------------------------------------------
+// c[i, 0:NR] (+)= sum_k a[k * R + i] * b[k * ldb + 0:NR], i < R.
+template <int R>
+static void micro(int64_t kc, const float* __restrict a, const float* __restrict b, int64_t ldb,
+                  float* __restrict c, int64_t ldc, bool accumulate) {
+  vf acc[R][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) acc[i][v] = accumulate ? load(c + i * ldc + v * VW) : vf{};
+  for (int64_t k = 0; k < kc; ++k) {
+    vf bv[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) bv[v] = load(b + v * VW);
+    if (ldb != NR) __builtin_prefetch(b + 8 * ldb);
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i) {
+      const vf av = bcast(a[i]);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) acc[i][v] += av * bv[v];
+    }
+    a += R;
+    b += ldb;
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) store(c + i * ldc + v * VW, acc[i][v]);
+}
+
+typedef void (*MicroFn)(int64_t, const float*, const float*, int64_t, float*, int64_t, bool);
+
+#if TWK_VW == 16
+static constexpr MicroFn kMicro[MR + 1] = {nullptr,    &micro<1>,  &micro<2>, &micro<3>, &micro<4>,
+                                           &micro<5>,  &micro<6>,  &micro<7>, &micro<8>, &micro<9>,
+                                           &micro<10>, &micro<11>, &micro<12>};
+#else
+static constexpr MicroFn kMicro[MR + 1] = {nullptr,   &micro<1>, &micro<2>, &micro<3>,
+                                           &micro<4>, &micro<5>, &micro<6>};
+#endif
+
+// ---- output --------------------------------------------------------------------------------
+template <typename T>
+static void write_rows(const TwProblem& p, int64_t tile, int64_t m0, int64_t rows_n,
+                       const float* c, int64_t ldc) {
+  T* y = static_cast<T*>(p.y);
+  const int32_t* cols = p.cols + tile * p.g;
+  // Real columns come first; the common case is one contiguous run.
+  int64_t gv = 0;
+  while (gv < p.g && cols[gv] < p.n) ++gv;
+  const bool run = gv > 0 && cols[gv - 1] - cols[0] == gv - 1;
+  for (int64_t i = 0; i < rows_n; ++i) {
+    T* yr = y + (m0 + i) * p.n;
+    const float* cr = c + i * ldc;
+    if (run) {
+      T* out = yr + cols[0];
+      for (int64_t g = 0; g < gv; ++g) from_f32(cr[g], out + g);
+    } else {
+      for (int64_t g = 0; g < gv; ++g) from_f32(cr[g], yr + cols[g]);
+    }
+  }
+}
+
+// ---- GEMV (one row of x) -------------------------------------------------------------------
+template <int NVEC, typename T>
+static void gemv_chunk(const T* w, int64_t g, const T* xr, const int32_t* rows, int64_t kt,
+                       float* out) {
+  vf acc[NVEC];
+#pragma GCC unroll 16
+  for (int v = 0; v < NVEC; ++v) acc[v] = vf{};
+  for (int64_t k = 0; k < kt; ++k) {
+    const vf a = bcast(to_f32(xr[rows[k]]));
+    const T* wr = w + k * g;
+    __builtin_prefetch(wr + 8 * g);
+#pragma GCC unroll 16
+    for (int v = 0; v < NVEC; ++v) acc[v] += a * load(wr + v * VW);
+  }
+#pragma GCC unroll 16
+  for (int v = 0; v < NVEC; ++v) store(out + v * VW, acc[v]);
+}
+
+template <typename T>
+static void gemv(const TwProblem& p, int64_t tile, int64_t m, float* c) {
+  const int64_t kt = p.counts[tile], g = p.g;
+  const T* w = static_cast<const T*>(p.values) + tile * p.kp * g;
+  const T* xr = static_cast<const T*>(p.x) + m * p.k;
+  const int32_t* rows = p.rows + tile * p.kp;
+  int64_t c0 = 0;
+  for (; c0 + GEMV_NV * VW <= g; c0 += GEMV_NV * VW)
+    gemv_chunk<GEMV_NV>(w + c0, g, xr, rows, kt, c + c0);
+  for (; c0 + VW <= g; c0 += VW) gemv_chunk<1>(w + c0, g, xr, rows, kt, c + c0);
+  for (; c0 < g; ++c0) {
+    float s = 0.0f;
+    for (int64_t k = 0; k < kt; ++k) s += to_f32(xr[rows[k]]) * to_f32(w[k * g + c0]);
+    c[c0] = s;
+  }
+  write_rows<T>(p, tile, m, 1, c, g);
+}
+
+// ---- the GEMM of one tile over rows [m0, m1) -------------------------------------------------
+static bool weights_in_place(const TwProblem& p, int64_t rows) {
+  return p.dtype == DType::kF32 && p.g % NR == 0 && rows <= SMALL_M;
+}
+
+static int64_t k_block(const TwProblem& p, int64_t rows, int64_t kt) {
+  // In place (few rows): the whole tile in one block if its A slivers fit in ~256 KiB.
+  if (weights_in_place(p, rows) && round_up(rows, MR) * kt <= 64 * 1024) return kt;
+  return KC;
+}
+
+// Scratch layout: C (MCp x Gp) | A (MCp x KCmax) | B (Kp x Gp, 64-byte aligned; packed only).
+struct Layout {
+  int64_t c, a, b, total;
+};
+
+static Layout layout(const TwProblem& p, int64_t rows) {
+  const int64_t gp = round_up(p.g, NR), mcp = round_up(MC, MR);
+  const int64_t kc = k_block(p, rows, p.kp) > KC ? p.kp : KC;
+  Layout l;
+  l.c = 0;
+  l.a = round_up(mcp * gp, 16);
+  l.b = round_up(l.a + mcp * kc, 16);
+  l.total = l.b + (weights_in_place(p, rows) ? 0 : p.kp * gp) + 16;
+  return l;
+}
+
+static size_t scratch_floats(const TwProblem& p, int64_t rows) {
+  return static_cast<size_t>(layout(p, rows).total);
+}
+
+template <typename T>
+static void gemm(const TwProblem& p, int64_t tile, int64_t m0, int64_t m1, float* scratch) {
+  const int64_t kt = p.counts[tile], g = p.g, gp = round_up(g, NR), panels = gp / NR;
+  const T* w = static_cast<const T*>(p.values) + tile * p.kp * g;
+  const T* x = static_cast<const T*>(p.x);
+  const int32_t* rows = p.rows + tile * p.kp;
+  const bool in_place = weights_in_place(p, m1 - m0);
+  const int64_t kcb = k_block(p, m1 - m0, kt);
+  const Layout l = layout(p, m1 - m0);
+  float* c = scratch + l.c;
+  float* ap = scratch + l.a;
+  float* bp = scratch + l.b;
+  if (!in_place) pack_b<T>(w, g, kt, bp);
+  for (int64_t mb = m0; mb < m1; mb += MC) {
+    const int64_t mc = m1 - mb < MC ? m1 - mb : MC;
+    for (int64_t k0 = 0; k0 < kt; k0 += kcb) {
+      const int64_t kc = kt - k0 < kcb ? kt - k0 : kcb;
+      for (int64_t s = 0; s * MR < mc; ++s) {
+        const int r = static_cast<int>(mc - s * MR < MR ? mc - s * MR : MR);
+        pack_a<T>(x, p.k, mb + s * MR, r, rows + k0, kc, ap + s * MR * kc);
+      }
+      for (int64_t j = 0; j < panels; ++j) {
+        const float* b;
+        int64_t ldb;
+        if (in_place) {
+          b = reinterpret_cast<const float*>(w) + k0 * g + j * NR;
+          ldb = g;
+        } else {
+          b = bp + j * kt * NR + k0 * NR;
+          ldb = NR;
+        }
+        for (int64_t s = 0; s * MR < mc; ++s) {
+          const int r = static_cast<int>(mc - s * MR < MR ? mc - s * MR : MR);
+          kMicro[r](kc, ap + s * MR * kc, b, ldb, c + s * MR * gp + j * NR, gp, k0 > 0);
+        }
+      }
+    }
+    write_rows<T>(p, tile, mb, mc, c, gp);
+  }
+}
+
+template <typename T>
+static void zero_rows(const TwProblem& p, int64_t tile, int64_t m0, int64_t m1) {
+  T* y = static_cast<T*>(p.y);
+  const int32_t* cols = p.cols + tile * p.g;
+  for (int64_t m = m0; m < m1; ++m)
+    for (int64_t g = 0; g < p.g && cols[g] < p.n; ++g) y[m * p.n + cols[g]] = T{};
+}
+
+template <typename T>
+static void item_t(const TwProblem& p, int64_t tile, int64_t m0, int64_t m1, float* scratch) {
+  if (p.counts[tile] == 0) return zero_rows<T>(p, tile, m0, m1);
+  if (m1 - m0 == 1) return gemv<T>(p, tile, m0, scratch);
+  gemm<T>(p, tile, m0, m1, scratch);
+}
+
+static void item(const TwProblem& p, int64_t tile, int64_t m0, int64_t m1, float* scratch) {
+  if (p.dtype == DType::kF32)
+    item_t<float>(p, tile, m0, m1, scratch);
+  else
+    item_t<uint16_t>(p, tile, m0, m1, scratch);
+}
+
+extern const TwKernel kKernel = {TWK_NAME, MR, &scratch_floats, &item};
+
+}  // namespace TWK_NS
+}  // namespace tvwjax
