@@ -226,3 +226,55 @@ def test_error_not_a_pattern():
 
 def test_errors_are_value_errors():
     assert issubclass(tw.ConfigError, ValueError) and issubclass(tw.DTypeError, TypeError)
+
+
+# -- the documented rule for traced sparsities (Pattern.effective_sparsity) ------------------
+@pytest.mark.parametrize("pattern", [tw.EW(), tw.BW(4, 4), tw.VW(4),
+                                     tw.TW(tile=4), tw.TVW(tile=4)],
+                         ids=lambda p: p.name)
+def test_traced_out_of_range_sparsity_follows_the_documented_rule(pattern):
+    """Eager raises; under jit a traced value is read, not raised on: NaN and negatives are
+    dense, 1 or more keep each leaf's minimum (never an emptied leaf)."""
+    rng = np.random.default_rng(0)
+    params = {"a": {"kernel": jnp.asarray(rng.standard_normal((16, 12)), jnp.float32)}}
+    traced = jax.jit(lambda s: tw.masks(params, pattern, s))
+    for bad in (1.0, 1.5, float("nan"), -0.1):
+        with pytest.raises(tw.ConfigError, match="sparsity"):
+            tw.masks(params, pattern, bad)
+    for bad in (float("nan"), -0.1, -5.0):
+        assert bool(traced(bad)["a"]["kernel"].all()), bad
+    top = traced(1.0)["a"]["kernel"]
+    np.testing.assert_array_equal(top, traced(1.5)["a"]["kernel"])
+    np.testing.assert_array_equal(top, traced(np.float32(np.inf))["a"]["kernel"])
+    assert 0 < int(top.sum()) < top.size
+    if isinstance(pattern, tw.TW):  # min_rows=1: every tile keeps its best row
+        assert bool(top.any(axis=0).all())
+    if isinstance(pattern, tw.TVW | tw.NM):  # below the floor reads as the floor
+        np.testing.assert_array_equal(traced(0.2)["a"]["kernel"],
+                                      tw.masks(params, pattern, pattern.floor)["a"]["kernel"])
+
+
+def test_nonzero_sparsity_never_empties_a_leaf():
+    """A selected leaf at any valid sparsity keeps at least one unit, also when the budget is
+    smaller than one BW block, one VW vector's share or one TW row segment."""
+    w = jnp.asarray(np.random.default_rng(1).standard_normal((128, 10)), jnp.float32)
+    for pattern, s in [(tw.BW(64, 64), 0.75), (tw.EW(), 0.999), (tw.VW(16), 0.99),
+                       (tw.TW(tile=8, min_rows=0), 0.999)]:
+        m = tw.masks({"k": {"kernel": w}}, pattern, s)["k"]["kernel"]
+        assert int(m.sum()) >= 1, pattern
+        tw.check(m, pattern, s)
+
+
+def test_global_scope_checks_its_target():
+    rng = np.random.default_rng(2)
+    params = {n: {"kernel": jnp.asarray(rng.standard_normal((32, 16)), jnp.float32)}
+              for n in "ab"}
+    with pytest.raises(tw.ConfigError, match="at least 0.5"):
+        tw.masks(params, tw.TVW(tile=8), 0.3, scope="global")
+    with pytest.raises(tw.ConfigError, match="layer_bounds .* exclude the target"):
+        tw.masks(params, tw.EW(), 0.3, scope="global", layer_bounds=(0.5, 0.9))
+    with pytest.raises(tw.ConfigError, match="layer_bounds .* exclude the target"):
+        tw.masks(params, tw.EW(), 0.8, scope="global", layer_bounds=(0.1, 0.6))
+    m = tw.masks(params, tw.EW(), 0.6, scope="global", layer_bounds=(0.5, 0.7))
+    for leaf in jax.tree.leaves(m):
+        assert 0.5 - 1e-6 <= 1 - float(leaf.mean()) <= 0.7 + 1e-6

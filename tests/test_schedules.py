@@ -109,9 +109,11 @@ def test_effective_sparsity_rounds_up_to_the_floor():
     assert float(f(0.0)) == 0.0 and float(f(0.1)) == 0.5 and float(f(0.8)) == pytest.approx(0.8)
     assert float(NM().effective_sparsity(0.2)) == 0.5
     assert float(EW().effective_sparsity(0.2)) == pytest.approx(0.2)
-    # traced values outside [0, 1] are clipped; NaN reads as dense
+    # traced values are clipped to [0, 1) (1 or more: the largest float32 below 1, so a
+    # leaf keeps its minimum); NaN reads as dense
     g = jax.jit(lambda s: EW().effective_sparsity(s))
-    assert float(g(-0.1)) == 0.0 and float(g(1.5)) == 1.0 and float(g(jnp.nan)) == 0.0
+    below_one = float(np.nextafter(np.float32(1), np.float32(0)))
+    assert float(g(-0.1)) == 0.0 and float(g(1.5)) == below_one and float(g(jnp.nan)) == 0.0
 
 
 def test_concrete_scalars_are_stored_as_floats():

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from test_patterns import kept_count
 
 from tvwjax.errors import ConfigError, TreeMismatchError
 from tvwjax.masking import masks as compute_masks
@@ -96,11 +97,11 @@ def test_pruned_weights_exactly_zero_after_every_step(name):
     for t, _, state in _train(tx, 12):
         m = get_masks(state)
         assert m["l1"]["bias"] is None
-        # kept fraction follows the schedule: EW keeps exactly round(d*K*N) per layer
+        # kept fraction follows the schedule: EW keeps exactly the counting rule's count
         last_update = max([s for s in range(2, t + 1) if bool(sched(s)[1])], default=None)
         expect = 0.0 if last_update is None else float(sched(last_update)[0])
         for leaf in (m["l1"]["kernel"], m["l2"]["kernel"]):
-            assert int(leaf.sum()) == round((1 - expect) * leaf.size), (t, expect)
+            assert int(leaf.sum()) == kept_count(expect, leaf.size), (t, expect)
     assert summary(get_masks(state))["total"]["sparsity"] == pytest.approx(0.75)
 
 

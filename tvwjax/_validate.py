@@ -38,11 +38,38 @@ def positive_int(value: Any, name: str) -> int:
 
 
 def int_at_least(value: Any, name: str, minimum: int) -> int:
-    """``value`` as an ``int`` if it is an integer ``>= minimum`` (not a bool)."""
+    """``value`` as an ``int`` if it is an integer ``>= minimum``, else ConfigError.
+
+    ``4``, ``np.int64(4)``, ``np.array(4)`` and ``jnp.int32(4)`` are read alike. Bools,
+    floats (even ``4.0``) and traced values are rejected: these are static sizes.
+    """
+    what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    if is_traced(value):
+        raise ConfigError(f"{name} must be {what} known before tracing (a static size), got "
+                          "a traced value")
+    if (isinstance(value, np.ndarray | jax.Array) and np.ndim(value) == 0
+            and jnp.issubdtype(value.dtype, jnp.integer)):
+        value = int(np.asarray(value))
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise ConfigError(f"{name} must be {what}, got {value!r}")
     return int(value)
+
+
+def int_field(obj: Any, field: str, minimum: int, owner: str) -> int:
+    """Check the integer field ``field`` of the frozen dataclass ``obj`` with
+    :func:`int_at_least` and store it back as a Python ``int`` (so ``jnp.int32(4)`` and
+    ``4`` give equal, hashable objects)."""
+    v = int_at_least(getattr(obj, field), f"{owner}: {field}", minimum)
+    object.__setattr__(obj, field, v)
+    return v
+
+
+def number(value: Any, name: str) -> float:
+    """A concrete real number (Python, NumPy or concrete JAX scalar) as a Python float;
+    bools, ``None``, arrays, strings and traced values raise :class:`ConfigError`."""
+    if is_traced(value):
+        raise ConfigError(f"{name} must be a number known before tracing, got a traced value")
+    return _scalar(value, name, "a number")
 
 
 def _scalar(value: Any, name: str, what: str) -> Any:
@@ -137,23 +164,6 @@ def bool_mask(mask: Any, name: str) -> Any:
     return values.astype(bool) if isinstance(mask, np.ndarray) else jnp.asarray(mask) != 0
 
 
-def concrete_int(value: Any, name: str, minimum: int = 1) -> int:
-    """``value`` as an ``int`` if it is an integer ``>= minimum``, else ConfigError.
-
-    Like :func:`int_at_least`, and also accepts a concrete 0-d JAX or NumPy integer array, so
-    ``4``, ``np.int64(4)``, ``np.array(4)`` and ``jnp.int32(4)`` are read alike. Bools,
-    floats (even ``4.0``) and traced values are rejected: they are static sizes.
-    """
-    what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-    if is_traced(value):
-        raise ConfigError(f"{name} must be {what} known before tracing (a static size), got "
-                          "a traced value")
-    if isinstance(value, np.ndarray | jax.Array) and np.ndim(value) == 0 and jnp.issubdtype(
-            value.dtype, jnp.integer):
-        value = int(np.asarray(value))
-    return int_at_least(value, name, minimum)
-
-
 def flag(value: Any, name: str) -> bool:
     """``value`` as a Python bool if it is a bool (Python, NumPy, or a concrete 0-d bool
     array), else ConfigError (``"no"`` or ``0`` must not pass as a truth value)."""
@@ -213,6 +223,6 @@ def _short_repr(value: Any, limit: int = 40) -> str:
     return r if len(r) <= limit else r[:limit - 3] + "..."
 
 
-__all__ = ["array", "bool_mask", "choice", "concrete_int", "finite_nonnegative", "flag",
-           "int_at_least", "is_traced", "mapping_or_none", "nm_pair", "positive_int",
+__all__ = ["array", "bool_mask", "choice", "finite_nonnegative", "flag", "int_at_least",
+           "int_field", "is_traced", "mapping_or_none", "nm_pair", "number", "positive_int",
            "round_up", "sparsity"]

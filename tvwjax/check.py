@@ -117,8 +117,11 @@ def _tile_rows(m, p: TW, name):
 def _check_tw(m, p: TW, s, name):
     kept_total = 0
     n_tiles = 0
+    floor_rows = min(m.shape[0], -(-p.min_rows // p.row_block) * p.row_block)
+    floor_total = 0  # what the min_rows guarantee alone keeps
     for t, cols, sub in _tile_rows(m, p, name):
         n_tiles += 1
+        floor_total += floor_rows * len(cols)
         full, empty = sub.all(axis=1), ~sub.any(axis=1)
         bad = np.flatnonzero(~(full | empty))
         if bad.size:
@@ -127,9 +130,12 @@ def _check_tw(m, p: TW, s, name):
         if full.sum() % p.row_block:
             _fail(name, f"tile {t}: keeps {int(full.sum())} rows, not a multiple of "
                          f"row_block={p.row_block}")
+        if s is not None and s > 0 and full.sum() < floor_rows:
+            _fail(name, f"tile {t}: keeps {int(full.sum())} rows, below min_rows="
+                         f"{p.min_rows} (every tile keeps at least {floor_rows})")
         kept_total += int(sub.sum())
     if s is not None and s > 0:
-        budget = _kept(s, m.size)
+        budget = max(_kept(s, m.size), floor_total)
         slack = p.tile * (1 + n_tiles * (p.row_block // 2 + (p.row_block > 1)))
         if abs(kept_total - budget) > slack:
             _fail(name, f"TW keeps {kept_total} entries, expected about {budget} "
@@ -238,8 +244,7 @@ def check(mask: Any, pattern: Pattern, sparsity: float | None = None,
     m = np.asarray(mask)
     if m.ndim < 2:
         raise ShapeError(f"{name}: a mask must have ndim >= 2, got shape {m.shape}")
-    if m.dtype != np.bool_:
-        raise PatternViolationError(f"{name}: a mask must be boolean, got dtype {m.dtype}")
+    m = np.asarray(val.bool_mask(m, name))  # bool, or exactly 0/1 (DTypeError otherwise)
     n_in = m.ndim - 1 if n_in is None else n_in
     if not 1 <= n_in < m.ndim:
         raise ConfigError(f"{name}: n_in must be in [1, {m.ndim - 1}] for a mask of shape "

@@ -131,9 +131,11 @@ def _check_overrides(overrides: Any) -> None:
 
 
 def check_selection_args(pattern: Any, scope: Any, where: Any, overrides: Any,
-                         layer_bounds: Any, who: str = "") -> tuple[float, float]:
+                         layer_bounds: Any, views: Any = None,
+                         who: str = "") -> tuple[float, float]:
     """Validate the arguments :func:`masks` and :func:`tvwjax.prune` share; return the
     layer bounds as floats. ``who`` prefixes the messages (e.g. ``"prune: "``)."""
+    val.mapping_or_none(views, f"{who}views")
     if not isinstance(pattern, Pattern):
         raise ConfigError(f"{who}pattern must be a tvwjax Pattern (EW(), TW(), TVW(), ...), "
                           f"got {pattern!r}")
@@ -157,7 +159,7 @@ def check_target(pattern: Pattern, sparsity: Any, scope: str,
     """
     if val.is_traced(sparsity) or scope != "global":
         return
-    pattern.validate_sparsity(sparsity, f"{who}sparsity")
+    pattern.validate_sparsity(sparsity, who.removesuffix(": ") or "sparsity")
     lo, hi = layer_bounds
     if sparsity > 0 and not lo <= sparsity <= hi:
         raise ConfigError(f"{who}layer_bounds {(lo, hi)!r} exclude the target sparsity "
@@ -356,7 +358,7 @@ def selection(
     | fc/kernel | 64x10 | 64 x 10 | 0.5 | yes |
     | stem/kernel | 7x7x3x64 | 147 x 64 | - | no: 2:4 sparsity needs K ... got K=147 |
     """
-    layer_bounds = check_selection_args(pattern, scope, where, overrides, layer_bounds)
+    layer_bounds = check_selection_args(pattern, scope, where, overrides, layer_bounds, views)
     sparsity = val.sparsity(sparsity)
     check_target(pattern, sparsity, scope, layer_bounds)
     report: list[LeafPlan] = []
@@ -421,7 +423,7 @@ def masks(
     >>> m["dense"]["bias"] is None, float(1 - m["dense"]["kernel"].mean())
     (True, 0.75)
     """
-    layer_bounds = check_selection_args(pattern, scope, where, overrides, layer_bounds)
+    layer_bounds = check_selection_args(pattern, scope, where, overrides, layer_bounds, views)
     sparsity = val.sparsity(sparsity)
     check_target(pattern, sparsity, scope, layer_bounds)
 

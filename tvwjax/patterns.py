@@ -93,6 +93,10 @@ class Pattern:
         """Keyword arguments of the format's ``from_dense`` for this pattern."""
         return {}
 
+    def _set_nm(self, n: int, m: int) -> None:
+        object.__setattr__(self, "n", n)
+        object.__setattr__(self, "m", m)
+
     # -- public API -------------------------------------------------------------------------
     def mask(self, scores: Array, sparsity: float | Array, name: str = "scores") -> Array:
         """Boolean keep-mask of a 2-D ``(K, N)`` score array at ``sparsity``.
@@ -196,8 +200,8 @@ class BW(Pattern):
     format: ClassVar[str | None] = "BlockSparse"
 
     def __post_init__(self):
-        val.positive_int(self.rows, "BW: rows")
-        val.positive_int(self.cols, "BW: cols")
+        val.int_field(self, "rows", 1, "BW")
+        val.int_field(self, "cols", 1, "BW")
 
     def format_args(self) -> dict:
         return {"block": (self.rows, self.cols)}
@@ -240,7 +244,7 @@ class VW(Pattern):
     name: ClassVar[str] = "VW"
 
     def __post_init__(self):
-        val.positive_int(self.length, "VW: length")
+        val.int_field(self, "length", 1, "VW")
 
     def _mask(self, scores, density):
         k, n = scores.shape
@@ -265,7 +269,7 @@ class NM(Pattern):
     supports_global: ClassVar[bool] = False
 
     def __post_init__(self):
-        val.nm_pair(self.n, self.m, "NM")
+        self._set_nm(*val.nm_pair(self.n, self.m, "NM"))
 
     @property
     def max_density(self) -> float:
@@ -318,7 +322,8 @@ class TW(Pattern):
       min_rows: every tile (of surviving columns) keeps at least this many rows (rounded
         up to ``row_block``), so no output feature is left without a weight; ``0`` lets a
         tile lose all its rows. The guarantee takes its rows from the same budget, so the
-        sparsity is unchanged.
+        sparsity is unchanged unless the budget is smaller than the guarantee itself
+        (above ``1 - min_rows/K``), where the guarantee wins.
     """
 
     tile: int = 128
@@ -329,11 +334,13 @@ class TW(Pattern):
     format: ClassVar[str | None] = "TileWise"
 
     def __post_init__(self):
-        val.positive_int(self.tile, f"{type(self).__name__}: tile")
-        val.positive_int(self.row_block, f"{type(self).__name__}: row_block")
-        val.int_at_least(self.min_rows, f"{type(self).__name__}: min_rows", 0)
-        if not (isinstance(self.column_share, float | int)
-                and 0.0 <= self.column_share <= 1.0):
+        owner = type(self).__name__
+        val.int_field(self, "tile", 1, owner)
+        val.int_field(self, "row_block", 1, owner)
+        val.int_field(self, "min_rows", 0, owner)
+        share = val.number(self.column_share, f"{owner}: column_share")
+        object.__setattr__(self, "column_share", share)
+        if not 0.0 <= share <= 1.0:
             raise ConfigError(f"{type(self).__name__}: column_share must be in [0, 1], "
                               f"got {self.column_share!r}")
 
@@ -370,8 +377,10 @@ class TW(Pattern):
             first = (rank < floor_rows if rank is not None
                      else jnp.arange(k)[:, None] == jnp.argmax(seg, axis=0)[None, :])
             ranked = jnp.where(first & (width > 0)[None, :], jnp.inf, seg)
-        keep = sel.budget_mask(ranked.reshape(-1), sizes.reshape(-1),
-                               sel.count(density, k * n))
+        budget = sel.count(density, k * n)
+        if floor_rows > 0:  # the guarantee wins over a budget too small to honour it
+            budget = jnp.maximum(budget, floor_rows * jnp.sum(width, dtype=jnp.int32))
+        keep = sel.budget_mask(ranked.reshape(-1), sizes.reshape(-1), budget)
         keep = keep.reshape(k, t)
         if rb > 1:
             c = jnp.sum(keep, axis=0, dtype=jnp.int32)
@@ -413,7 +422,8 @@ class TEW(TW):
 
     def __post_init__(self):
         super().__post_init__()
-        if not (isinstance(self.delta, float | int) and 0.0 < self.delta < 1.0):
+        object.__setattr__(self, "delta", val.number(self.delta, "TEW: delta"))
+        if not 0.0 < self.delta < 1.0:
             raise ConfigError(f"TEW: delta must be in (0, 1), got {self.delta!r}")
 
     def validate_sparsity(self, sparsity, name="sparsity"):
@@ -453,7 +463,7 @@ class TVW(TW):
 
     def __post_init__(self):
         super().__post_init__()
-        val.nm_pair(self.n, self.m, "TVW", max_m=4)
+        self._set_nm(*val.nm_pair(self.n, self.m, "TVW", max_m=4))
         if self.row_block % self.m:
             raise ConfigError(f"TVW: row_block must be a multiple of m={self.m}, "
                               f"got {self.row_block}")

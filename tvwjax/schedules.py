@@ -60,12 +60,22 @@ def _check_sparsity(obj: Schedule, name: str) -> float:
     return v
 
 
-def _check_int(owner: str, name: str, value, *, minimum: int) -> None:
-    val.int_at_least(value, f"{owner}: {name}", minimum)
-
-
 def _step(step: Step) -> Array:
-    return jnp.asarray(step, jnp.int32)
+    """The step (an int, or an integer array of steps) as int32; floats, bools, strings and
+    negative steps raise :class:`ConfigError`."""
+    if isinstance(step, np.ndarray | jax.Array) and np.ndim(step) > 0:
+        if not jnp.issubdtype(step.dtype, jnp.integer):
+            raise ConfigError(f"schedule step must be an integer or an integer array, got "
+                              f"dtype {step.dtype}")
+        if not val.is_traced(step) and (np.asarray(step) < 0).any():
+            raise ConfigError("schedule step must be an integer >= 0, got negative steps")
+        return jnp.asarray(step, jnp.int32)
+    if val.is_traced(step):
+        if not jnp.issubdtype(step.dtype, jnp.integer):
+            raise ConfigError(f"schedule step must be an integer scalar, got a traced "
+                              f"{step.dtype} value")
+        return step.astype(jnp.int32)
+    return jnp.asarray(val.int_at_least(step, "schedule step", 0), jnp.int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +122,7 @@ class OneShot(Schedule):
 
     def __post_init__(self):
         _check_sparsity(self, "sparsity")
-        _check_int("OneShot", "step", self.step, minimum=0)
+        val.int_field(self, "step", 0, "OneShot")
 
     @property
     def final_sparsity(self) -> float:
@@ -153,17 +163,17 @@ class Polynomial(Schedule):
     def __post_init__(self):
         _check_sparsity(self, "final_sparsity")
         _check_sparsity(self, "initial_sparsity")
-        _check_int("Polynomial", "begin_step", self.begin_step, minimum=0)
-        _check_int("Polynomial", "end_step", self.end_step, minimum=0)
-        _check_int("Polynomial", "frequency", self.frequency, minimum=1)
+        val.int_field(self, "begin_step", 0, "Polynomial")
+        val.int_field(self, "end_step", 0, "Polynomial")
+        val.int_field(self, "frequency", 1, "Polynomial")
         if self.end_step <= self.begin_step:
             raise ConfigError(f"Polynomial: end_step must be greater than begin_step, got "
                               f"begin_step={self.begin_step}, end_step={self.end_step}")
         if self.initial_sparsity > self.final_sparsity:
             raise ConfigError(f"Polynomial: initial_sparsity must be <= final_sparsity, got "
                               f"{self.initial_sparsity!r} > {self.final_sparsity!r}")
-        if (isinstance(self.power, bool) or not isinstance(self.power, float | int)
-                or not math.isfinite(self.power) or self.power <= 0):
+        object.__setattr__(self, "power", val.number(self.power, "Polynomial: power"))
+        if not math.isfinite(self.power) or self.power <= 0:
             raise ConfigError(f"Polynomial: power must be a positive number, got {self.power!r}")
 
     def targets(self) -> tuple[float, ...]:
@@ -218,11 +228,11 @@ class Staged(Schedule):
             if len(ft) != len(self.levels):
                 raise ConfigError(f"Staged: finetune_steps must have one entry per level "
                                   f"({len(self.levels)}), got {len(ft)}")
-            for i, k in enumerate(ft):
-                _check_int("Staged", f"finetune_steps[{i}]", k, minimum=1)
+            object.__setattr__(self, "finetune_steps", tuple(
+                val.int_at_least(k, f"Staged: finetune_steps[{i}]", 1) for i, k in enumerate(ft)))
         else:
-            _check_int("Staged", "finetune_steps", ft, minimum=1)
-        _check_int("Staged", "begin_step", self.begin_step, minimum=0)
+            val.int_field(self, "finetune_steps", 1, "Staged")
+        val.int_field(self, "begin_step", 0, "Staged")
 
     @property
     def final_sparsity(self) -> float:

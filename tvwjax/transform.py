@@ -39,7 +39,7 @@ import optax
 from tvwjax import _validate as val
 from tvwjax._tree import check_same_leaves, is_none, leaves_with_paths
 from tvwjax.errors import ConfigError, PruneOrderWarning, TreeMismatchError
-from tvwjax.masking import check_selection_args
+from tvwjax.masking import check_selection_args, check_target
 from tvwjax.masking import masks as compute_masks
 from tvwjax.patterns import Pattern
 from tvwjax.schedules import Schedule
@@ -198,14 +198,16 @@ def prune(
     >>> int((optax.apply_updates(params, updates)["kernel"] == 0).sum())
     8
     """
-    check_selection_args(pattern, scope, where, overrides, layer_bounds, who="prune: ")
+    layer_bounds = check_selection_args(pattern, scope, where, overrides, layer_bounds, views,
+                                        who="prune: ")
     if not isinstance(schedule, Schedule):
         raise ConfigError(f"prune: schedule must be a tvwjax Schedule (OneShot, Polynomial, "
                           f"Staged), got {schedule!r}")
     if score_fn is not None and not callable(score_fn):
         raise ConfigError(f"prune: score_fn must be callable, got {score_fn!r}")
-    views = val.mapping_or_none(views, "prune: views")
     schedule.validate_for(pattern)
+    for target in schedule.targets():
+        check_target(pattern, float(target), scope, layer_bounds, who="prune: ")
 
     def init_fn(params: PyTree) -> PruneState:
         # Which leaves get masks: the library's leaf selection and checks, traced

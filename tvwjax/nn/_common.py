@@ -23,7 +23,7 @@ def check_layer_args(owner: str, sizes: dict[str, Any], use_bias: Any,
     Returns the sizes as Python ints; raises :class:`~tvwjax.errors.ConfigError` naming the
     parameter (``"SparseDense: features must be a positive integer, got 0"``).
     """
-    out = {k: val.concrete_int(v, f"{owner}: {k}") for k, v in sizes.items()}
+    out = {k: val.positive_int(v, f"{owner}: {k}") for k, v in sizes.items()}
     val.flag(use_bias, f"{owner}: use_bias")
     val.choice(backend, f"{owner}: backend", BACKENDS)
     return out
