@@ -1148,6 +1148,66 @@ def _staged_list_edge():
     return jax.vmap(sched)(jnp.arange(12)), (levels.astype(np.float32), np.isin(t, starts))
 
 
+def _np_ew(w, s):
+    """NumPy EW mask: keep the README's count of the largest |w| (-0.0 == +0.0), ties to
+    the lower flat index."""
+    a = np.abs(np.asarray(w, np.float32)).reshape(-1)
+    d = np.float32(1) - np.float32(s)
+    k = min(a.size, max(1, int(np.floor(float(d * np.float32(a.size)) + 0.5))))
+    order = np.lexsort((np.arange(a.size), -a))  # by -|w|, then index
+    keep = np.zeros(a.size, bool)
+    keep[order[:k]] = True
+    return keep.reshape(np.shape(w))
+
+
+def _mask_tree_edge(kind):
+    w = _w((12, 6))
+    if kind == "signed-zero":
+        w[:, :3] = 0.0
+        w[::2, :3] = -0.0
+        got = tvwjax.EW().mask(jnp.abs(jnp.asarray(w)), 0.6)
+        return got, _np_ew(w, 0.6)
+    if kind == "none-int":
+        params = {"fc": {"kernel": jnp.asarray(w), "bias": None},
+                  "step": jnp.asarray(3), "table": jnp.arange(12).reshape(3, 4)}
+        got = tvwjax.masks(params, tvwjax.EW(), 0.6)
+        return (got["fc"]["kernel"], got["fc"]["bias"], got["step"], got["table"]), \
+            (_np_ew(w, 0.6), None, None, None)
+    if kind == "frozen":
+        got = tvwjax.masks(FrozenDict({"fc": {"kernel": jnp.asarray(w)}}), tvwjax.EW(), 0.6)
+        return (type(got).__name__, got["fc"]["kernel"]), ("FrozenDict", _np_ew(w, 0.6))
+    if kind == "nnx":
+        layer = nnx.Linear(12, 6, rngs=nnx.Rngs(0))
+        layer.kernel.set_value(jnp.asarray(w))
+        got = tvwjax.masks(nnx.state(layer, nnx.Param), tvwjax.EW(), 0.6)
+        return list(jax.tree.leaves(got)), [_np_ew(w, 0.6)]
+    if kind in ("bf16", "f16", "numpy"):
+        dtype = {"bf16": jnp.bfloat16, "f16": np.float16, "numpy": np.float32}[kind]
+        wl = w if kind == "numpy" else np.asarray(jnp.asarray(w, dtype))
+        leaf = wl if kind == "numpy" else jnp.asarray(wl)
+        got = tvwjax.masks({"fc": {"kernel": leaf}}, tvwjax.EW(), 0.6)["fc"]["kernel"]
+        return got, _np_ew(np.asarray(wl, np.float32), 0.6)
+    if kind == "sparsity-kinds":
+        p = {"fc": {"kernel": jnp.asarray(w)}}
+        got = [tvwjax.masks(p, tvwjax.EW(), v)["fc"]["kernel"]
+               for v in (0.3, np.float64(0.3), jnp.float32(0.3), np.array(0.3))]
+        got.append(jax.jit(lambda q, t: tvwjax.masks(q, tvwjax.EW(), t))(p, 0.3)["fc"]["kernel"])
+        return got, [_np_ew(w, 0.3)] * 5
+    raise AssertionError(kind)
+
+
+def _small_leaf_keeps_a_unit_edge():
+    """BW(64, 64) at 75% on 128 x 10: the budget (320) is smaller than one block (640); the
+    block with the larger RMS is kept (before: nothing was)."""
+    w = _w((128, 10))
+    got = tvwjax.masks({"k": {"kernel": jnp.asarray(w)}}, tvwjax.BW(64, 64), 0.75)
+    rms = [np.sqrt(np.mean(w[i:i + 64] ** 2)) for i in (0, 64)]
+    want = np.zeros((128, 10), bool)
+    best = int(np.argmax(rms))
+    want[64 * best:64 * best + 64] = True
+    return got["k"]["kernel"], want
+
+
 EDGE_CASES = [
     # matmul: no rows, on every backend and format, and through the layers
     Edge("matmul-zero-rows-tw-cpu", lambda: _mm_edge((0,))),
@@ -1213,6 +1273,16 @@ EDGE_CASES = [
     # schedules
     Edge("schedules-python-numpy-jax-scalars", _schedule_scalar_kinds_edge, atol=1e-6),
     Edge("staged-list-and-mixed-scalars", _staged_list_edge),
+    # masks: the tie rule, trees with None / int leaves, FrozenDict, NNX state, low precision
+    Edge("masks-ew-signed-zero-ties", lambda: _mask_tree_edge("signed-zero")),
+    Edge("masks-none-and-int-leaves", lambda: _mask_tree_edge("none-int")),
+    Edge("masks-frozendict", lambda: _mask_tree_edge("frozen")),
+    Edge("masks-nnx-state", lambda: _mask_tree_edge("nnx")),
+    Edge("masks-bf16-kernel", lambda: _mask_tree_edge("bf16")),
+    Edge("masks-f16-kernel", lambda: _mask_tree_edge("f16")),
+    Edge("masks-numpy-kernel", lambda: _mask_tree_edge("numpy")),
+    Edge("masks-sparsity-python-numpy-jax-traced", lambda: _mask_tree_edge("sparsity-kinds")),
+    Edge("masks-bw-budget-below-one-block", _small_leaf_keeps_a_unit_edge),
 ]
 
 
