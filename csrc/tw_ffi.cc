@@ -48,6 +48,7 @@ std::vector<const TwKernel*> Supported() {
   return out;
 }
 
+constexpr int64_t kTransposeMinM = 48;
 std::atomic<const TwKernel*> g_kernel{nullptr};
 std::atomic<int> g_max_threads{0};  // 0: the pool's size
 
@@ -62,13 +63,14 @@ const TwKernel* Kernel() {
 
 // A per-thread scratch buffer that grows (XLA's pool threads live long: no page faults
 // per call once warm).
-float* ThreadScratch(size_t floats) {
+float* ThreadScratch(size_t floats, int slot = 0) {
   struct Buf {
     float* p = nullptr;
     size_t n = 0;
     ~Buf() { std::free(p); }
   };
-  thread_local Buf buf;
+  thread_local Buf bufs[2];
+  Buf& buf = bufs[slot];
   if (buf.n < floats) {
     std::free(buf.p);
     const size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;
@@ -88,8 +90,11 @@ struct Shared {
   const TwKernel* kernel;
   std::vector<Item> items;
   size_t scratch;
+  int64_t n_transpose = 0;  // items [0, n_transpose) fill p.xt; the rest wait for them
+  float* xt = nullptr;
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
+  std::atomic<int64_t> transposed{0};
   std::atomic<bool> failed{false};
 };
 
@@ -98,9 +103,17 @@ void Work(Shared& s) {
   float* scratch = nullptr;
   for (int64_t i; (i = s.next.fetch_add(1, std::memory_order_relaxed)) < n;) {
     try {
-      if (!scratch) scratch = ThreadScratch(s.scratch);
       const Item& it = s.items[i];
-      s.kernel->item(s.p, it.tile, it.m0, it.m1, scratch);
+      if (i < s.n_transpose) {
+        s.kernel->transpose(s.p, it.m0, it.m1, s.xt);
+        s.transposed.fetch_add(1, std::memory_order_acq_rel);
+      } else {
+        // Items are taken in order, so every transpose item is already being run.
+        while (s.transposed.load(std::memory_order_acquire) < s.n_transpose)
+          std::this_thread::yield();
+        if (!scratch) scratch = ThreadScratch(s.scratch);
+        s.kernel->item(s.p, it.tile, it.m0, it.m1, scratch);
+      }
     } catch (...) {
       s.failed.store(true, std::memory_order_relaxed);
     }
@@ -166,6 +179,14 @@ ffi::Error TwMatmulImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer v
   if (p.t == 0) return ffi::Error::Success();
 
   auto s = std::make_shared<Shared>();
+  p.xt = nullptr;
+  if (p.m >= kTransposeMinM) {
+    // Large M: x^T (float32) first, in parallel; packing then copies contiguous runs.
+    s->xt = ThreadScratch(static_cast<size_t>(p.m * p.k), 1);
+    p.xt = s->xt;
+    for (int64_t k0 = 0; k0 < p.k; k0 += 256) s->items.push_back({-1, k0, std::min(p.k, k0 + 256)});
+    s->n_transpose = static_cast<int64_t>(s->items.size());
+  }
   s->p = p;
   s->kernel = Kernel();
   int64_t threads = std::max<int64_t>(1, pool.num_threads());

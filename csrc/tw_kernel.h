@@ -28,6 +28,9 @@ struct TwProblem {
   const int32_t* cols;
   const int32_t* counts;
   void* y;
+  // Optional: x transposed to float32, (k, m) row-major (set by the handler for large M;
+  // packing then copies contiguous runs of rows of x^T instead of gathering from x).
+  const float* xt;
 };
 
 // One instruction-set variant of the kernel.
@@ -38,6 +41,8 @@ struct TwKernel {
   size_t (*scratch_floats)(const TwProblem& p, int64_t rows);
   // y[m0:m1, cols of tile] = x[m0:m1] @ W_tile; `scratch` is 64-byte aligned.
   void (*item)(const TwProblem& p, int64_t tile, int64_t m0, int64_t m1, float* scratch);
+  // xt[k0:k1, :] = x[:, k0:k1]^T as float32.
+  void (*transpose)(const TwProblem& p, int64_t k0, int64_t k1, float* xt);
 };
 
 namespace generic { extern const TwKernel kKernel; }

@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 #include "tw_kernel.h"
 
@@ -42,7 +43,11 @@ typedef uint32_t vu __attribute__((vector_size(VW * 4)));
 
 static inline vf load(const float* p) { return *reinterpret_cast<const vfu*>(p); }
 static inline void store(float* p, vf v) { *reinterpret_cast<vfu*>(p) = v; }
-static inline vf bcast(float s) { return vf{} + s; }
+template <size_t... I>
+static inline vf splat(float s, std::index_sequence<I...>) {
+  return vf{((void)I, s)...};
+}
+static inline vf bcast(float s) { return splat(s, std::make_index_sequence<VW>{}); }
 static inline vf load(const uint16_t* p) {  // bf16 -> f32: the bits moved up 16
   vu u = __builtin_convertvector(*reinterpret_cast<const vh*>(p), vu) << 16;
   return reinterpret_cast<vf&>(u);
@@ -79,6 +84,50 @@ static void pack_a(const T* x, int64_t ldx, int64_t m0, int r, const int32_t* ro
     float* out = ap + i;
     for (int64_t k = 0; k < kc; ++k) out[k * r] = to_f32(xr[rows[k]]);
   }
+}
+
+// The same from x^T (float32, (k, ldm)) for a whole block of mc rows at once: per compact
+// row one contiguous run of mc values, spread over the slivers (full slivers of MR rows, the
+// last one of mc % MR). Runs are read in order with the next rows prefetched.
+static void pack_at_block(const float* xt, int64_t ldm, int64_t m0, int64_t mc,
+                          const int32_t* rows, int64_t kc, float* ap) {
+  const int64_t full = mc / MR, tail = mc - full * MR;
+  for (int64_t k = 0; k < kc; ++k) {
+    if (k + 4 < kc) {
+      const float* nxt = xt + rows[k + 4] * ldm + m0;
+      for (int64_t o = 0; o < mc; o += 16) __builtin_prefetch(nxt + o);
+    }
+    const float* src = xt + rows[k] * ldm + m0;
+    for (int64_t s = 0; s < full; ++s) {
+      float* out = ap + s * MR * kc + k * MR;
+#pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i) out[i] = src[s * MR + i];
+    }
+    if (tail) {
+      float* out = ap + full * MR * kc + k * tail;
+      for (int64_t i = 0; i < tail; ++i) out[i] = src[full * MR + i];
+    }
+  }
+}
+
+// x^T as float32, (k, m) row-major: columns [k0, k1) of x.
+template <typename T>
+static void transpose_t(const TwProblem& p, int64_t k0, int64_t k1, float* xt) {
+  const T* x = static_cast<const T*>(p.x);
+  const int64_t m = p.m, k = p.k;
+  constexpr int64_t B = 16;
+  for (int64_t mb = 0; mb < m; mb += B) {
+    const int64_t me = mb + B < m ? mb + B : m;
+    for (int64_t kk = k0; kk < k1; ++kk)
+      for (int64_t i = mb; i < me; ++i) xt[kk * m + i] = to_f32(x[i * k + kk]);
+  }
+}
+
+static void transpose(const TwProblem& p, int64_t k0, int64_t k1, float* xt) {
+  if (p.dtype == DType::kF32)
+    transpose_t<float>(p, k0, k1, xt);
+  else
+    transpose_t<uint16_t>(p, k0, k1, xt);
 }
 
 // The tile's first kt rows as Gp/NR panels, panel j = bp[j * kt * NR ...], row-major NR wide,
@@ -204,7 +253,7 @@ static void gemv(const TwProblem& p, int64_t tile, int64_t m, float* c) {
 
 // ---- the GEMM of one tile over rows [m0, m1) -------------------------------------------------
 static bool weights_in_place(const TwProblem& p, int64_t rows) {
-  return p.dtype == DType::kF32 && p.g % NR == 0 && rows <= SMALL_M;
+  return !p.xt && p.dtype == DType::kF32 && p.g % NR == 0 && rows <= SMALL_M;
 }
 
 static int64_t k_block(const TwProblem& p, int64_t rows, int64_t kt) {
@@ -250,9 +299,13 @@ static void gemm(const TwProblem& p, int64_t tile, int64_t m0, int64_t m1, float
     const int64_t mc = m1 - mb < MC ? m1 - mb : MC;
     for (int64_t k0 = 0; k0 < kt; k0 += kcb) {
       const int64_t kc = kt - k0 < kcb ? kt - k0 : kcb;
-      for (int64_t s = 0; s * MR < mc; ++s) {
-        const int r = static_cast<int>(mc - s * MR < MR ? mc - s * MR : MR);
-        pack_a<T>(x, p.k, mb + s * MR, r, rows + k0, kc, ap + s * MR * kc);
+      if (p.xt) {
+        pack_at_block(p.xt, p.m, mb, mc, rows + k0, kc, ap);
+      } else {
+        for (int64_t s = 0; s * MR < mc; ++s) {
+          const int r = static_cast<int>(mc - s * MR < MR ? mc - s * MR : MR);
+          pack_a<T>(x, p.k, mb + s * MR, r, rows + k0, kc, ap + s * MR * kc);
+        }
       }
       for (int64_t j = 0; j < panels; ++j) {
         const float* b;
@@ -296,7 +349,7 @@ static void item(const TwProblem& p, int64_t tile, int64_t m0, int64_t m1, float
     item_t<uint16_t>(p, tile, m0, m1, scratch);
 }
 
-extern const TwKernel kKernel = {TWK_NAME, MR, &scratch_floats, &item};
+extern const TwKernel kKernel = {TWK_NAME, MR, &scratch_floats, &item, &transpose};
 
 }  // namespace TWK_NS
 }  // namespace tvwjax
