@@ -51,6 +51,9 @@ std::vector<const TwKernel*> Supported() {
 constexpr int64_t kTransposeMinM = 48;
 std::atomic<const TwKernel*> g_kernel{nullptr};
 std::atomic<int> g_max_threads{0};  // 0: the pool's size
+std::atomic<int64_t> g_pool_threads{-1};  // what the last call's pool reported
+std::atomic<int64_t> g_workers{0};        // threads the last call used (caller + helpers)
+std::atomic<int64_t> g_helper_items{0};   // items of the last call run on pool threads
 
 const TwKernel* Kernel() {
   const TwKernel* k = g_kernel.load(std::memory_order_acquire);
@@ -95,10 +98,11 @@ struct Shared {
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
   std::atomic<int64_t> transposed{0};
+  std::atomic<int64_t> helper_items{0};
   std::atomic<bool> failed{false};
 };
 
-void Work(Shared& s) {
+void Work(Shared& s, bool helper) {
   const int64_t n = static_cast<int64_t>(s.items.size());
   float* scratch = nullptr;
   for (int64_t i; (i = s.next.fetch_add(1, std::memory_order_relaxed)) < n;) {
@@ -117,6 +121,7 @@ void Work(Shared& s) {
     } catch (...) {
       s.failed.store(true, std::memory_order_relaxed);
     }
+    if (helper) s.helper_items.fetch_add(1, std::memory_order_relaxed);
     s.done.fetch_add(1, std::memory_order_acq_rel);
   }
 }
@@ -189,7 +194,9 @@ ffi::Error TwMatmulImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer v
   }
   s->p = p;
   s->kernel = Kernel();
-  int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  const int64_t pool_threads = pool.num_threads();
+  g_pool_threads.store(pool_threads, std::memory_order_relaxed);
+  int64_t threads = std::max<int64_t>(1, pool_threads);
   if (const int cap = g_max_threads.load(std::memory_order_relaxed); cap > 0)
     threads = std::min<int64_t>(threads, cap);
 
@@ -210,10 +217,12 @@ ffi::Error TwMatmulImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer v
   s->scratch = s->kernel->scratch_floats(p, std::min(p.m, rows_per_item));
 
   const int64_t helpers = std::min<int64_t>(threads, static_cast<int64_t>(s->items.size())) - 1;
-  for (int64_t h = 0; h < helpers; ++h) pool.Schedule([s] { Work(*s); });
-  Work(*s);
+  for (int64_t h = 0; h < helpers; ++h) pool.Schedule([s] { Work(*s, true); });
+  Work(*s, false);
   const int64_t n = static_cast<int64_t>(s->items.size());
   while (s->done.load(std::memory_order_acquire) < n) std::this_thread::yield();
+  g_helper_items.store(s->helper_items.load(), std::memory_order_relaxed);
+  g_workers.store(helpers + 1, std::memory_order_relaxed);
   if (s->failed.load()) return ffi::Error::Internal("tw_matmul_cpu: out of memory for scratch");
   return ffi::Error::Success();
 }
@@ -254,6 +263,14 @@ NB_MODULE(_tw_cpu, m) {
       }
     throw nb::value_error(("instruction set not supported on this CPU: " + name).c_str());
   }, "Force a variant (tests); the default is the fastest supported.");
+  m.def("last_call", []() {
+    nb::dict d;
+    d["pool_threads"] = tvwjax::g_pool_threads.load();
+    d["workers"] = tvwjax::g_workers.load();
+    d["helper_items"] = tvwjax::g_helper_items.load();
+    return d;
+  }, "Threads of XLA's pool seen by the last call (-1: none yet), workers it used and how "
+     "many work items ran on pool threads (not the calling one).");
   m.def("set_max_threads", [](int n) { tvwjax::g_max_threads.store(n); },
         "Cap the worker threads (0: XLA's intra-op pool size).");
 }

@@ -79,11 +79,14 @@ def isa() -> str | None:
 
 def report() -> dict[str, Any]:
     """Which CPU TW kernel runs: ``{"kernel": "ffi" | "xla", "isa", "supported_isas",
-    "reason"}`` (``"xla"``: the extension is unavailable, ``reason`` says why)."""
+    "reason", "last_call"}`` (``"xla"``: the extension is unavailable, ``reason`` says why;
+    ``last_call``: XLA's intra-op pool size seen by the last call, the workers it used and
+    how many of its work items ran on pool threads rather than the calling one)."""
     if _EXT is None:
-        return {"kernel": "xla", "isa": None, "supported_isas": [], "reason": _REASON}
+        return {"kernel": "xla", "isa": None, "supported_isas": [], "reason": _REASON,
+                "last_call": None}
     return {"kernel": "ffi", "isa": isa(), "supported_isas": list(_EXT.supported_isas()),
-            "reason": ""}
+            "reason": "", "last_call": dict(_EXT.last_call())}
 
 
 def set_isa(name: str | None) -> None:
