@@ -48,7 +48,7 @@ from tvwjax.formats import (
     decompress,
 )
 from tvwjax.masking import LeafPlan, Selection, apply_masks, default_where, masks, selection
-from tvwjax.matmul import matmul
+from tvwjax.matmul import backends, matmul
 from tvwjax.patterns import BW, EW, NM, TEW, TVW, TW, VW, Pattern
 from tvwjax.plot import plot_mask, plot_masks
 from tvwjax.reconstruction import one_shot, reconstruct, reconstruct_layer
@@ -78,7 +78,7 @@ __all__ = [
     "prune", "pruned", "schedules", "transform",
     # execution
     "BlockSparse", "CompressedWeight", "NMSparse", "TileVectorWise", "TileWise", "compress",
-    "decompress", "matmul", "nn",
+    "backends", "decompress", "matmul", "nn",
     # data-aware one-shot pruning and checkpoints
     "calibration", "checkpoint", "data_aware", "one_shot", "reconstruct", "reconstruct_layer",
 ]

@@ -1,6 +1,12 @@
-"""``tvwjax.matmul``: ``x @ W`` for a dense or compressed ``W``, on the CPU (XLA) or GPU (Pallas).
+"""``tvwjax.matmul``: ``x @ W`` for a dense or compressed ``W``, on the CPU or GPU (Pallas).
 
-The CPU path (``backend="cpu"``) for the tile formats, measured on a 2-core CPU:
+On the CPU (``backend="cpu"``) the tile formats run on the compiled kernel of
+:mod:`tvwjax.cpu_kernel` (an XLA FFI custom call built by ``pip install``: the activation
+gather fused into the GEMM's packing, AVX-512 / AVX2 micro-kernels, XLA's thread pool).
+When the extension is unavailable (a source tree that was not built, or
+``TVWJAX_CPU_KERNEL=0``) they run on the XLA path below; :func:`backends` says which.
+
+The XLA path for the tile formats, measured on a 2-core CPU:
 
 * the activations are gathered per tile **as columns of** ``x`` (``x[:, rows]``, shape
   ``(M, T, Kp)``): XLA's CPU gather runs several times faster this way than gathering rows
@@ -41,6 +47,7 @@ from jax import lax
 import pallas_kernels
 from pallas_kernels.common import SUPPORTED_DTYPES
 from tvwjax import _validate as val
+from tvwjax import cpu_kernel
 from tvwjax.errors import ConfigError, DTypeError, ShapeError
 from tvwjax.formats import CompressedWeight, StaticArray, TileVectorWise, decompress
 from tvwjax.formats.tiles import TileFormat
@@ -300,7 +307,8 @@ def matmul(x: Array, w: Any, backend: str = "auto") -> Array:
         float32, bfloat16 or float16; a JAX or NumPy array (or nested lists of numbers).
       w: a dense ``(K, N)`` array (JAX or NumPy) or a
         :class:`~tvwjax.formats.CompressedWeight`.
-      backend: ``"cpu"`` (XLA gather + batched GEMM), ``"gpu"`` (Pallas kernels),
+      backend: ``"cpu"`` (the compiled CPU kernel; XLA gather + batched GEMM when it is
+        unavailable, see :func:`backends`), ``"gpu"`` (Pallas kernels),
         ``"interpret"`` (the Pallas kernels in interpret mode on the CPU, slow) or
         ``"auto"`` (``"gpu"`` when ``jax.default_backend() == "gpu"``, else ``"cpu"``).
         Weights without a kernel (dense, N:M) always take the XLA path.
@@ -340,9 +348,28 @@ def matmul(x: Array, w: Any, backend: str = "auto") -> Array:
             y = jnp.zeros((x2d.shape[0], n), jnp.result_type(x.dtype, w.dtype))
         else:
             y = _kernel_matmul(x2d, w, backend == "interpret")
+    elif isinstance(w, TileFormat) and cpu_kernel.unsupported(x2d, w) is None:
+        y = cpu_kernel.tw_matmul_cpu(x2d, w)
     else:
         y = _xla_matmul(x2d, w)
     return y.reshape(*lead, n)
 
 
-__all__ = ["BACKENDS", "dense_matmul", "matmul"]
+def backends() -> dict[str, Any]:
+    """Which implementation :func:`matmul` runs for each kind of weight on this machine.
+
+    Returns:
+      ``{"default_backend": jax.default_backend(), "tile_formats_cpu": "ffi" | "xla",
+      "cpu_kernel": tvwjax.cpu_kernel.report(), "tile_formats_gpu": "pallas-triton",
+      "dense_and_nm": "xla"}``.
+
+    >>> import tvwjax
+    >>> sorted(tvwjax.backends())[:2]
+    ['cpu_kernel', 'default_backend']
+    """
+    rep = cpu_kernel.report()
+    return {"default_backend": jax.default_backend(), "tile_formats_cpu": rep["kernel"],
+            "cpu_kernel": rep, "tile_formats_gpu": "pallas-triton", "dense_and_nm": "xla"}
+
+
+__all__ = ["BACKENDS", "backends", "dense_matmul", "matmul"]
