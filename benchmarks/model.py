@@ -1,9 +1,12 @@
-"""BERT-base-shaped encoder, end to end under jit: dense vs TW 75% vs TVW 75%.
+"""Transformer encoders end to end under jit: dense vs TW 75% vs TVW 75%.
 
-12 layers, hidden 768, FFN 3072, 12 heads, 128 tokens, batch 8 (``--quick``: 2 layers,
-batch 2). Every linear layer is a :class:`tvwjax.nn.SparseDense`; masks come from
+``--config bert`` (default): BERT-base shapes, 12 layers, hidden 768, FFN 3072, 12 heads,
+128 tokens, batch 8 (``--quick``: 2 layers, batch 2). ``--config minilm``: MiniLM-L6 shapes,
+6 layers, hidden 384, FFN 1536, 12 heads, 32 tokens, batch 64 (``--batch`` overrides).
+Every linear layer is a :class:`tvwjax.nn.SparseDense`; masks come from
 :func:`tvwjax.masks` on random weights (per layer), compressed by
-:func:`tvwjax.nn.compress_params`.
+:func:`tvwjax.nn.compress_params`. The ``+keep_faster`` rows keep each layer compressed only
+where :func:`tvwjax.nn.keep_faster` measured it faster than dense at this batch.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import tvwjax
 from benchmarks._timing import interleaved_medians, machine_info, md_table, write_results
 from tvwjax.masking import apply_masks
 from tvwjax.masking import masks as make_masks
-from tvwjax.nn import SparseDense, compress_params
+from tvwjax.nn import SparseDense, compress_params, keep_faster
 from tvwjax.patterns import TVW, TW
 
 
@@ -63,6 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """CLI options of ``model``."""
     p.add_argument("--repeats", type=int, default=5, help="timed rounds")
     p.add_argument("--sparsity", type=float, default=0.75)
+    p.add_argument("--config", choices=("bert", "minilm"), default="bert")
+    p.add_argument("--batch", type=int, default=None, help="override the batch size")
 
 
 def _kernel_bytes(params) -> int:
@@ -72,11 +78,18 @@ def _kernel_bytes(params) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Time the encoder; write ``results/bench_model.{json,md}``."""
-    cfg = dict(layers=2, batch=2) if args.quick else dict(layers=12, batch=8)
-    tokens, s = 128, args.sparsity
+    if args.config == "minilm":
+        cfg = dict(layers=6, batch=64, hidden=384, ffn=1536, tokens=32)
+    else:
+        cfg = dict(layers=12, batch=8, hidden=768, ffn=3072, tokens=128)
+    if args.quick:
+        cfg.update(layers=2, batch=min(cfg["batch"], 2))
+    if args.batch:
+        cfg["batch"] = args.batch
+    tokens, s, hidden = cfg["tokens"], args.sparsity, cfg["hidden"]
     info = machine_info()
-    model = Encoder(layers=cfg["layers"])
-    x = jax.random.normal(jax.random.key(1), (cfg["batch"], tokens, 768), jnp.float32)
+    model = Encoder(layers=cfg["layers"], hidden=hidden, ffn=cfg["ffn"])
+    x = jax.random.normal(jax.random.key(1), (cfg["batch"], tokens, hidden), jnp.float32)
     params = model.init(jax.random.key(0), x)["params"]
     variants = {"dense": params}
     storage: dict[str, int | None] = {"dense": None}  # tvw_cpu: stored as tvw
@@ -96,6 +109,12 @@ def run(args: argparse.Namespace) -> int:
         if name == "tvw":
             storage["tvw_cpu"] = storage[name]
         print(f"{name}: masks + compress {time.perf_counter() - t0:.1f} s", flush=True)
+    for name in ("tw", "tvw_cpu"):
+        chosen, report = keep_faster(params, variants[name], rows=cfg["batch"] * tokens)
+        print(f"{name}+keep_faster: {len(report.compressed)} of {len(report)} layers kept "
+              "compressed", flush=True)
+        variants[f"{name}+keep_faster"], masked[f"{name}+keep_faster"] = chosen, masked[name]
+        storage[f"{name}+keep_faster"] = None
     dense_kernel_bytes = _kernel_bytes(_kernels(params))
     apply = jax.jit(model.apply)
     # Sanity: each compressed model computes its masked dense model's output.
@@ -113,15 +132,18 @@ def run(args: argparse.Namespace) -> int:
                             max_abs_err_vs_masked_dense=err.get(k)))
         rows.append([k, f"{t * 1e3:.1f}", f"{ratio:.2f}x",
                      "1.000" if frac is None else f"{frac:.3f}"])
-    payload = {"machine": info, "config": dict(cfg, tokens=tokens, hidden=768, ffn=3072,
-                                               heads=12, sparsity=s),
+    payload = {"machine": info, "config": dict(cfg, heads=12, sparsity=s,
+                                               name=args.config),
                "records": records}
-    md = (f"# BERT-base-shaped encoder ({cfg['layers']} layers, batch {cfg['batch']} x "
+    title = "BERT-base" if args.config == "bert" else "MiniLM-L6"
+    md = (f"# {title}-shaped encoder ({cfg['layers']} layers, batch {cfg['batch']} x "
           f"{tokens} tokens), float32, jit, end to end\n\nSparsity {s:.0%} on every linear "
-          f"layer (per-layer magnitude masks). Load average {info['loadavg_start']} at "
+          f"layer (per-layer magnitude masks); the CPU TW kernel: "
+          f"{tvwjax.backends()['tile_formats_cpu']}. Load average {info['loadavg_start']} at "
           f"start.\n\n" + md_table(["model", "median ms", "speed-up", "kernel bytes / dense"],
                                    rows))
-    write_results(args.out, "bench_model", payload, md)
+    stem = "bench_model" if args.config == "bert" else f"bench_model_minilm_b{cfg['batch']}"
+    write_results(args.out, stem, payload, md)
     print(md)
     return 0
 

@@ -4,7 +4,9 @@ On the CPU (``backend="cpu"``) the tile formats run on the compiled kernel of
 :mod:`tvwjax.cpu_kernel` (an XLA FFI custom call built by ``pip install``: the activation
 gather fused into the GEMM's packing, AVX-512 / AVX2 micro-kernels, XLA's thread pool).
 When the extension is unavailable (a source tree that was not built, or
-``TVWJAX_CPU_KERNEL=0``) they run on the XLA path below; :func:`backends` says which.
+``TVWJAX_CPU_KERNEL=0``), or when JAX sees more than one device (the custom call has no
+partitioning rule, so sharded inputs would be gathered), they run on the XLA path below;
+:func:`backends` says which.
 
 The XLA path for the tile formats, measured on a 2-core CPU:
 
@@ -348,7 +350,10 @@ def matmul(x: Array, w: Any, backend: str = "auto") -> Array:
             y = jnp.zeros((x2d.shape[0], n), jnp.result_type(x.dtype, w.dtype))
         else:
             y = _kernel_matmul(x2d, w, backend == "interpret")
-    elif isinstance(w, TileFormat) and cpu_kernel.unsupported(x2d, w) is None:
+    elif (isinstance(w, TileFormat) and cpu_kernel.unsupported(x2d, w) is None
+          and jax.device_count() == 1):
+        # The custom call has no partitioning rule yet: with several devices (a mesh) the
+        # XLA path runs, which XLA's partitioner shards like any other computation.
         y = cpu_kernel.tw_matmul_cpu(x2d, w)
     else:
         y = _xla_matmul(x2d, w)
@@ -368,7 +373,8 @@ def backends() -> dict[str, Any]:
     ['cpu_kernel', 'default_backend']
     """
     rep = cpu_kernel.report()
-    return {"default_backend": jax.default_backend(), "tile_formats_cpu": rep["kernel"],
+    kernel = rep["kernel"] if jax.device_count() == 1 else "xla"
+    return {"default_backend": jax.default_backend(), "tile_formats_cpu": kernel,
             "cpu_kernel": rep, "tile_formats_gpu": "pallas-triton", "dense_and_nm": "xla"}
 
 
