@@ -201,3 +201,28 @@ def test_disabled_reports_why():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_flax_modules_run_the_kernel(dtype):
+    """SparseDense (Linen) and SparseLinear (NNX) under jit reach the kernel through
+    tvwjax.matmul (the compiled module holds its custom call) and equal the masked dense
+    layer."""
+    from flax import nnx
+
+    import tvwjax
+    from tvwjax.nn import SparseDense, SparseLinear
+
+    assert tvwjax.backends()["tile_formats_cpu"] == "ffi"
+    w = _awkward(dtype=dtype)
+    x = _x(17, 203, dtype)
+    linen = jax.jit(SparseDense(150, use_bias=False).apply)
+    assert cpu_kernel.TARGET in linen.lower({"params": {"kernel": w}}, x).as_text()
+    layer = SparseLinear(203, 150, use_bias=False, rngs=nnx.Rngs(0))
+    layer.kernel.set_value(w)
+    graphdef, state = nnx.split(layer)
+    nnx_apply = jax.jit(lambda s, v: nnx.merge(graphdef, s)(v))
+    assert cpu_kernel.TARGET in nnx_apply.lower(state, x).as_text()
+    for y in (linen({"params": {"kernel": w}}, x), nnx_apply(state, x)):
+        assert y.dtype == dtype
+        _close(y, _ref(x, w), dtype)
