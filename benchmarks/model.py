@@ -114,7 +114,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name}+keep_faster: {len(report.compressed)} of {len(report)} layers kept "
               "compressed", flush=True)
         variants[f"{name}+keep_faster"], masked[f"{name}+keep_faster"] = chosen, masked[name]
-        storage[f"{name}+keep_faster"] = None
+        storage[f"{name}+keep_faster"] = int(sum(
+            w.storage_bytes() if hasattr(w, "storage_bytes") else w.nbytes
+            for w in _kernels_and_compressed(chosen)))
     dense_kernel_bytes = _kernel_bytes(_kernels(params))
     apply = jax.jit(model.apply)
     # Sanity: each compressed model computes its masked dense model's output.
@@ -146,6 +148,13 @@ def run(args: argparse.Namespace) -> int:
     write_results(args.out, stem, payload, md)
     print(md)
     return 0
+
+
+def _kernels_and_compressed(params) -> list:
+    """Every kernel leaf, dense or compressed (for the stored bytes of a mixed tree)."""
+    flat = jax.tree_util.tree_flatten_with_path(
+        params, is_leaf=lambda v: hasattr(v, "storage_bytes"))[0]
+    return [v for k, v in flat if "kernel" in jax.tree_util.keystr(k)]
 
 
 def _kernels(params) -> dict[str, jax.Array]:

@@ -109,7 +109,7 @@ def _same(a, b):
         x.shape == y.shape and bool(jnp.array_equal(x, y)) for x, y in zip(la, lb, strict=True))
 
 
-@settings(max_examples=12, deadline=None, derandomize=True,
+@settings(max_examples=8, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(pi=st.integers(0, len(ALL_PATTERNS) - 1), k=st.integers(1, 9).map(lambda g: 4 * g),
        n=st.integers(1, 30), k2=st.integers(1, 6).map(lambda g: 4 * g),
