@@ -17,17 +17,19 @@ from typing import Any
 import numpy as np
 
 from tvwjax import _validate as val
-from tvwjax.errors import FormatError
+from tvwjax.errors import ConfigError, FormatError
 
 #: Bits per packed N:M position (see :mod:`pallas_kernels.nm_codec`) and positions per byte.
 _BITS, _PLANES = 2, 4
 
 
 def static_int(value: Any, where: str, name: str, minimum: int = 1) -> int:
-    """``value`` as an ``int`` if it is an integer ``>= minimum`` (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise FormatError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    """``value`` as an ``int`` if it is an integer ``>= minimum`` (the check of
+    :func:`tvwjax._validate.int_at_least`, raised as :class:`FormatError`)."""
+    try:
+        return val.int_at_least(value, f"{where}: {name}", minimum)
+    except ConfigError as e:
+        raise FormatError(str(e)) from None
 
 
 def static_pair(value: Any, where: str, name: str) -> tuple[int, int]:
