@@ -27,9 +27,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
+from pallas_kernels.tile_vjp import tile_matmul_vjp
 from tvwjax.errors import ConfigError, DTypeError, ShapeError
 from tvwjax.formats import StaticArray
 from tvwjax.formats.tiles import TileFormat
@@ -173,22 +173,10 @@ def _batched(spec: _Spec):
 
 
 def _backward(spec: _Spec, x: Array, values: Array, dy: Array) -> tuple[Array, Array]:
-    """``dx = dy @ W^T`` and ``dvalues`` on the compact layout, in plain jnp (XLA)."""
-    rows, cols, counts = spec.rows.array, spec.cols.array, spec.counts.array
-    kp = rows.shape[1]
-    valid = np.arange(kp)[None, :] < counts[:, None]
-    rows_d = jnp.asarray(np.where(valid, rows, spec.k).astype(np.int32))   # K: dropped
-    cols_i = jnp.asarray(cols)                                             # N: the zero column
-    m = x.shape[0]
-    f32 = jnp.float32
-    dyp = jnp.concatenate([dy, jnp.zeros((m, 1), dy.dtype)], axis=1)
-    dy_t = dyp.at[:, cols_i].get(mode="promise_in_bounds")                # (M, T, G)
-    xp = jnp.concatenate([x, jnp.zeros((m, 1), x.dtype)], axis=1)
-    x_t = xp.at[:, rows_d].get(mode="promise_in_bounds")                  # (M, T, Kp)
-    dx_t = jnp.einsum("mtg,tkg->mtk", dy_t, values, preferred_element_type=f32)
-    dx = jnp.zeros((m, spec.k + 1), f32).at[:, rows_d].add(dx_t)[:, :spec.k]
-    dv = jnp.einsum("mtk,mtg->tkg", x_t, dy_t, preferred_element_type=f32)
-    return dx.astype(x.dtype), dv.astype(values.dtype)
+    """``dx = dy @ W^T`` and ``dvalues`` on the compact layout: the kernels' shared plain-jnp
+    tile VJP (padding rows get zero gradient)."""
+    return tile_matmul_vjp(x, values, jnp.asarray(spec.rows.array),
+                           jnp.asarray(spec.cols.array), jnp.asarray(spec.counts.array), dy)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
