@@ -29,6 +29,25 @@ from pallas_kernels.nm_codec import PLANES, unpack_plane
 Array = jax.Array
 
 
+def kept_row_index(rows: Array, counts: Array | None, k: int) -> Array:
+    """``rows`` as int32 with every padding row (compact row ``>= counts[t]``) set to ``k``.
+
+    ``k`` is one past the last row of ``x``: a gather with ``mode="fill"`` reads it as zero
+    and a scatter with ``mode="drop"`` drops it, so padding rows count for nothing whatever
+    their values. Without ``counts`` the table is returned as is (padding rows then point
+    at row 0 and must hold zero values). Counts are clipped to ``[0, Kp]``.
+
+    >>> kept_row_index(jnp.array([[3, 5, 0], [1, 0, 0]]), jnp.array([2, 1]), 9).tolist()
+    [[3, 5, 9], [1, 9, 9]]
+    """
+    r = jnp.asarray(rows).astype(jnp.int32)
+    if counts is None:
+        return r
+    kp = r.shape[1]
+    n_kept = jnp.clip(jnp.asarray(counts).astype(jnp.int32), 0, kp)
+    return jnp.where(jnp.arange(kp)[None, :] < n_kept[:, None], r, k)
+
+
 def tiles_to_dense(values: Array, rows: Array, cols: Array, k: int, n_out: int,
                    counts: Array | None = None) -> Array:
     """The dense ``(K, n_out)`` weight of TW tile data (zeros where pruned).
@@ -47,9 +66,7 @@ def tiles_to_dense(values: Array, rows: Array, cols: Array, k: int, n_out: int,
     Returns:
       ``(K, n_out)`` in the dtype of ``values``.
     """
-    r = jnp.asarray(rows).astype(jnp.int32)
-    if counts is not None:
-        r = jnp.where(jnp.arange(r.shape[1])[None, :] < jnp.asarray(counts)[:, None], r, k)
+    r = kept_row_index(rows, counts, k)
     c = jnp.asarray(cols).astype(jnp.int32)[:, None, :]
     dense = jnp.zeros((k, n_out), values.dtype)
     return dense.at[r[:, :, None], c].add(values, mode="drop")
@@ -83,4 +100,4 @@ def tvw_compact_blocks(values: Array, meta: Array, n: int = 2, m: int = 4) -> Ar
     return jnp.stack(slots, axis=2).reshape(t, vr // n * m, g)
 
 
-__all__ = ["tiles_to_dense", "tvw_compact_blocks"]
+__all__ = ["kept_row_index", "tiles_to_dense", "tvw_compact_blocks"]

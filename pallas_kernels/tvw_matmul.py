@@ -55,7 +55,7 @@ from pallas_kernels.common import (
 )
 from pallas_kernels.layout import tvw_compact_blocks
 from pallas_kernels.nm_codec import PLANES, unpack_plane
-from pallas_kernels.tile_vjp import tile_matmul_vjp
+from pallas_kernels.tile_vjp import tvw_custom_vjp
 from pallas_kernels.tw_matmul import tw_matmul_reference
 
 Array = jax.Array
@@ -173,26 +173,11 @@ def tvw_matmul(x: Array, values: Array, meta: Array, rows: Array, cols: Array, *
     return _tvw_matmul(x, values, meta, rows, cols, counts, call)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def _tvw_matmul(x, values, meta, rows, cols, counts, call: TileCall):
+def _launch(x, values, meta, rows, cols, counts, call: TileCall) -> Array:
     return launch_tile_kernel(tvw_matmul_kernel, x, [values, meta], rows, cols, counts, call)
 
 
-def _tvw_matmul_fwd(x, values, meta, rows, cols, counts, call):
-    y = _tvw_matmul(x, values, meta, rows, cols, counts, call)
-    return y, (x, values, meta, rows, cols, counts)
-
-
-def _tvw_matmul_bwd(call, res, dy):
-    del call
-    x, values, meta, rows, cols, counts = res
-    blocks, decode_vjp = jax.vjp(lambda v: tvw_compact_blocks(v, meta), values)
-    dx, dblocks = tile_matmul_vjp(x, blocks, rows, cols, counts, dy)
-    (dvalues,) = decode_vjp(dblocks)
-    return dx, dvalues, None, None, None, None
-
-
-_tvw_matmul.defvjp(_tvw_matmul_fwd, _tvw_matmul_bwd)
+_tvw_matmul = tvw_custom_vjp(_launch)
 
 
 @functools.partial(jax.jit, static_argnames=["n_out"])

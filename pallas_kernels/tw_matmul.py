@@ -39,7 +39,7 @@ from pallas_kernels.common import (
     validate_weight,
 )
 from pallas_kernels.layout import tiles_to_dense
-from pallas_kernels.tile_vjp import tile_matmul_vjp
+from pallas_kernels.tile_vjp import tw_custom_vjp
 
 Array = jax.Array
 
@@ -127,23 +127,11 @@ def tw_matmul(x: Array, values: Array, rows: Array, cols: Array, *, n_out: int,
     return _tw_matmul(x, values, rows, cols, counts, call)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _tw_matmul(x, values, rows, cols, counts, call: TileCall):
+def _launch(x, values, rows, cols, counts, call: TileCall) -> Array:
     return launch_tile_kernel(tw_matmul_kernel, x, [values], rows, cols, counts, call)
 
 
-def _tw_matmul_fwd(x, values, rows, cols, counts, call):
-    return _tw_matmul(x, values, rows, cols, counts, call), (x, values, rows, cols, counts)
-
-
-def _tw_matmul_bwd(call, res, dy):
-    del call
-    x, values, rows, cols, counts = res
-    dx, dvalues = tile_matmul_vjp(x, values, rows, cols, counts, dy)
-    return dx, dvalues, None, None, None
-
-
-_tw_matmul.defvjp(_tw_matmul_fwd, _tw_matmul_bwd)
+_tw_matmul = tw_custom_vjp(_launch)
 
 
 @functools.partial(jax.jit, static_argnames=["n_out"])
