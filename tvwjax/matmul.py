@@ -28,9 +28,13 @@ TVW weights are decoded to their compact TW blocks first (no 2:4 hardware on a C
 weights are decoded to dense. Dense weights use the faster of ``x @ W`` and ``(W^T x^T)^T``
 for the given ``M``.
 
-``backend="gpu"`` / ``"interpret"`` call the Pallas kernels :func:`pallas_kernels.tw_matmul`
-/ :func:`pallas_kernels.tvw_matmul` directly (``"interpret"``: on the CPU in Pallas interpret
-mode, for tests); the kernels are differentiable themselves (each has its ``custom_vjp``).
+``backend="gpu"`` calls a Pallas kernel chosen by the GPU's compute capability
+(:func:`gpu_kernel_for`): the Mosaic GPU kernels (:func:`pallas_kernels.tw_matmul_hopper` on
+Hopper, :func:`pallas_kernels.tvw_matmul_blackwell` on Blackwell, 16-bit operands) or the
+Triton kernels (:func:`pallas_kernels.tw_matmul`, :func:`pallas_kernels.tvw_matmul`: Ampere,
+float32, and the format the device has no Mosaic kernel for); :func:`backends` says which.
+``"interpret"`` runs the Triton kernels on the CPU in Pallas interpret mode (for tests).
+The kernels are differentiable themselves (each has its ``custom_vjp``).
 Inputs are validated here, with :mod:`tvwjax.errors`, before a kernel is called. Gradients
 flow to ``x`` and to the compressed ``values`` (the only pytree leaf of a compressed weight).
 """
@@ -48,6 +52,7 @@ from jax import lax
 
 import pallas_kernels
 from pallas_kernels.common import SUPPORTED_DTYPES
+from pallas_kernels.tw_matmul_hopper import MAX_TILE_WIDTH
 from tvwjax import _validate as val
 from tvwjax import cpu_kernel
 from tvwjax.errors import ConfigError, DTypeError, ShapeError
@@ -245,11 +250,64 @@ def _xla_matmul(x2d: Array, w: Any) -> Array:
 
 
 # -- Pallas backends ---------------------------------------------------------------------------
+#: Pallas kernels by name (the names :func:`backends` reports).
+GPU_KERNELS = {
+    "tw_matmul": "Triton (Ampere path; float32 anywhere)",
+    "tvw_matmul": "Triton, 2:4 decoded in registers (half the weight bytes, dense MMA)",
+    "tw_matmul_hopper": "Mosaic GPU, wgmma (sm_90)",
+    "tvw_matmul_blackwell": "Mosaic GPU, sparse tcgen05 MMA with 2:4 metadata (sm_100+)",
+}
+_last_gpu_kernel: list[str | None] = [None]
+
+
+def _compute_capability() -> tuple[int, int] | None:
+    """``(major, minor)`` of the first GPU JAX sees, or ``None`` without a GPU."""
+    try:
+        devices = jax.devices("gpu")
+    except RuntimeError:
+        return None
+    cc = getattr(devices[0], "compute_capability", None) if devices else None
+    if not cc:
+        return None
+    major, _, minor = str(cc).partition(".")
+    return int(major), int(minor or 0)
+
+
+def gpu_kernel_for(fmt: str, dtype: Any, capability: tuple[int, int] | None,
+                   tile_width: int = 128) -> str:
+    """The Pallas kernel ``matmul(..., backend="gpu")`` runs (``backend="auto"`` on a GPU).
+
+    Args:
+      fmt: ``"tw"`` (TW weights, and TVW weights with an N:M other than 2:4, run on their
+        decoded compact blocks) or ``"tvw"`` (2:4 TVW weights).
+      dtype: the promoted dtype of ``x`` and the weight values.
+      capability: the GPU's compute capability ``(major, minor)`` (``None``: unknown).
+      tile_width: the weight's tile width ``G`` (the Hopper kernel holds at most 256).
+
+    Returns:
+      A key of :data:`GPU_KERNELS`: the sparse ``tcgen05`` kernel for 2:4 TVW on Blackwell
+      (compute capability 10 or more), the ``wgmma`` kernel for TW on Hopper (9.x), both
+      for bfloat16 / float16 operands; the Triton kernels otherwise (Ampere, float32, TVW on
+      Hopper, TW on Blackwell).
+
+    >>> gpu_kernel_for("tw", jnp.bfloat16, (9, 0)), gpu_kernel_for("tvw", jnp.float32, (10, 0))
+    ('tw_matmul_hopper', 'tvw_matmul')
+    """
+    mma = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    major = capability[0] if capability else 0
+    if fmt == "tvw":
+        return "tvw_matmul_blackwell" if mma and major >= 10 else "tvw_matmul"
+    wgmma_fits = tile_width <= MAX_TILE_WIDTH
+    return "tw_matmul_hopper" if mma and major == 9 and wgmma_fits else "tw_matmul"
+
+
 def _kernel_matmul(x2d: Array, cw: TileFormat, interpret: bool) -> Array:
     """``x2d @ cw`` with the Pallas kernel of ``cw``'s format (differentiable).
 
-    A 2:4 :class:`TileVectorWise` runs the TVW kernel on its compressed values; other N:M
-    ratios run the TW kernel on their decoded compact blocks (the CPU path's form).
+    A 2:4 :class:`TileVectorWise` runs a TVW kernel on its compressed values; other N:M
+    ratios run a TW kernel on their decoded compact blocks (the CPU path's form). On a GPU
+    the kernel is chosen by :func:`gpu_kernel_for`; ``interpret`` runs the Triton kernels in
+    Pallas interpret mode on the CPU.
     """
     for name, dtype in (("x", x2d.dtype), ("w", cw.values.dtype)):
         if jnp.dtype(dtype) not in SUPPORTED_DTYPES:
@@ -257,11 +315,23 @@ def _kernel_matmul(x2d: Array, cw: TileFormat, interpret: bool) -> Array:
                              f"got dtype {dtype}; use backend='cpu'")
     n_out = int(cw.shape[1])
     rows, cols, counts = (jnp.asarray(cw.rows), jnp.asarray(cw.cols), jnp.asarray(cw.counts))
-    if isinstance(cw, TileVectorWise) and tuple(cw.nm) == (2, 4):
+    tvw = isinstance(cw, TileVectorWise) and tuple(cw.nm) == (2, 4)
+    dtype = jnp.promote_types(x2d.dtype, cw.values.dtype)
+    name = (("tvw_matmul" if tvw else "tw_matmul") if interpret
+            else gpu_kernel_for("tvw" if tvw else "tw", dtype, _compute_capability(),
+                                cols.shape[1]))
+    _last_gpu_kernel[0] = name
+    kw = dict(n_out=n_out, counts=counts)
+    if name == "tvw_matmul_blackwell":
+        return pallas_kernels.tvw_matmul_blackwell(x2d, cw.values, jnp.asarray(cw.meta), rows,
+                                                   cols, **kw)
+    if name == "tvw_matmul":
         return pallas_kernels.tvw_matmul(x2d, cw.values, jnp.asarray(cw.meta), rows, cols,
-                                         n_out=n_out, counts=counts, interpret=interpret)
-    return pallas_kernels.tw_matmul(x2d, cw.compact_values(), rows, cols, n_out=n_out,
-                                    counts=counts, interpret=interpret)
+                                         interpret=interpret, **kw)
+    if name == "tw_matmul_hopper":
+        return pallas_kernels.tw_matmul_hopper(x2d, cw.compact_values(), rows, cols, **kw)
+    return pallas_kernels.tw_matmul(x2d, cw.compact_values(), rows, cols,
+                                    interpret=interpret, **kw)
 
 
 # -- public entry point ------------------------------------------------------------------------
@@ -310,9 +380,10 @@ def matmul(x: Array, w: Any, backend: str = "auto") -> Array:
       w: a dense ``(K, N)`` array (JAX or NumPy) or a
         :class:`~tvwjax.formats.CompressedWeight`.
       backend: ``"cpu"`` (the compiled CPU kernel; XLA gather + batched GEMM when it is
-        unavailable, see :func:`backends`), ``"gpu"`` (Pallas kernels),
-        ``"interpret"`` (the Pallas kernels in interpret mode on the CPU, slow) or
-        ``"auto"`` (``"gpu"`` when ``jax.default_backend() == "gpu"``, else ``"cpu"``).
+        unavailable, see :func:`backends`), ``"gpu"`` (Pallas kernels, picked by the GPU's
+        compute capability: :func:`gpu_kernel_for`), ``"interpret"`` (the Triton Pallas
+        kernels in interpret mode on the CPU, slow) or ``"auto"`` (``"gpu"`` when
+        ``jax.default_backend() == "gpu"``, else ``"cpu"``).
         Weights without a kernel (dense, N:M) always take the XLA path.
 
     Returns:
@@ -365,8 +436,12 @@ def backends() -> dict[str, Any]:
 
     Returns:
       ``{"default_backend": jax.default_backend(), "tile_formats_cpu": "ffi" | "xla",
-      "cpu_kernel": tvwjax.cpu_kernel.report(), "tile_formats_gpu": "pallas-triton",
-      "dense_and_nm": "xla"}``.
+      "cpu_kernel": tvwjax.cpu_kernel.report(), "tile_formats_gpu": {...},
+      "dense_and_nm": "xla"}``. ``tile_formats_gpu`` holds ``"compute_capability"``
+      (``None`` without a GPU), the kernel TW and 2:4 TVW weights run on this GPU for
+      bfloat16 / float16 and for float32 operands (keys ``"tw"``, ``"tvw"``,
+      ``"tw_float32"``, ``"tvw_float32"``, names of :data:`GPU_KERNELS`; ``None`` without a
+      GPU) and ``"last_kernel"``, the kernel the last GPU / interpret call traced.
 
     >>> import tvwjax
     >>> sorted(tvwjax.backends())[:2]
@@ -374,8 +449,14 @@ def backends() -> dict[str, Any]:
     """
     rep = cpu_kernel.report()
     kernel = rep["kernel"] if jax.device_count() == 1 else "xla"
+    cc = _compute_capability()
+    gpu: dict[str, Any] = {"compute_capability": None if cc is None else f"{cc[0]}.{cc[1]}"}
+    for fmt in ("tw", "tvw"):
+        gpu[fmt] = None if cc is None else gpu_kernel_for(fmt, jnp.bfloat16, cc)
+        gpu[f"{fmt}_float32"] = None if cc is None else gpu_kernel_for(fmt, jnp.float32, cc)
+    gpu["last_kernel"] = _last_gpu_kernel[0]
     return {"default_backend": jax.default_backend(), "tile_formats_cpu": kernel,
-            "cpu_kernel": rep, "tile_formats_gpu": "pallas-triton", "dense_and_nm": "xla"}
+            "cpu_kernel": rep, "tile_formats_gpu": gpu, "dense_and_nm": "xla"}
 
 
-__all__ = ["BACKENDS", "backends", "dense_matmul", "matmul"]
+__all__ = ["BACKENDS", "GPU_KERNELS", "backends", "dense_matmul", "gpu_kernel_for", "matmul"]
