@@ -1,27 +1,29 @@
-"""GPU benchmark: dense ``jnp.dot`` (cuBLAS) vs the TW and TVW Pallas kernels.
+"""The GPU check: correctness of every Pallas GPU kernel, then dense vs TW vs TVW speed.
 
-Run on a machine with an NVIDIA GPU (Ampere or Hopper for the Triton backend), from the
-repository root (the kernels run from the source tree)::
+Run once on a machine with an NVIDIA GPU, from a source checkout (no install needed)::
 
-    python -m benchmarks.gpu_kernels [--quick] [--out results]
+    PYTHONPATH=. python -m benchmarks.gpu_kernels --out results
 
-It sweeps ``M`` (rows of ``x``) and ``(K, N)`` weight shapes at 50% and 75% sparsity and writes
-``<out>/bench_gpu_kernels.{json,md}``:
+1. **Correctness**: every kernel this GPU can run (:func:`available_kernels`: the Triton TW and
+   TVW kernels everywhere, the Mosaic GPU ``wgmma`` TW kernel on Hopper, the sparse
+   ``tcgen05`` TVW kernel on Blackwell) against its plain-jnp reference at awkward shapes
+   (``M`` of 1 and 70 and 300, kept-row counts that are not multiples of the blocks, an empty
+   tile, a ragged last tile) in bfloat16, float16 and (Triton) float32.
+2. **Speed** (bfloat16): dense ``x @ W`` (XLA/cuBLAS, the faster of ``x @ W`` and
+   ``(W^T x^T)^T``), then every available kernel at 50/75/90% sparsity, for ``M`` in
+   {16, 256, 4096} and ``(K, N)`` = 4096 x 4096 and the BERT-base shapes 768 x 768,
+   768 x 3072, 3072 x 768. For the Mosaic GPU kernels the activation pre-gather
+   (``pregather``) and the tcgen05 operand conversion (``tcgen05_convert``) are also timed
+   alone: both are inside the kernels' own timings. Medians of ``--repeats`` timed calls
+   after warm-up; the sweep stops when ``--budget-s`` is spent (the rows not run are listed),
+   so that the whole check stays under 4 minutes on an H100/H200.
 
-* JSON: ``{"machine", "device", "dtype", "quick", "records"}``, ``records`` a list of rows
-  ``{op, M, K, N, sparsity, dtype, median_s, ratio_vs_dense}``; ``op`` is ``dense``, ``tw``
-  or ``tvw``; ``median_s`` the median wall time of one call over ``--repeats`` timed calls
-  (after warm-up, ``block_until_ready``); ``ratio_vs_dense = median_s / median_s(dense)`` at
-  the same shape (below 1 = faster);
-* Markdown: the same rows as a table.
-
-The dense baseline is the faster of ``x @ W`` and ``(W.T @ x.T).T``. TW tiles keep
-``(1 - s) * K`` rows each (chosen at random); TVW at sparsity ``s`` keeps ``2 (1 - s) K``
-rows per tile and then 2:4 inside them (50% TVW = all rows + 2:4; 75% = half the rows + 2:4).
-Tile width ``G`` = 128 by default. Weights are random: timings do not depend on values.
-
-Exits with status 2 and a message when no GPU is present. Not run in CI. As a module of
-``benchmarks`` it provides ``add_arguments(parser)`` and ``run(args)``.
+Writes ``<out>/gpu_check.json`` (``device``, ``compute_capability``, ``jax``, ``check`` rows
+``{kernel, dtype, M, K, N, G, Kp, max_abs_err, tolerance, ok}``, speed ``records``
+``{op, M, K, N, sparsity, dtype, median_s, ratio_vs_dense}``, ``not_run``) and
+``<out>/gpu_check.md``. Exit status: 2 without a GPU (nothing written), 1 when a kernel
+failed its check, else 0. TW tiles keep ``(1 - s) K`` rows each (random); TVW at ``s``
+keeps ``2 (1 - s) K`` rows per tile, then 2:4 inside them. Tile width 128.
 """
 
 from __future__ import annotations
@@ -37,15 +39,47 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks._timing import machine_info, write_results
-from pallas_kernels import tvw_matmul, tw_matmul
+from pallas_kernels import (
+    tvw_matmul,
+    tvw_matmul_blackwell,
+    tvw_matmul_reference,
+    tw_matmul,
+    tw_matmul_hopper,
+    tw_matmul_reference,
+)
+from pallas_kernels.mgpu_common import gather_tile_activations
 from pallas_kernels.nm_codec import nm_compress, pack_index
+from pallas_kernels.tcgen05_metadata import tcgen05_operands
 from tvwjax._select import nm_select
 
-DEFAULT_M = (1, 16, 128, 1024, 4096)
-DEFAULT_KN = ((768, 768), (768, 3072), (3072, 768), (4096, 4096))
-DEFAULT_SPARSITY = (0.5, 0.75)
-QUICK_M = (1, 128, 1024)
-QUICK_KN = ((768, 3072), (4096, 4096))
+SPEED_M = (16, 256, 4096)
+SPEED_KN = ((4096, 4096), (768, 768), (768, 3072), (3072, 768))
+SPEED_SPARSITY = (0.5, 0.75, 0.9)
+QUICK_M = (16, 4096)
+QUICK_KN = ((4096, 4096),)
+TILE = 128
+#: ``(M, K, N, G, Kp)`` of the correctness check: M of 1 / 70 / 300 (not multiples of the
+#: blocks), ragged last tiles (N % G != 0), Kp and the counts not multiples of the blocks.
+CHECK_CASES = ((1, 200, 300, 128, 136), (70, 256, 250, 128, 200), (300, 512, 200, 64, 264))
+#: Relative tolerance (of max |reference|) per dtype (both sides accumulate in float32).
+CHECK_RTOL = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 4e-3}
+
+#: kernel name -> ("tw" | "tvw", runner(tiles, x, interpret) -> y).
+KERNELS: dict[str, tuple[str, Callable[..., jax.Array]]] = {
+    "tw_matmul": ("tw", lambda d, x, interpret: tw_matmul(
+        x, d["values"], d["rows"], d["cols"], n_out=d["n"], counts=d["counts"],
+        interpret=interpret)),
+    "tw_matmul_hopper": ("tw", lambda d, x, interpret: tw_matmul_hopper(
+        x, d["values"], d["rows"], d["cols"], n_out=d["n"], counts=d["counts"],
+        interpret=interpret)),
+    "tvw_matmul": ("tvw", lambda d, x, interpret: tvw_matmul(
+        x, d["values"], d["meta"], d["rows"], d["cols"], n_out=d["n"], counts=d["counts"],
+        interpret=interpret)),
+    "tvw_matmul_blackwell": ("tvw", lambda d, x, interpret: tvw_matmul_blackwell(
+        x, d["values"], d["meta"], d["rows"], d["cols"], n_out=d["n"], counts=d["counts"])),
+}
+#: kernels that only take 16-bit operands
+MMA_ONLY = ("tw_matmul_hopper", "tvw_matmul_blackwell")
 
 
 def has_gpu() -> bool:
@@ -56,171 +90,245 @@ def has_gpu() -> bool:
         return False
 
 
-def median_time(
-    fn: Callable[..., jax.Array], *args, repeats: int, warmup: int = 3, **kwargs
-) -> float:
-    """Median seconds of ``fn(*args, **kwargs)`` (blocked until ready) over ``repeats`` calls."""
+def available_kernels(capability: tuple[int, int] | None) -> list[str]:
+    """The kernels a GPU of this compute capability runs: the Triton kernels always, the
+    ``wgmma`` TW kernel on Hopper (9.x), the sparse ``tcgen05`` TVW kernel from 10.0."""
+    major = capability[0] if capability else 0
+    names = ["tw_matmul", "tvw_matmul"]
+    if major == 9:
+        names.append("tw_matmul_hopper")
+    if major >= 10:
+        names.append("tvw_matmul_blackwell")
+    return names
+
+
+def median_time(fn: Callable[..., jax.Array], *args, repeats: int, warmup: int = 2,
+                **kwargs) -> float:
+    """Median seconds of ``fn(*args, **kwargs)`` (blocked until ready) over ``repeats`` calls
+    after ``warmup`` untimed ones (the first compiles)."""
     for _ in range(warmup):
-        fn(*args, **kwargs).block_until_ready()
+        jax.block_until_ready(fn(*args, **kwargs))
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        fn(*args, **kwargs).block_until_ready()
+        jax.block_until_ready(fn(*args, **kwargs))
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
-def _tile_rows(rng: np.random.Generator, k: int, kt: int, t: int, kp: int) -> np.ndarray:
-    rows = np.zeros((t, kp), np.int32)
-    for i in range(t):
-        rows[i, :kt] = np.sort(rng.choice(k, kt, replace=False))
-    return rows
+def make_tiles(rng: np.random.Generator, k: int, n: int, sparsity: float, g: int, dtype, *,
+               tvw: bool, kp: int | None = None, ragged_counts: bool = False,
+               empty_tile: int | None = None) -> dict:
+    """Random tile data of the kernels' layout contract.
 
-
-def make_tiles(
-    rng: np.random.Generator, k: int, n: int, sparsity: float, g: int, dtype, *, tvw: bool
-) -> dict[str, jax.Array]:
-    """Random tile data of the kernels' layout contract at the given total sparsity."""
+    Without ``kp``: every tile keeps the rows of the given total sparsity (TVW: twice as many
+    rows, then 2:4 inside them). With ``kp`` and ``ragged_counts``: tile ``i`` keeps a random
+    count in ``[1, kp]`` (tile 0 all ``kp``), tile ``empty_tile`` none. The last tile is
+    ragged when ``g`` does not divide ``n``. Returns ``values`` (and ``meta``), ``rows``,
+    ``cols``, ``counts``, ``n``.
+    """
     t = -(-n // g)
-    density_rows = min(1.0, 2 * (1 - sparsity)) if tvw else 1 - sparsity
-    mult = 8 if tvw else 1
-    kt = max(mult, int(round(density_rows * k / mult)) * mult)
-    kp = kt
-    rows = _tile_rows(rng, k, kt, t, kp)
+    if kp is None:
+        density_rows = min(1.0, 2 * (1 - sparsity)) if tvw else 1 - sparsity
+        mult = 8 if tvw else 1
+        kp = max(mult, int(round(density_rows * k / mult)) * mult)
+    counts = np.full(t, kp, np.int32)
+    if ragged_counts:
+        counts[1:] = rng.integers(1, kp + 1, t - 1)
+    if empty_tile is not None:
+        counts[empty_tile] = 0
+    rows = np.zeros((t, kp), np.int32)
     cols = np.full((t, g), n, np.int32)
+    blocks = np.zeros((t, kp, g), np.float32)
     for i in range(t):
+        rows[i, : counts[i]] = np.sort(rng.choice(k, counts[i], replace=False))
         c = np.arange(i * g, min(n, (i + 1) * g))
         cols[i, : len(c)] = c
-    blocks = rng.standard_normal((t, kp, g)).astype(np.float32)
-    blocks *= (cols < n)[:, None, :]
-    out = {"rows": jnp.asarray(rows), "cols": jnp.asarray(cols)}
+        blocks[i, : counts[i], : len(c)] = rng.standard_normal((counts[i], len(c)))
+    out = {"rows": jnp.asarray(rows), "cols": jnp.asarray(cols),
+           "counts": jnp.asarray(counts), "n": n}
     if tvw:
-        vals, metas = [], []
-        for b in blocks:
-            b = jnp.asarray(b)
-            v, idx = nm_compress(b, nm_select(jnp.abs(b)))
-            vals.append(v)
-            metas.append(pack_index(idx))
-        out["values"] = jnp.stack(vals).astype(dtype)
-        out["meta"] = jnp.stack(metas)
+        comp = [nm_compress(jnp.asarray(b), nm_select(jnp.abs(jnp.asarray(b))) & (b != 0))
+                for b in blocks]
+        out["values"] = jnp.stack([v for v, _ in comp]).astype(dtype)
+        out["meta"] = jnp.stack([pack_index(ix) for _, ix in comp])
     else:
         out["values"] = jnp.asarray(blocks, dtype)
     return out
 
 
-def run_sweep(
-    ms: Sequence[int],
-    kns: Sequence[tuple[int, int]],
-    sparsities: Sequence[float],
-    dtype,
-    *,
-    tile: int,
-    repeats: int,
-    seed: int = 0,
-) -> list[dict]:
-    """Time dense, TW and TVW at every (M, K, N, sparsity); returns the JSON rows."""
+def reference(fmt: str, d: dict, x: jax.Array) -> jax.Array:
+    """The plain-jnp reference of a kernel of format ``fmt`` (shared with the CPU path)."""
+    if fmt == "tvw":
+        return tvw_matmul_reference(x, d["values"], d["meta"], d["rows"], d["cols"],
+                                    n_out=d["n"], counts=d["counts"])
+    return tw_matmul_reference(x, d["values"], d["rows"], d["cols"], n_out=d["n"],
+                               counts=d["counts"])
+
+
+def check(kernels: Sequence[str], *, cases: Sequence[tuple[int, ...]] = CHECK_CASES,
+          dtypes: Sequence[str] = ("bfloat16", "float16", "float32"), interpret: bool = False,
+          runners: dict | None = None, seed: int = 0) -> list[dict]:
+    """Run every kernel against its reference on every case and dtype.
+
+    Args:
+      kernels: names of :data:`KERNELS`.
+      cases: ``(M, K, N, G, Kp)`` shapes (ragged counts, tile 1 empty).
+      dtypes: operand dtypes (float32 is skipped for the 16-bit-only Mosaic GPU kernels).
+      interpret: run the kernels in interpret mode (CPU; not the Blackwell kernel).
+      runners: overrides of :data:`KERNELS` (tests).
+      seed: seed of the random data.
+
+    Returns:
+      One row per (kernel, case, dtype): ``max_abs_err`` of the kernel vs the reference,
+      ``tolerance`` (``CHECK_RTOL`` x max |reference|) and ``ok``.
+    """
+    table = {**KERNELS, **(runners or {})}
     rng = np.random.default_rng(seed)
-    dname = jnp.dtype(dtype).name
-    rows_out: list[dict] = []
+    rows = []
+    for m, k, n, g, kp in cases:
+        for dname in dtypes:
+            dtype = jnp.dtype(dname)
+            x = jnp.asarray(rng.standard_normal((m, k)), dtype)
+            data = {fmt: make_tiles(rng, k, n, 0.5, g, dtype, tvw=fmt == "tvw", kp=kp,
+                                    ragged_counts=True, empty_tile=1) for fmt in ("tw", "tvw")}
+            for name in kernels:
+                if name in MMA_ONLY and dname == "float32":
+                    continue
+                fmt, run_kernel = table[name]
+                ref = np.asarray(reference(fmt, data[fmt], x), np.float32)
+                out = np.asarray(run_kernel(data[fmt], x, interpret), np.float32)
+                err = float(np.abs(out - ref).max()) if out.shape == ref.shape else float("inf")
+                tol = CHECK_RTOL[dname] * max(1.0, float(np.abs(ref).max()))
+                rows.append(dict(kernel=name, dtype=dname, M=m, K=k, N=n, G=g, Kp=kp,
+                                 max_abs_err=err, tolerance=tol, ok=bool(err <= tol)))
+    return rows
+
+
+def speed(kernels: Sequence[str], ms: Sequence[int], kns: Sequence[tuple[int, int]],
+          sparsities: Sequence[float], *, repeats: int, budget_s: float,
+          seed: int = 0) -> tuple[list[dict], list[str]]:
+    """Time dense and every kernel (bfloat16); returns ``(records, not_run)``."""
+    rng = np.random.default_rng(seed)
+    dtype = jnp.dtype(jnp.bfloat16)
+    records: list[dict] = []
+    not_run: list[str] = []
+    start = time.perf_counter()
     dense_a = jax.jit(lambda x, w: x @ w)
     dense_b = jax.jit(lambda x, w: (w.T @ x.T).T)
+    pregather = jax.jit(lambda x, r, c, kp: gather_tile_activations(
+        x, r, c, -(-x.shape[0] // 64) * 64, kp, x.dtype), static_argnums=3)
+    convert = jax.jit(lambda v, mt: tcgen05_operands(v, mt, dtype))
     for k, n in kns:
         w = jnp.asarray(rng.standard_normal((k, n)), dtype)
-        tiles = {
-            (s, tvw): make_tiles(rng, k, n, s, tile, dtype, tvw=tvw)
-            for s in sparsities
-            for tvw in (False, True)
-        }
+        tiles = {(s, fmt): make_tiles(rng, k, n, s, TILE, dtype, tvw=fmt == "tvw")
+                 for s in sparsities for fmt in ("tw", "tvw")}
         for m in ms:
+            label = f"M={m} K={k} N={n}"
+            if time.perf_counter() - start > budget_s:
+                not_run.append(label)
+                continue
             x = jnp.asarray(rng.standard_normal((m, k)), dtype)
-            t_dense = min(
-                median_time(dense_a, x, w, repeats=repeats),
-                median_time(dense_b, x, w, repeats=repeats),
-            )
+            t_dense = min(median_time(dense_a, x, w, repeats=repeats),
+                          median_time(dense_b, x, w, repeats=repeats))
+            base = dict(M=m, K=k, N=n, dtype=dtype.name)
+            records.append(dict(op="dense", sparsity=0.0, median_s=t_dense,
+                                ratio_vs_dense=1.0, **base))
             for s in sparsities:
-                rows_out.append(dict(op="dense", M=m, K=k, N=n, sparsity=s, dtype=dname,
-                                     median_s=t_dense, ratio_vs_dense=1.0))
-                tw = tiles[(s, False)]
-                t_tw = median_time(tw_matmul, x, tw["values"], tw["rows"], tw["cols"],
-                                   n_out=n, repeats=repeats)
-                tv = tiles[(s, True)]
-                t_tvw = median_time(tvw_matmul, x, tv["values"], tv["meta"], tv["rows"],
-                                    tv["cols"], n_out=n, repeats=repeats)
-                for op, t_op in (("tw", t_tw), ("tvw", t_tvw)):
-                    rows_out.append(dict(op=op, M=m, K=k, N=n, sparsity=s, dtype=dname,
-                                         median_s=t_op, ratio_vs_dense=t_op / t_dense))
-                print(f"M={m} K={k} N={n} s={s}: dense {t_dense * 1e6:.1f} us, "
-                      f"tw {t_tw * 1e6:.1f} us, tvw {t_tvw * 1e6:.1f} us", flush=True)
-    return rows_out
+                timed = {}
+                for name in kernels:
+                    fmt, run_kernel = KERNELS[name]
+                    d = tiles[(s, fmt)]
+                    timed[name] = median_time(run_kernel, d, x, False, repeats=repeats)
+                if "tw_matmul_hopper" in kernels:
+                    d = tiles[(s, "tw")]
+                    timed["pregather_tw"] = median_time(
+                        pregather, x, d["rows"], d["counts"], -(-d["rows"].shape[1] // 64) * 64,
+                        repeats=repeats)
+                if "tvw_matmul_blackwell" in kernels:
+                    d = tiles[(s, "tvw")]
+                    timed["tcgen05_convert"] = median_time(convert, d["values"], d["meta"],
+                                                           repeats=repeats)
+                for op, t_op in timed.items():
+                    records.append(dict(op=op, sparsity=s, median_s=t_op,
+                                        ratio_vs_dense=t_op / t_dense, **base))
+                print(f"{label} s={s}: dense {t_dense * 1e6:.1f} us, " + ", ".join(
+                    f"{op} {t * 1e6:.1f} us" for op, t in timed.items()), flush=True)
+    return records, not_run
 
 
-def to_markdown(rows: Sequence[dict], device: str) -> str:
-    """The rows as a Markdown table (times in microseconds)."""
-    lines = [
-        f"GPU benchmark on {device}; ratio_vs_dense = median time / dense median time "
-        "(below 1 = faster than dense).",
-        "",
-        "| op | M | K | N | sparsity | dtype | median (us) | ratio_vs_dense |",
-        "|---|---:|---:|---:|---:|---|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['op']} | {r['M']} | {r['K']} | {r['N']} | {r['sparsity']:.2f} | "
-            f"{r['dtype']} | {r['median_s'] * 1e6:.1f} | {r['ratio_vs_dense']:.3f} |"
-        )
+def to_markdown(check_rows: Sequence[dict], records: Sequence[dict], not_run: Sequence[str],
+                device: str) -> str:
+    """The check and the speed table as Markdown (times in microseconds)."""
+    lines = [f"# GPU check on {device}", "", "## Correctness (kernel vs plain-jnp reference)",
+             "", "| kernel | dtype | M | K | N | G | Kp | max abs err | tolerance | ok |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in check_rows:
+        lines.append(f"| {r['kernel']} | {r['dtype']} | {r['M']} | {r['K']} | {r['N']} | "
+                     f"{r['G']} | {r['Kp']} | {r['max_abs_err']:.3g} | {r['tolerance']:.3g} | "
+                     f"{'yes' if r['ok'] else 'NO'} |")
+    lines += ["", "## Speed (bfloat16; ratio_vs_dense = median / dense median, below 1 = "
+              "faster than dense)", "",
+              "| op | M | K | N | sparsity | dtype | median (us) | ratio_vs_dense |",
+              "|---|---:|---:|---:|---:|---|---:|---:|"]
+    for r in records:
+        lines.append(f"| {r['op']} | {r['M']} | {r['K']} | {r['N']} | {r['sparsity']:.2f} | "
+                     f"{r['dtype']} | {r['median_s'] * 1e6:.1f} | {r['ratio_vs_dense']:.3f} |")
+    if not_run:
+        lines += ["", "Not run (time budget): " + "; ".join(not_run)]
     return "\n".join(lines) + "\n"
 
 
-def _int_list(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v]
-
-
-def _kn_list(text: str) -> list[tuple[int, int]]:
-    out = []
-    for pair in text.split(","):
-        k, n = pair.lower().split("x")
-        out.append((int(k), int(n)))
-    return out
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """CLI options of ``gpu_kernels`` (besides ``--out`` and ``--quick``)."""
-    p.add_argument("--m", type=_int_list, default=None,
-                   help=f"rows of x, e.g. 1,16,128 (default {','.join(map(str, DEFAULT_M))})")
-    p.add_argument("--kn", type=_kn_list, default=None,
-                   help="weight shapes, e.g. 768x768,768x3072")
-    p.add_argument("--sparsity", type=float, nargs="+", default=list(DEFAULT_SPARSITY))
-    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
-    p.add_argument("--tile", type=int, default=128, help="tile width G")
-    p.add_argument("--repeats", type=int, default=50)
+    """CLI options besides ``--out`` and ``--quick``."""
+    p.add_argument("--repeats", type=int, default=20, help="timed calls per median")
+    p.add_argument("--budget-s", type=float, default=150.0,
+                   help="seconds after which the speed sweep stops (default 150)")
+
+
+def _capability() -> tuple[int, int] | None:
+    cc = getattr(jax.devices("gpu")[0], "compute_capability", None)
+    if not cc:
+        return None
+    major, _, minor = str(cc).partition(".")
+    return int(major), int(minor or 0)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the sweep; write ``<out>/bench_gpu_kernels.{json,md}``. Returns the exit status
-    (2 when no GPU is present)."""
+    """Run the check and the speed sweep; write ``<out>/gpu_check.{json,md}``. Returns the
+    exit status (2 without a GPU, 1 when a kernel failed its check)."""
     if not has_gpu():
-        print("gpu_kernels: no GPU visible to JAX (jax.devices('gpu') is empty); this benchmark "
-              "times the Triton-backend Pallas kernels and only runs on an NVIDIA GPU. "
-              "Use the CPU benchmark (python -m benchmarks matmul) instead.", file=sys.stderr)
+        print("gpu_kernels: no GPU visible to JAX (jax.devices('gpu') is empty); the GPU check "
+              "runs the Pallas GPU kernels and needs an NVIDIA GPU.", file=sys.stderr)
         return 2
     quick = bool(getattr(args, "quick", False))
-    ms = args.m or list(QUICK_M if quick else DEFAULT_M)
-    kns = args.kn or list(QUICK_KN if quick else DEFAULT_KN)
     device = jax.devices("gpu")[0].device_kind
-    rows = run_sweep(ms, kns, args.sparsity, jnp.dtype(args.dtype), tile=args.tile,
-                     repeats=args.repeats)
-    payload = {"machine": machine_info(), "device": device, "dtype": args.dtype,
-               "quick": quick, "records": rows}
-    write_results(args.out, "bench_gpu_kernels", payload, to_markdown(rows, device))
-    print(f"wrote {args.out}/bench_gpu_kernels.json and .md")
-    return 0
+    cc = _capability()
+    kernels = available_kernels(cc)
+    t0 = time.perf_counter()
+    check_rows = check(kernels)
+    failed = [r for r in check_rows if not r["ok"]]
+    print(f"check: {len(check_rows) - len(failed)}/{len(check_rows)} ok "
+          f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    records, not_run = speed(kernels, QUICK_M if quick else SPEED_M,
+                             QUICK_KN if quick else SPEED_KN, SPEED_SPARSITY,
+                             repeats=args.repeats, budget_s=args.budget_s)
+    payload = {"machine": machine_info(), "device": device,
+               "compute_capability": None if cc is None else f"{cc[0]}.{cc[1]}",
+               "jax": jax.__version__, "kernels": kernels, "quick": quick,
+               "check": check_rows, "records": records, "not_run": not_run,
+               "total_s": time.perf_counter() - t0}
+    write_results(args.out, "gpu_check", payload,
+                  to_markdown(check_rows, records, not_run, device))
+    print(f"wrote {args.out}/gpu_check.json and .md ({payload['total_s']:.0f} s)")
+    return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m benchmarks.gpu_kernels``: parse the command line and :func:`run`."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="results", help="output folder (default: results)")
-    p.add_argument("--quick", action="store_true", help="a small, fast subset")
+    p.add_argument("--quick", action="store_true", help="one weight shape, two M")
     add_arguments(p)
     return run(p.parse_args(argv))
 

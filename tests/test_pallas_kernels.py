@@ -409,35 +409,3 @@ def test_tvw_lowers_to_triton_dot_reading_half_the_values(dtype):
     assert text.count(f"tensor<{sub}x{g}x!tt.ptr<{tt}>>") >= 4
     assert f"tensor<{sub}x{g}x!tt.ptr<i8>>" in text
     assert f"tensor<{cfg.block_k}x{g}x!tt.ptr<{tt}>>" not in text
-
-
-# --------------------------------------------------------------------------- GPU benchmark
-
-
-def test_bench_gpu_refuses_without_gpu(capsys, tmp_path):
-    from benchmarks import gpu_kernels
-
-    if gpu_kernels.has_gpu():
-        pytest.skip("a GPU is present")
-    assert gpu_kernels.main(["--m", "1", "--kn", "256x256", "--out", str(tmp_path)]) == 2
-    assert "no GPU" in capsys.readouterr().err
-    assert not list(tmp_path.iterdir())
-
-
-@pytest.mark.parametrize("sparsity", [0.5, 0.75])
-def test_bench_gpu_tile_data_has_the_requested_sparsity(sparsity):
-    from benchmarks import gpu_kernels
-
-    rng = np.random.default_rng(0)
-    k, n = 64, 200
-    for tvw in (False, True):
-        d = gpu_kernels.make_tiles(rng, k, n, sparsity, 128, jnp.float32, tvw=tvw)
-        if tvw:
-            w = tiles_to_dense(tvw_compact_blocks(d["values"], d["meta"]), d["rows"],
-                               d["cols"], k, n)
-        else:
-            w = tiles_to_dense(d["values"], d["rows"], d["cols"], k, n)
-        assert abs(float(jnp.mean(w == 0)) - sparsity) < 0.02
-    rows = [dict(op="tw", M=1, K=k, N=n, sparsity=sparsity, dtype="bfloat16", median_s=1e-5,
-                 ratio_vs_dense=0.5)]
-    assert "| tw | 1 | 64 | 200 | " in gpu_kernels.to_markdown(rows, "test")

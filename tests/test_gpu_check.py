@@ -1,0 +1,74 @@
+"""The CPU-side parts of the GPU check (``python -m benchmarks.gpu_kernels``): it refuses to
+run without a GPU, builds tile data of the requested sparsity, and its correctness check
+(run here on the interpret-mode kernels) passes real kernels and catches a wrong one."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import gpu_kernels
+from pallas_kernels import tiles_to_dense, tvw_compact_blocks
+
+
+def test_exits_2_without_gpu(capsys, tmp_path):
+    if gpu_kernels.has_gpu():
+        pytest.skip("a GPU is present: the check would run")
+    assert gpu_kernels.main(["--out", str(tmp_path)]) == 2
+    assert "no GPU" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.75, 0.9])
+def test_tile_data_has_the_requested_sparsity(sparsity):
+    rng = np.random.default_rng(0)
+    k, n = 64, 200
+    for tvw in (False, True):
+        d = gpu_kernels.make_tiles(rng, k, n, sparsity, 128, jnp.float32, tvw=tvw)
+        blocks = tvw_compact_blocks(d["values"], d["meta"]) if tvw else d["values"]
+        w = tiles_to_dense(blocks, d["rows"], d["cols"], k, n, d["counts"])
+        assert abs(float(jnp.mean(w == 0)) - sparsity) < 0.03
+
+
+def test_check_cases_are_awkward():
+    rng = np.random.default_rng(1)
+    for m, k, n, g, kp in gpu_kernels.CHECK_CASES:
+        assert n % g or m % 64  # a ragged last tile or M off the blocks
+        d = gpu_kernels.make_tiles(rng, k, n, 0.5, g, jnp.float32, tvw=False, kp=kp,
+                                   ragged_counts=True, empty_tile=1)
+        counts = np.asarray(d["counts"])
+        assert counts[1] == 0 and counts[0] == kp and np.any(counts % 64)
+
+
+def test_available_kernels_by_capability():
+    assert gpu_kernels.available_kernels((8, 0)) == ["tw_matmul", "tvw_matmul"]
+    assert "tw_matmul_hopper" in gpu_kernels.available_kernels((9, 0))
+    assert "tvw_matmul_blackwell" in gpu_kernels.available_kernels((10, 0))
+    assert "tw_matmul_hopper" not in gpu_kernels.available_kernels((10, 0))
+
+
+SMALL = ((5, 40, 37, 16, 24),)
+
+
+def test_check_passes_the_interpret_mode_kernels():
+    rows = gpu_kernels.check(["tw_matmul", "tvw_matmul", "tw_matmul_hopper"], cases=SMALL,
+                             dtypes=("bfloat16", "float32"), interpret=True)
+    assert len(rows) == 5  # the Hopper kernel skips float32
+    assert all(r["ok"] for r in rows), rows
+
+
+def test_check_catches_a_wrong_kernel():
+    def off_by_one_column(d, x, interpret):
+        y = gpu_kernels.KERNELS["tw_matmul"][1](d, x, interpret)
+        return jnp.roll(y, 1, axis=1)
+
+    rows = gpu_kernels.check(["tw_matmul"], cases=SMALL, dtypes=("float32",),
+                             interpret=True, runners={"tw_matmul": ("tw", off_by_one_column)})
+    assert rows and not any(r["ok"] for r in rows)
+    md = gpu_kernels.to_markdown(rows, [dict(op="dense", M=16, K=64, N=64, sparsity=0.0,
+                                             dtype="bfloat16", median_s=1e-5,
+                                             ratio_vs_dense=1.0)], ["M=4096 K=768 N=768"],
+                                 "test")
+    assert "| tw_matmul | float32 | 5 | 40 | 37 | 16 | 24 |" in md and "| NO |" in md
+    assert "| dense | 16 | 64 | 64 | 0.00 |" in md and "Not run (time budget)" in md
