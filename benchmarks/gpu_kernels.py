@@ -282,8 +282,8 @@ def to_markdown(check_rows: Sequence[dict], records: Sequence[dict], not_run: Se
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """CLI options besides ``--out`` and ``--quick``."""
     p.add_argument("--repeats", type=int, default=20, help="timed calls per median")
-    p.add_argument("--budget-s", type=float, default=150.0,
-                   help="seconds after which the speed sweep stops (default 150)")
+    p.add_argument("--budget-s", type=float, default=130.0,
+                   help="seconds after which the speed sweep stops (default 130)")
 
 
 def _capability() -> tuple[int, int] | None:

@@ -164,6 +164,9 @@ def _launch(x: Array, values: Array, meta: Array, rows: Array, cols: Array,
             plgpu.TMEM((META_BLOCK, BLOCK_K // 2), jnp.uint2,
                        layout=plgpu.TMEMLayout.SPARSE_METADATA_LAYOUT),
         ],
+        # Lane semantics (0.10's default; 0.11 defaults to Warpgroup): the one this kernel
+        # is lowered and tested with on both versions.
+        compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Lane),
         kernel_name=call.name,
     )
     out_t = kernel(xg, a_values, a_meta, full_counts(counts, t, kp))
