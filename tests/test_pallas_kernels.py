@@ -409,3 +409,28 @@ def test_tvw_lowers_to_triton_dot_reading_half_the_values(dtype):
     assert text.count(f"tensor<{sub}x{g}x!tt.ptr<{tt}>>") >= 4
     assert f"tensor<{sub}x{g}x!tt.ptr<i8>>" in text
     assert f"tensor<{cfg.block_k}x{g}x!tt.ptr<{tt}>>" not in text
+
+
+# --------------------------------------------------------------------------- import boundary
+
+
+def test_pallas_kernels_imports_only_jax_and_numpy():
+    """Every module of ``pallas_kernels`` imports only JAX, NumPy, the standard library and
+    itself (never ``tvwjax``), statically and at run time."""
+    import ast
+    import pathlib
+    import subprocess
+    import sys
+
+    allowed = {"jax", "numpy", "pallas_kernels", "__future__", *sys.stdlib_module_names}
+    pkg = pathlib.Path(__file__).resolve().parents[1] / "pallas_kernels"
+    for path in sorted(pkg.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert name.split(".")[0] in allowed, f"{path.name} imports {name}"
+    code = ("import sys, pallas_kernels, pallas_kernels.tcgen05_metadata; "
+            "bad = [m for m in sys.modules if m.split('.')[0] == 'tvwjax']; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=pkg.parent)
