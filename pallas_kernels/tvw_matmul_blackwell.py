@@ -32,6 +32,7 @@ conversion is tested against an independent decoder. Reference:
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -136,41 +137,72 @@ def tvw_blackwell_kernel(xg_ref, a_ref, meta_ref, counts_ref, o_ref, a_smem, b_s
     plgpu.wait_smem_to_gmem(0)
 
 
-def _launch(x: Array, values: Array, meta: Array, rows: Array, cols: Array,
-            counts: Array | None, call: MosaicCall) -> Array:
-    m = x.shape[0]
-    t, kp = rows.shape
-    dtype = jnp.promote_types(x.dtype, values.dtype)
-    a_values, a_meta = tcgen05_operands(values, meta, dtype)
-    g_pad, kp_pad = a_values.shape[1], 2 * a_values.shape[2]
-    m_pad = round_up(m, call.block_m)
-    xg = gather_tile_activations(x, rows, counts, m_pad, kp_pad, dtype)
-    cols = pad_axis(cols.astype(jnp.int32), 1, g_pad, call.n_out)
+def tcgen05_call(xg: Array, a_values: Array, a_meta: Array, counts: Array, *, block_m: int,
+                 name: str = "tvw_matmul_blackwell") -> Array:
+    """Launch :func:`tvw_blackwell_kernel` on prepared operands.
+
+    Args:
+      xg: ``(T, M_pad, Kp_pad)`` pre-gathered activations (``M_pad`` a multiple of
+        ``block_m``).
+      a_values, a_meta: the operands of :func:`~pallas_kernels.tcgen05_metadata.tcgen05_operands`.
+      counts: ``(T,)`` int32 kept rows per tile.
+      block_m: rows of ``x`` per program.
+      name: the kernel name.
+
+    Returns:
+      ``y^T`` per tile: ``(T * G_pad, M_pad)`` in the dtype of ``xg``.
+    """
+    t, m_pad, _ = xg.shape
+    g_pad = a_values.shape[1]
+    dtype = xg.dtype
     kernel = plgpu.kernel(
         tvw_blackwell_kernel,
         out_type=jax.ShapeDtypeStruct((t * g_pad, m_pad), dtype),
-        grid=(m_pad // call.block_m, t, g_pad // META_BLOCK),
+        grid=(m_pad // block_m, t, g_pad // META_BLOCK),
         grid_names=("m", "t", "g"),
         scratch_types=[
             plgpu.SMEM((2, META_BLOCK, BLOCK_K // 2), dtype,
                        transforms=swizzled(BLOCK_K // 2, dtype)),
-            plgpu.SMEM((2, call.block_m, BLOCK_K), dtype, transforms=swizzled(BLOCK_K, dtype)),
+            plgpu.SMEM((2, block_m, BLOCK_K), dtype, transforms=swizzled(BLOCK_K, dtype)),
             plgpu.SMEM((2, 1, 1, META_BLOCK, BLOCK_K // 2), jnp.uint2),
-            plgpu.SMEM((META_BLOCK, call.block_m), dtype,
-                       transforms=swizzled(call.block_m, dtype)),
+            plgpu.SMEM((META_BLOCK, block_m), dtype, transforms=swizzled(block_m, dtype)),
             plgpu.Barrier(num_arrivals=3, num_barriers=2),
             plgpu.Barrier(orders_tensor_core=True),
-            plgpu.TMEM((META_BLOCK, call.block_m), jnp.float32),
+            plgpu.TMEM((META_BLOCK, block_m), jnp.float32),
             plgpu.TMEM((META_BLOCK, BLOCK_K // 2), jnp.uint2,
                        layout=plgpu.TMEMLayout.SPARSE_METADATA_LAYOUT),
         ],
         # Lane semantics (0.10's default; 0.11 defaults to Warpgroup): the one this kernel
         # is lowered and tested with on both versions.
         compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Lane),
-        kernel_name=call.name,
+        kernel_name=name,
     )
-    out_t = kernel(xg, a_values, a_meta, full_counts(counts, t, kp))
-    return scatter_columns(out_t.T[:m], cols, call.n_out)
+    return kernel(xg, a_values, a_meta, counts)
+
+
+def blackwell_forward(x: Array, values: Array, meta: Array, rows: Array, cols: Array,
+                      counts: Array | None, *, n_out: int, block_m: int,
+                      kernel_call: Callable[..., Array] = tcgen05_call) -> Array:
+    """The forward pass around the kernel: operand conversion, activation pre-gather,
+    ``kernel_call(xg, a_values, a_meta, counts, block_m=...)`` (``y^T`` per tile), then
+    the transpose and the placement in the ``N`` output columns. ``kernel_call`` is
+    replaceable so that the data path can be tested on a CPU with an emulated MMA."""
+    m = x.shape[0]
+    t, kp = rows.shape
+    dtype = jnp.promote_types(x.dtype, values.dtype)
+    a_values, a_meta = tcgen05_operands(values, meta, dtype)
+    g_pad, kp_pad = a_values.shape[1], 2 * a_values.shape[2]
+    xg = gather_tile_activations(x, rows, counts, round_up(m, block_m), kp_pad, dtype)
+    out_t = kernel_call(xg, a_values, a_meta, full_counts(counts, t, kp), block_m=block_m)
+    return scatter_columns(out_t.T[:m], pad_axis(cols.astype(jnp.int32), 1, g_pad, n_out),
+                           n_out)
+
+
+def _launch(x: Array, values: Array, meta: Array, rows: Array, cols: Array,
+            counts: Array | None, call: MosaicCall) -> Array:
+    return blackwell_forward(x, values, meta, rows, cols, counts, n_out=call.n_out,
+                             block_m=call.block_m,
+                             kernel_call=functools.partial(tcgen05_call, name=call.name))
 
 
 _tvw_matmul_blackwell = tvw_custom_vjp(_launch)
@@ -218,4 +250,5 @@ def tvw_matmul_blackwell(x: Array, values: Array, meta: Array, rows: Array, cols
     return _tvw_matmul_blackwell(x, values, meta, rows, cols, counts, call)
 
 
-__all__ = ["BLOCK_K", "tvw_blackwell_kernel", "tvw_matmul_blackwell"]
+__all__ = ["BLOCK_K", "blackwell_forward", "tcgen05_call", "tvw_blackwell_kernel",
+           "tvw_matmul_blackwell"]

@@ -7,7 +7,8 @@ the CPU.
   reference :func:`pallas_kernels.tw_matmul_reference` (and its gradients);
 * the Blackwell kernel cannot run in interpret mode (no ``tcgen05`` / TMEM there): its
   operand conversion is checked against an independent decoder of the ``tcgen05`` sparse
-  metadata layout written here from the PTX layout (index arithmetic, no reshapes).
+  metadata layout written here from the PTX layout (index arithmetic, no reshapes), and its
+  data path around the MMA is run with that decoder standing in for the sparse MMA.
 
 Tile data comes from the Triton kernels' test helpers (the same layout contract).
 Shapes: awkward ``M``, kept-row counts that are not multiples of the block, empty tiles, a
@@ -33,12 +34,14 @@ from pallas_kernels import (
     KernelDTypeError,
     tvw_compact_blocks,
     tvw_matmul_blackwell,
+    tvw_matmul_reference,
     tw_matmul_hopper,
     tw_matmul_reference,
 )
 from pallas_kernels.mgpu_common import gather_tile_activations
 from pallas_kernels.nm_codec import nm_compress, pack_index, unpack_index
 from pallas_kernels.tcgen05_metadata import tcgen05_operands
+from pallas_kernels.tvw_matmul_blackwell import blackwell_forward
 from tests.test_pallas_kernels import _assert_close, _masked_dense, _tiles, _x
 
 S = jax.ShapeDtypeStruct
@@ -270,6 +273,44 @@ def test_tcgen05_operands_match_an_independent_decoder(kp, g):
                                16 * (j % 64 // 16) + 8 * (row % 16 // 8) + j % 8])
                    for j in range(vals.shape[2])]
             assert all(p0 < p1 for p0, p1 in zip(pos[::2], pos[1::2], strict=True))
+
+
+def _emulated_tcgen05_call(xg, a_values, a_meta, counts, *, block_m):
+    """What the Blackwell kernel computes, program by program, with the sparse MMA replaced
+    by the independent decoder and a dense product: ``y_t^T`` over
+    ``ceil(k_t / 128)`` steps of 128 compact rows."""
+    xg = np.asarray(xg, np.float32)
+    vals = np.asarray(a_values, np.float32)
+    meta = np.asarray(a_meta.astype(jnp.uint8))
+    t, m_pad, kp_pad = xg.shape
+    g_pad = vals.shape[1]
+    assert m_pad % block_m == 0 and kp_pad % 128 == 0 and g_pad % 128 == 0
+    out = np.zeros((t * g_pad, m_pad), np.float32)
+    for i in range(t):
+        steps = -(-min(max(int(counts[i]), 0), kp_pad) // 128)
+        kk = 128 * steps
+        dense = _decode_tcgen05(vals[i], meta[i])
+        out[i * g_pad:(i + 1) * g_pad] = dense[:, :kk] @ xg[i, :, :kk].T
+    return jnp.asarray(out, a_values.dtype)
+
+
+@pytest.mark.parametrize("m", [1, 70])
+def test_blackwell_data_path_with_an_emulated_mma_matches_reference(m):
+    """Everything the Blackwell kernel relies on outside the MMA (operand conversion, the
+    pre-gather, counts-bounded steps, the transposed output, the column placement) against
+    the shared TVW reference: G = 40 (padded to 128), Kp = 136 (two K steps; counts not
+    multiples of 128), an empty tile, a ragged last tile."""
+    rng = np.random.default_rng(30 + m)
+    d = _tiles(rng, 160, 150, 40, 136, tvw=True, dtype=jnp.bfloat16, empty=(1,))
+    x = _x(rng, m, 160, jnp.bfloat16)
+    out = blackwell_forward(x, d["values"], d["meta"], d["rows"], d["cols"], d["counts"],
+                            n_out=150, block_m=64, kernel_call=_emulated_tcgen05_call)
+    ref = tvw_matmul_reference(x, d["values"], d["meta"], d["rows"], d["cols"], n_out=150,
+                               counts=d["counts"])
+    assert out.shape == (m, 150) and out.dtype == jnp.bfloat16
+    assert float(jnp.abs(ref.astype(jnp.float32)).max()) > 0.1
+    _assert_close(out, ref, jnp.bfloat16)
+    _assert_close(out, _masked_dense(x, d), jnp.bfloat16)
 
 
 def test_blackwell_tvw_rejects_float32():
