@@ -51,6 +51,7 @@ from pallas_kernels.mgpu_common import gather_tile_activations
 from pallas_kernels.nm_codec import nm_compress, pack_index
 from pallas_kernels.tcgen05_metadata import tcgen05_operands
 from tvwjax._select import nm_select
+from tvwjax.matmul import gpu_compute_capability
 
 SPEED_M = (16, 256, 4096)
 SPEED_KN = ((4096, 4096), (768, 768), (768, 3072), (3072, 768))
@@ -286,14 +287,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds after which the speed sweep stops (default 130)")
 
 
-def _capability() -> tuple[int, int] | None:
-    cc = getattr(jax.devices("gpu")[0], "compute_capability", None)
-    if not cc:
-        return None
-    major, _, minor = str(cc).partition(".")
-    return int(major), int(minor or 0)
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the check and the speed sweep; write ``<out>/gpu_check.{json,md}``. Returns the
     exit status (2 without a GPU, 1 when a kernel failed its check)."""
@@ -303,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     quick = bool(getattr(args, "quick", False))
     device = jax.devices("gpu")[0].device_kind
-    cc = _capability()
+    cc = gpu_compute_capability()
     kernels = available_kernels(cc)
     t0 = time.perf_counter()
     check_rows = check(kernels)

@@ -64,7 +64,7 @@ def _weights(dtype):
     ((10, 0), "tvw", "tcgen05.mma.sp"),
 ])
 def test_gpu_backend_launches_the_mosaic_kernel(monkeypatch, cc, fmt, marker):
-    monkeypatch.setattr(matmul_mod, "_compute_capability", lambda: cc)
+    monkeypatch.setattr(matmul_mod, "gpu_compute_capability", lambda: cc)
     cw = _weights(jnp.bfloat16)[fmt]
     x = jax.ShapeDtypeStruct((33, 256), jnp.bfloat16)
     _, texts = _mosaic_modules(lambda x: tvwjax.matmul(x, cw, backend="gpu"), x)
@@ -75,7 +75,7 @@ def test_gpu_backend_launches_the_mosaic_kernel(monkeypatch, cc, fmt, marker):
 
 
 def test_gpu_backend_on_ampere_launches_triton(monkeypatch):
-    monkeypatch.setattr(matmul_mod, "_compute_capability", lambda: (8, 0))
+    monkeypatch.setattr(matmul_mod, "gpu_compute_capability", lambda: (8, 0))
     cw = _weights(jnp.bfloat16)["tvw"]
     exp = jax.export.export(
         jax.jit(lambda x: tvwjax.matmul(x, cw, backend="gpu")), platforms=["cuda"],

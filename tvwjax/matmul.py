@@ -260,7 +260,7 @@ GPU_KERNELS = {
 _last_gpu_kernel: list[str | None] = [None]
 
 
-def _compute_capability() -> tuple[int, int] | None:
+def gpu_compute_capability() -> tuple[int, int] | None:
     """``(major, minor)`` of the first GPU JAX sees, or ``None`` without a GPU."""
     try:
         devices = jax.devices("gpu")
@@ -318,7 +318,7 @@ def _kernel_matmul(x2d: Array, cw: TileFormat, interpret: bool) -> Array:
     tvw = isinstance(cw, TileVectorWise) and tuple(cw.nm) == (2, 4)
     dtype = jnp.promote_types(x2d.dtype, cw.values.dtype)
     name = (("tvw_matmul" if tvw else "tw_matmul") if interpret
-            else gpu_kernel_for("tvw" if tvw else "tw", dtype, _compute_capability(),
+            else gpu_kernel_for("tvw" if tvw else "tw", dtype, gpu_compute_capability(),
                                 cols.shape[1]))
     _last_gpu_kernel[0] = name
     kw = dict(n_out=n_out, counts=counts)
@@ -449,7 +449,7 @@ def backends() -> dict[str, Any]:
     """
     rep = cpu_kernel.report()
     kernel = rep["kernel"] if jax.device_count() == 1 else "xla"
-    cc = _compute_capability()
+    cc = gpu_compute_capability()
     gpu: dict[str, Any] = {"compute_capability": None if cc is None else f"{cc[0]}.{cc[1]}"}
     for fmt in ("tw", "tvw"):
         gpu[fmt] = None if cc is None else gpu_kernel_for(fmt, jnp.bfloat16, cc)
@@ -459,4 +459,5 @@ def backends() -> dict[str, Any]:
             "cpu_kernel": rep, "tile_formats_gpu": gpu, "dense_and_nm": "xla"}
 
 
-__all__ = ["BACKENDS", "GPU_KERNELS", "backends", "dense_matmul", "gpu_kernel_for", "matmul"]
+__all__ = ["BACKENDS", "GPU_KERNELS", "backends", "dense_matmul", "gpu_compute_capability",
+           "gpu_kernel_for", "matmul"]
