@@ -1,11 +1,13 @@
 """Machinery shared by the tile-wise (TW) and tile-vector-wise (TVW) Pallas kernels.
 
-The layout contract itself is in :mod:`pallas_kernels.layout`. This module holds what both
-kernel wrappers do around their kernel body: validation of the tile arrays, the launch
-parameters (:class:`BlockConfig`, the shared parts of the per-shape defaults, their
-validation), the padding of the tile arrays to the kernel's block sizes, the x^T
-row-gather index math, the launch over the (M blocks, tiles) grid and the column scatter
-of the compact kernel output.
+The layout contract itself is in :mod:`pallas_kernels.layout`. This module holds what the
+kernel wrappers do around their kernel body: validation of the tile arrays, padding
+helpers and the column scatter of the compact kernel output (used by every kernel, Triton
+and Mosaic GPU), and the Triton kernels' launch: their parameters (:class:`BlockConfig`, the
+shared parts of the per-shape defaults, their validation), the padding of the tile arrays
+to their block sizes, the x^T row-gather index math and the launch over the (M blocks,
+tiles) grid. The Mosaic GPU kernels' own shared pieces are in
+:mod:`pallas_kernels.mgpu_common`.
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ the TW backward :func:`pallas_kernels.tile_vjp.tile_matmul_vjp` on them and maps
 compact-block gradient back to the 2:4 values through the VJP of the linear decode.
 
 Ampere/Hopper have no sparse MMA reachable from the Triton backend (see the design notes), so
-the win is the halved weight traffic; the Blackwell sparse tensor core needs Mosaic GPU.
+the win is the halved weight traffic; the Blackwell sparse tensor core is used by the Mosaic
+GPU kernel :func:`pallas_kernels.tvw_matmul_blackwell`.
 
 Reference: Guo et al., "Accelerating Sparse DNNs Based on Tiled GEMM", IEEE TC 2024.
 """
