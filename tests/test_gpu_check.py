@@ -72,3 +72,53 @@ def test_check_catches_a_wrong_kernel():
                                  "test")
     assert "| tw_matmul | float32 | 5 | 40 | 37 | 16 | 24 |" in md and "| NO |" in md
     assert "| dense | 16 | 64 | 64 | 0.00 |" in md and "Not run (time budget)" in md
+
+
+def _interpret(name):
+    """A runner of ``name`` forced into interpret mode (the CPU stands in for the GPU)."""
+    fmt, runner = gpu_kernels.KERNELS[name]
+    return fmt, lambda d, x, interpret: runner(d, x, True)
+
+
+@pytest.mark.parametrize(("cc", "kernels"), [
+    ((9, 0), ["tw_matmul", "tvw_matmul", "tw_matmul_hopper"]),
+    ((10, 0), ["tw_matmul", "tvw_matmul", "tvw_matmul_blackwell"]),
+])
+def test_the_whole_check_runs_with_the_cpu_standing_in(monkeypatch, tmp_path, cc, kernels):
+    """``run`` end to end (check, speed sweep, JSON + markdown) on tiny shapes, the kernels
+    in interpret mode (the Blackwell one with its MMA emulated): what the one GPU run will
+    execute, minus the GPU."""
+    import json
+
+    from pallas_kernels.tvw_matmul_blackwell import blackwell_forward
+    from tests.test_mosaic_kernels import _emulated_tcgen05_call
+
+    monkeypatch.setattr(gpu_kernels, "has_gpu", lambda: True)
+    monkeypatch.setattr(gpu_kernels, "gpu_compute_capability", lambda: cc)
+    monkeypatch.setattr(gpu_kernels, "device_name", lambda: "CPU standing in")
+    monkeypatch.setattr(gpu_kernels, "CHECK_CASES", SMALL)
+    monkeypatch.setattr(gpu_kernels, "CHECK_DTYPES", ("bfloat16",))
+    monkeypatch.setattr(gpu_kernels, "QUICK_M", (3,))
+    monkeypatch.setattr(gpu_kernels, "QUICK_KN", ((64, 40), (32, 24)))
+    monkeypatch.setattr(gpu_kernels, "SPEED_SPARSITY", (0.75,))
+    monkeypatch.setattr(gpu_kernels, "TILE", 16)
+    for name in ("tw_matmul", "tvw_matmul", "tw_matmul_hopper"):
+        monkeypatch.setitem(gpu_kernels.KERNELS, name, _interpret(name))
+    monkeypatch.setitem(gpu_kernels.KERNELS, "tvw_matmul_blackwell", ("tvw", lambda d, x, _: (
+        blackwell_forward(x, d["values"], d["meta"], d["rows"], d["cols"], d["counts"],
+                          n_out=d["n"], block_m=64, kernel_call=_emulated_tcgen05_call))))
+    # budget 0: the first (K, N, M) group runs whatever the budget, the next are "not run"
+    rc = gpu_kernels.main(["--out", str(tmp_path), "--quick", "--repeats", "1",
+                           "--budget-s", "0"])
+    assert rc == 0
+    payload = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert payload["kernels"] == kernels and payload["compute_capability"] == f"{cc[0]}.{cc[1]}"
+    assert payload["check"] and all(r["ok"] for r in payload["check"])
+    assert {r["kernel"] for r in payload["check"]} == set(kernels)
+    ops = {r["op"] for r in payload["records"]}
+    extra = {"pregather_tw"} if cc[0] == 9 else {"tcgen05_convert"}
+    assert ops == {"dense", *kernels, *extra}
+    assert all(r["median_s"] > 0 and r["M"] == 3 and r["K"] == 64 for r in payload["records"])
+    assert payload["not_run"] == ["M=3 K=32 N=24"]
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "## Correctness" in md and "## Speed" in md and "Not run (time budget)" in md
