@@ -13,10 +13,13 @@ Run once on a machine with an NVIDIA GPU, from a source checkout (no install nee
    ``(W^T x^T)^T``), then every available kernel at 50/75/90% sparsity, for ``M`` in
    {16, 256, 4096} and ``(K, N)`` = 4096 x 4096 and the BERT-base shapes 768 x 768,
    768 x 3072, 3072 x 768. For the Mosaic GPU kernels the activation pre-gather
-   (``pregather``) and the tcgen05 operand conversion (``tcgen05_convert``) are also timed
-   alone: both are inside the kernels' own timings. Medians of ``--repeats`` timed calls
-   after warm-up; the sweep stops when ``--budget-s`` is spent (the rows not run are listed),
-   so that the whole check stays under 4 minutes on an H100/H200.
+   (``pregather_tw`` / ``pregather_tvw``) and the tcgen05 operand conversion
+   (``tcgen05_convert``) are also timed alone: both are inside the kernels' own timings. On
+   Hopper, ``tvw_decoded_hopper`` times the alternative TVW path (2:4 decoded by XLA, then
+   the ``wgmma`` TW kernel) beside the Triton TVW kernel ``tvw_matmul``. Medians of
+   ``--repeats`` timed calls after warm-up; the sweep stops when ``--budget-s`` is spent
+   (the rows not run are listed), so that the whole check stays under 4 minutes on an
+   H100/H200.
 
 Writes ``<out>/gpu_check.json`` (``device``, ``compute_capability``, ``jax``, ``check`` rows
 ``{kernel, dtype, M, K, N, G, Kp, max_abs_err, tolerance, ok}``, speed ``records``
@@ -40,6 +43,7 @@ import numpy as np
 
 from benchmarks._timing import machine_info, write_results
 from pallas_kernels import (
+    tvw_compact_blocks,
     tvw_matmul,
     tvw_matmul_blackwell,
     tvw_matmul_reference,
@@ -225,6 +229,7 @@ def speed(kernels: Sequence[str], ms: Sequence[int], kns: Sequence[tuple[int, in
     pregather = jax.jit(lambda x, r, c, kp: gather_tile_activations(
         x, r, c, -(-x.shape[0] // 64) * 64, kp, x.dtype), static_argnums=3)
     convert = jax.jit(lambda v, mt: tcgen05_operands(v, mt, dtype))
+    decode = jax.jit(tvw_compact_blocks)
     for k, n in kns:
         w = jnp.asarray(rng.standard_normal((k, n)), dtype)
         tiles = {(s, fmt): make_tiles(rng, k, n, s, TILE, dtype, tvw=fmt == "tvw")
@@ -251,10 +256,19 @@ def speed(kernels: Sequence[str], ms: Sequence[int], kns: Sequence[tuple[int, in
                     timed["pregather_tw"] = median_time(
                         pregather, x, d["rows"], d["counts"], -(-d["rows"].shape[1] // 64) * 64,
                         repeats=repeats)
+                    # TVW on Hopper the other way: 2:4 decoded by XLA, then the wgmma kernel
+                    d = tiles[(s, "tvw")]
+                    timed["tvw_decoded_hopper"] = median_time(
+                        lambda d, x: KERNELS["tw_matmul_hopper"][1](
+                            {**d, "values": decode(d["values"], d["meta"])}, x, False),
+                        d, x, repeats=repeats)
                 if "tvw_matmul_blackwell" in kernels:
                     d = tiles[(s, "tvw")]
                     timed["tcgen05_convert"] = median_time(convert, d["values"], d["meta"],
                                                            repeats=repeats)
+                    timed["pregather_tvw"] = median_time(
+                        pregather, x, d["rows"], d["counts"],
+                        -(-d["rows"].shape[1] // 128) * 128, repeats=repeats)
                 for op, t_op in timed.items():
                     records.append(dict(op=op, sparsity=s, median_s=t_op,
                                         ratio_vs_dense=t_op / t_dense, **base))

@@ -116,7 +116,8 @@ def test_the_whole_check_runs_with_the_cpu_standing_in(monkeypatch, tmp_path, cc
     assert payload["check"] and all(r["ok"] for r in payload["check"])
     assert {r["kernel"] for r in payload["check"]} == set(kernels)
     ops = {r["op"] for r in payload["records"]}
-    extra = {"pregather_tw"} if cc[0] == 9 else {"tcgen05_convert"}
+    extra = ({"pregather_tw", "tvw_decoded_hopper"} if cc[0] == 9
+             else {"tcgen05_convert", "pregather_tvw"})
     assert ops == {"dense", *kernels, *extra}
     assert all(r["median_s"] > 0 and r["M"] == 3 and r["K"] == 64 for r in payload["records"])
     assert payload["not_run"] == ["M=3 K=32 N=24"]
