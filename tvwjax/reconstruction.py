@@ -42,6 +42,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -63,6 +64,7 @@ from tvwjax.calibration import (
 from tvwjax.data_aware import ScoreFn, data_scores, wanda
 from tvwjax.errors import ConfigError, ShapeError, TreeMismatchError
 from tvwjax.masking import masks
+from tvwjax.obs import obs_masks, obs_sweep
 from tvwjax.patterns import Pattern
 
 PyTree = Any
@@ -140,50 +142,10 @@ def _finish(w_plain: Array, w_new: Array, g: Array, t: Array) -> Array:
     return jnp.where(ok[None, :], w_new, w_plain)
 
 
-def _obs_sweep_impl(w: Array, m: Array, h: Array, width: int) -> Array:
-    """SparseGPT's blocked OBS sweep with a fixed mask (rows of ``w`` = input features).
-
-    Rows are visited in order; the pruned entries of row ``i`` are set to zero and their
-    error is compensated on the rows not yet visited through the upper Cholesky factor of
-    ``H^-1`` (Frantar & Alistarh, 2023, Algorithm 1 with a given mask). Kept entries are
-    frozen once visited. ``K`` must be a multiple of ``width``.
-    """
-    k, n = w.shape
-    d = jax.lax.rsqrt(jnp.maximum(jnp.diag(h), 1e-30))  # Jacobi scaling
-    hs = h * d[:, None] * d[None, :]
-    ws = w / d[:, None]
-    lh = jnp.linalg.cholesky(hs)
-    hinv = jax.scipy.linalg.cho_solve((lh, True), jnp.eye(k, dtype=jnp.float32))
-    u = jnp.linalg.cholesky(hinv).T  # upper: H^-1 = U^T U
-    rows = jnp.arange(k)
-    local = jnp.arange(width)
-
-    def block_step(b, wcur):
-        i1 = b * width
-        wb = jax.lax.dynamic_slice(wcur, (i1, 0), (width, n))
-        mb = jax.lax.dynamic_slice(m, (i1, 0), (width, n))
-        ub = jax.lax.dynamic_slice(u, (i1, i1), (width, width))
-
-        def inner(i, carry):
-            wb, err = carry
-            wi = wb[i]
-            q = jnp.where(mb[i], wi, 0.0)
-            e = (wi - q) / ub[i, i]
-            upd = jnp.where((local > i)[:, None], ub[i][:, None] * e[None, :], 0.0)
-            wb = (wb - upd).at[i].set(q)
-            return wb, err.at[i].set(e)
-
-        wb, err = jax.lax.fori_loop(0, width, inner, (wb, jnp.zeros((width, n), jnp.float32)))
-        wcur = jax.lax.dynamic_update_slice(wcur, wb, (i1, 0))
-        urow = jax.lax.dynamic_slice(u, (i1, 0), (width, k))
-        later = (rows >= i1 + width)[:, None]
-        return wcur - jnp.where(later, jnp.matmul(urow.T, err, precision=_HI), 0.0)
-
-    out = jax.lax.fori_loop(0, k // width, block_step, ws)
-    return jnp.where(m, out * d[:, None], 0.0)
-
-
-_obs_sweep = jax.jit(_obs_sweep_impl, static_argnames="width")
+@functools.partial(jax.jit, static_argnames="width")
+def _obs_sweep(w: Array, m: Array, h: Array, width: int) -> Array:
+    """The OBS sweep with the fixed mask ``m`` (:func:`tvwjax.obs.obs_sweep`)."""
+    return obs_sweep(w, m, h, width)[0]
 
 
 # -- one layer ---------------------------------------------------------------------------------
@@ -474,14 +436,19 @@ def one_shot(inputs_fn: InputsFn, params: PyTree, pattern: Pattern, sparsity: fl
              sequential: bool = True, match: str = "self",
              group_by: Callable[[str], Any] | None = None,
              progress: Callable[[str], None] | None = None,
-             views: Mapping[str, int] | None = None) -> tuple[PyTree, PyTree, dict]:
+             views: Mapping[str, int] | None = None,
+             selection: str = "score") -> tuple[PyTree, PyTree, dict]:
     """One-shot pruning of a pretrained model: data-aware masks, then optional refit.
 
     1. Calibration statistics of every captured layer on the dense model
-       (:func:`tvwjax.calibration.collect`, sums of squares only).
-    2. Scores: ``"magnitude"`` (``|w|``), ``"activation"`` (Wanda, ``|w| * ||x_k||``) or a
-       user function ``fn(w2d, stats) -> scores``; masks by :func:`tvwjax.masks` with the
-       given pattern, scope, per-layer bounds and overrides.
+       (:func:`tvwjax.calibration.collect`: sums of squares, plus Gram matrices for
+       ``selection="obs"``).
+    2. Masks. ``selection="score"`` (default): scores ``"magnitude"`` (``|w|``),
+       ``"activation"`` (Wanda, ``|w| * ||x_k||``) or a user function
+       ``fn(w2d, stats) -> scores``, then :func:`tvwjax.masks` with the given pattern, scope,
+       per-layer bounds and overrides. ``selection="obs"``: second-order selection from the
+       Gram matrices (:func:`tvwjax.obs.obs_masks`: group-OBS removal paths per TW tile,
+       SparseGPT for EW / N:M and for TVW's N:M part), same scope, bounds and overrides.
     3. If ``refit``: :func:`reconstruct` (sequential, damped least squares per tile/column).
 
     Args:
@@ -490,12 +457,15 @@ def one_shot(inputs_fn: InputsFn, params: PyTree, pattern: Pattern, sparsity: fl
       pattern: the sparsity pattern (``EW()``, ``NM()``, ``TW(tile=64)``, ``TVW(tile=64)``).
       sparsity: target sparsity.
       batches: calibration batches (a list).
-      score: ``"magnitude"``, ``"activation"`` or a score function.
+      score: ``"magnitude"``, ``"activation"`` or a score function (``selection="score"``
+        only).
       refit: run the reconstruction.
       row_mask, damping, sequential, match, group_by, progress: see :func:`reconstruct`.
       where, scope, layer_bounds, overrides, views: see :func:`tvwjax.masks` (pass
         ``views=tvwjax.gemm_views(model, ...)`` to prune attention kernels; calibration
         captures their inputs in the same view).
+      selection: ``"score"`` or ``"obs"`` (patterns ``EW``, ``NM``, ``TW`` / ``TVW`` with
+        ``column_share=0``).
 
     Returns:
       ``(params, masks, report)``: pruned (and refit) parameters, the masks, and the
@@ -515,7 +485,18 @@ def one_shot(inputs_fn: InputsFn, params: PyTree, pattern: Pattern, sparsity: fl
     True
     """
     batches = list(batches)
-    if score == "magnitude":
+    if selection not in ("score", "obs"):
+        raise ConfigError(f"one_shot: selection must be 'score' or 'obs', got {selection!r}")
+    if selection == "obs":
+        if score != "activation":
+            raise ConfigError(f"one_shot: score={score!r} applies to selection='score'; "
+                              "selection='obs' chooses masks from the Gram matrices")
+        stats = collect(inputs_fn, params, batches, row_mask=row_mask, gram=True)
+        mask_tree = obs_masks(params, stats, pattern, sparsity, where=where, scope=scope,
+                              layer_bounds=layer_bounds, overrides=overrides, views=views,
+                              damping=damping, progress=progress)
+        scores = None
+    elif score == "magnitude":
         scores = None
     elif score == "activation" or callable(score):
         fn = wanda if score == "activation" else score
@@ -524,8 +505,9 @@ def one_shot(inputs_fn: InputsFn, params: PyTree, pattern: Pattern, sparsity: fl
     else:
         raise ConfigError(f"score must be 'magnitude', 'activation' or a callable, "
                           f"got {score!r}")
-    mask_tree = masks(params, pattern, sparsity, scores=scores, where=where, scope=scope,
-                      layer_bounds=layer_bounds, overrides=overrides, views=views)
+    if selection == "score":
+        mask_tree = masks(params, pattern, sparsity, scores=scores, where=where, scope=scope,
+                          layer_bounds=layer_bounds, overrides=overrides, views=views)
     if not refit:
         from tvwjax.masking import apply_masks
         return apply_masks(params, mask_tree), mask_tree, {}

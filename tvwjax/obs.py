@@ -1,0 +1,699 @@
+"""Second-order (Optimal Brain Surgeon) mask selection for one-shot EW, N:M, TW and TVW.
+
+Given the Gram matrix ``G = X^T X`` of a layer's calibration inputs and the damped Hessian
+``H = G + lambda I`` of its squared output error ``E(W') = tr((W - W')^T H (W - W'))``,
+removing a set ``P`` of input rows from a group of output columns ``C`` with optimal
+compensation by the remaining rows costs (Hassibi & Stork, 1992)
+
+    dE = tr(W_PC^T ([H^-1]_PP)^-1 W_PC),
+
+and for one row ``r`` the group saliency ``||w_rC||^2 / [H^-1]_rr``. The masks chosen here
+minimise that error instead of ranking first-order scores (``|w| * ||x_k||``):
+
+* **TW** (and the TW level of **TVW**): every tile's row segments are removed greedily one
+  at a time, each time the segment of least saliency, with ``H^-1`` and the tile's weights
+  updated exactly after each removal (group OBS; ``H^-1`` is downdated in blocks of rank
+  ``block`` so the work is matrix products). Each tile yields a removal path with its
+  error increases; made non-decreasing along the path, they are the segments' scores, so
+  the pattern's own rule (:meth:`tvwjax.TW.mask`: budget, ``min_rows``, ``row_block``)
+  keeps a prefix of each path and allocates rows across tiles by the least total error.
+  Global scope allocates across layers by one threshold on the same error increases,
+  relative to each layer's output energy ``tr(W^T H W)``, within ``layer_bounds``.
+* **TVW**'s N:M part: inside each tile's kept rows (in compact order), SparseGPT's sweep
+  with N:M selection, starting from the least-squares weights of the kept rows.
+* **EW** and **N:M**: SparseGPT (Frantar & Alistarh, 2023): a blocked OBS sweep over the
+  rows that picks each block's (EW) or group's (N:M) mask by ``w^2 / [U]_ii^2`` on the
+  partly updated weights, so the comparison with TW / TVW is like for like.
+
+Only masks come out; :func:`tvwjax.reconstruct` then refits the kept weights
+(``tvwjax.one_shot(..., selection="obs")`` runs both). Everything runs jit-compiled, batched
+over tiles with ``vmap`` in chunks bounded by ``chunk_bytes``.
+
+References:
+  B. Hassibi and D. G. Stork, "Second order derivatives for network pruning: Optimal Brain
+  Surgeon", NeurIPS 1992.
+  E. Frantar and D. Alistarh, "SparseGPT: Massive Language Models Can Be Accurately Pruned in
+  One-Shot", ICML 2023.
+  E. Frantar, S. P. Singh and D. Alistarh, "Optimal Brain Compression", NeurIPS 2022.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tvwjax import _select as sel
+from tvwjax import _validate as val
+from tvwjax._tree import as_matrix, leaves_with_paths, view_of
+from tvwjax.errors import ConfigError, ShapeError
+from tvwjax.patterns import EW, NM, TVW, TW, Pattern
+from tvwjax.tiling import num_tiles
+
+PyTree = Any
+Array = jax.Array
+
+_HI = jax.lax.Precision.HIGHEST
+_TINY = 1e-20
+
+
+def damped_hessian(gram: Array, damping: float) -> tuple[Array, Array]:
+    """``(H, lambda)`` with ``H = G + lambda I`` and ``lambda = damping * mean(diag(G))``
+    (SparseGPT's relative damping; a tiny positive ``lambda`` if that is 0)."""
+    g = jnp.asarray(gram, jnp.float32)
+    lam = damping * jnp.mean(jnp.diag(g))
+    lam = jnp.where(lam > 0, lam, 1e-6 * jnp.mean(jnp.diag(g)) + 1e-12)
+    return g + lam * jnp.eye(g.shape[0], dtype=jnp.float32), lam
+
+
+ChooseFn = Callable[[Array, Array, Array, Array, Array], Array]
+"""``choose(block, i, wb, mb, ub) -> mb``: the keep-mask of a sweep block, updated before
+row ``i`` of block ``block`` is visited (``wb``: the block's current, Jacobi-scaled weights;
+``ub``: the block's diagonal block of the upper Cholesky factor ``U`` of ``H^-1``, so
+``wb[j]**2 / ub[j, j]**2`` is the OBS error of pruning ``wb[j]`` given the rows visited)."""
+
+
+def _fixed_mask(block, i, wb, mb, ub):  # the mask is given: nothing to choose
+    del block, i, wb, ub
+    return mb
+
+
+def obs_sweep(w: Array, m: Array, h: Array, width: int,
+              choose: ChooseFn = _fixed_mask) -> tuple[Array, Array]:
+    """SparseGPT's blocked OBS sweep (rows of ``w`` = input features).
+
+    Rows are visited in order; the pruned entries of row ``i`` are set to zero and their
+    error is compensated on the rows not yet visited through the upper Cholesky factor of
+    ``H^-1`` (Frantar & Alistarh, 2023, Algorithm 1). Kept entries are frozen once visited.
+    With the default ``choose`` the mask ``m`` is fixed; a ``choose`` function selects it
+    during the sweep from the OBS saliencies of the partly updated weights (SparseGPT's
+    adaptive mask selection, see :mod:`tvwjax.obs`), starting from ``m``. ``K`` must be a
+    multiple of ``width``. Traceable (call it inside ``jit``).
+
+    Returns:
+      ``(weights, mask)``: the swept weights (zero where pruned) and the mask used.
+    """
+    k, n = w.shape
+    d = jax.lax.rsqrt(jnp.maximum(jnp.diag(h), 1e-30))  # Jacobi scaling
+    hs = h * d[:, None] * d[None, :]
+    ws = w / d[:, None]
+    lh = jnp.linalg.cholesky(hs)
+    hinv = jax.scipy.linalg.cho_solve((lh, True), jnp.eye(k, dtype=jnp.float32))
+    u = jnp.linalg.cholesky(hinv).T  # upper: H^-1 = U^T U
+    rows = jnp.arange(k)
+    local = jnp.arange(width)
+
+    def block_step(b, carry):
+        wcur, mcur = carry
+        i1 = b * width
+        wb = jax.lax.dynamic_slice(wcur, (i1, 0), (width, n))
+        mb = jax.lax.dynamic_slice(mcur, (i1, 0), (width, n))
+        ub = jax.lax.dynamic_slice(u, (i1, i1), (width, width))
+
+        def inner(i, carry):
+            wb, mb, err = carry
+            mb = choose(b, i, wb, mb, ub)
+            wi = wb[i]
+            q = jnp.where(mb[i], wi, 0.0)
+            e = (wi - q) / ub[i, i]
+            upd = jnp.where((local > i)[:, None], ub[i][:, None] * e[None, :], 0.0)
+            wb = (wb - upd).at[i].set(q)
+            return wb, mb, err.at[i].set(e)
+
+        wb, mb, err = jax.lax.fori_loop(0, width, inner,
+                                        (wb, mb, jnp.zeros((width, n), jnp.float32)))
+        wcur = jax.lax.dynamic_update_slice(wcur, wb, (i1, 0))
+        mcur = jax.lax.dynamic_update_slice(mcur, mb, (i1, 0))
+        urow = jax.lax.dynamic_slice(u, (i1, 0), (width, k))
+        later = (rows >= i1 + width)[:, None]
+        wcur = wcur - jnp.where(later, jnp.matmul(urow.T, err, precision=_HI), 0.0)
+        return wcur, mcur
+
+    out, mask = jax.lax.fori_loop(0, k // width, block_step, (ws, m))
+    return jnp.where(mask, out * d[:, None], 0.0), mask
+
+
+def _sweep_width(k: int, m: int = 1) -> int:
+    """Block width of a sweep over ``k`` rows: at most 128, a multiple of 8 and of ``m``."""
+    step = 8 * m // math.gcd(8, m)
+    return val.round_up(min(128, val.round_up(k, 8)), step)
+
+
+def _padded(w: Array, h: Array, width: int) -> tuple[Array, Array, Array]:
+    """``w`` and ``h`` padded to a multiple of ``width`` rows (padding rows: identity
+    equations, zero weights) and the validity of each row."""
+    k, n = w.shape
+    kp = val.round_up(k, width)
+    hp = jnp.eye(kp, dtype=jnp.float32).at[:k, :k].set(h)
+    wp = jnp.zeros((kp, n), jnp.float32).at[:k].set(w)
+    return wp, hp, jnp.arange(kp) < k
+
+
+# -- EW and N:M: SparseGPT ---------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnames="width")
+def _ew_sweep(w: Array, h: Array, valid: Array, keep: Array, width: int) -> Array:
+    """EW mask by SparseGPT: at the start of block ``b`` keep its ``keep[b]`` entries of
+    largest OBS saliency (padding rows always kept and counted in ``keep``)."""
+
+    def fresh(b, wb, ub, i1):
+        sal = jnp.square(wb) / jnp.square(jnp.diagonal(ub))[:, None]
+        ok = jax.lax.dynamic_slice(valid, (i1,), (width,))
+        return sel.topk_mask(jnp.where(ok[:, None], sal, jnp.inf), keep[b])
+
+    def choose(b, i, wb, mb, ub):
+        return jax.lax.cond(i == 0, lambda: fresh(b, wb, ub, b * width), lambda: mb)
+
+    return obs_sweep(w, jnp.ones(w.shape, bool), h, width, choose)[1]
+
+
+def _nm_choose(n: int, m: int) -> ChooseFn:
+    """N:M selection at the first row of every group of ``m`` rows (SparseGPT, ``prunem``)."""
+
+    def choose(b, i, wb, mb, ub):
+        def fresh():
+            g = jax.lax.dynamic_slice(wb, (i, 0), (m, wb.shape[1]))
+            u = jax.lax.dynamic_slice(jnp.diagonal(ub), (i,), (m,))
+            grp = sel.nm_select(jnp.square(g) / jnp.square(u)[:, None], n, m)
+            return jax.lax.dynamic_update_slice(mb, grp, (i, 0))
+
+        return jax.lax.cond(i % m == 0, fresh, lambda: mb)
+
+    return choose
+
+
+@functools.partial(jax.jit, static_argnames=("n", "m", "width"))
+def _nm_sweep(w: Array, h: Array, n: int, m: int, width: int) -> Array:
+    return obs_sweep(w, jnp.ones(w.shape, bool), h, width, _nm_choose(n, m))[1]
+
+
+def _ew_keep_per_block(k: int, kp: int, n: int, width: int, sparsity: float) -> np.ndarray:
+    """Kept entries per sweep block: the pattern's count ``round(d*K*N)`` spread over the
+    blocks in proportion to their real rows, plus each block's padding entries."""
+    d = np.float32(1.0) - np.float32(sparsity)
+    total = min(max(int(np.floor(np.float64(d * np.float32(k * n)) + 0.5)), 1), k * n)
+    ends = np.minimum(np.arange(1, kp // width + 1) * width, k)
+    cum = np.floor(total * ends / k + 0.5).astype(np.int64)
+    real = np.diff(np.concatenate([[0], cum]))
+    pad = (np.arange(1, kp // width + 1) * width - np.maximum(ends, np.arange(kp // width) * width))
+    return (real + pad * n).astype(np.int32)
+
+
+# -- TW: group OBS removal paths, one per tile --------------------------------------------------
+def _tile_path(hinv: Array, wt: Array, steps: int, block: int) -> tuple[Array, Array]:
+    """Greedy group-OBS removal of the rows of one tile.
+
+    Args:
+      hinv: ``H^-1`` (``K x K``, Jacobi-scaled), shared by all tiles.
+      wt: the tile's weights ``(K, G)`` in the same scaling.
+      steps: rows to remove (``K - min_rows``).
+      block: rank of each blocked downdate of ``H^-1``.
+
+    Returns:
+      ``(order, cost)``, each ``(ceil(steps / block) * block,)``: the row removed at each
+      step and the error increase it caused (``inf`` past ``steps``).
+    """
+    k, g = wt.shape
+    n_blocks = -(-steps // block)
+
+    def block_step(bi, carry):
+        hi, wt, d, alive, order, cost = carry
+
+        def step(j, c):
+            vb, wt, d, alive, order, cost = c
+            p = bi * block + j
+            active = p < steps
+            sal = jnp.sum(jnp.square(wt), axis=1) / jnp.maximum(d, _TINY)
+            sal = jnp.where(alive, sal, jnp.inf)
+            r = jnp.argmin(sal)
+            hcol = hi[:, r] - jnp.matmul(vb, vb[r], precision=_HI)
+            inv = jax.lax.rsqrt(jnp.maximum(hcol[r], _TINY))
+            v = jnp.where(alive & active, hcol * inv, 0.0)
+            wt = wt - v[:, None] * (wt[r] * inv)[None, :]
+            wt = wt.at[r].set(jnp.where(active, 0.0, wt[r]))
+            d = d - jnp.square(v)
+            alive = alive.at[r].set(alive[r] & ~active)
+            order = order.at[p].set(r.astype(jnp.int32))
+            cost = cost.at[p].set(jnp.where(active, sal[r], jnp.inf))
+            return vb.at[:, j].set(v), wt, d, alive, order, cost
+
+        vb = jnp.zeros((k, block), jnp.float32)
+        vb, wt, d, alive, order, cost = jax.lax.fori_loop(
+            0, block, step, (vb, wt, d, alive, order, cost))
+        hi = hi - jnp.matmul(vb, vb.T, precision=_HI)
+        return hi, wt, d, alive, order, cost
+
+    size = n_blocks * block
+    init = (hinv, wt, jnp.diag(hinv), jnp.ones((k,), bool), jnp.zeros((size,), jnp.int32),
+            jnp.full((size,), jnp.inf, jnp.float32))
+    _, _, _, _, order, cost = jax.lax.fori_loop(0, n_blocks, block_step, init)
+    return order, cost
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "block"))
+def _paths(hinv: Array, wts: Array, steps: int, block: int) -> tuple[Array, Array]:
+    """:func:`_tile_path` for a chunk of tiles ``wts`` ``(c, K, G)``, batched by ``vmap``."""
+    return jax.vmap(lambda wt: _tile_path(hinv, wt, steps, block))(wts)
+
+
+@functools.partial(jax.jit, static_argnames="k")
+def _segment_costs(order: Array, cost: Array, scale: Array, k: int) -> Array:
+    """Per-row scores of one tile from its path: the running maximum of the error increase
+    (non-decreasing along the path, so a threshold keeps a path prefix), relative to the
+    layer's energy ``scale``; rows never removed get the largest finite float32."""
+    mono = jax.lax.cummax(cost / scale, axis=0)
+    mono = jnp.where(jnp.isfinite(mono), mono, jnp.finfo(jnp.float32).max)
+    out = jnp.full((k,), jnp.finfo(jnp.float32).max, jnp.float32)
+    return out.at[order].min(mono, mode="drop")
+
+
+def _scaled(w: Array, h: Array) -> tuple[Array, Array, Array]:
+    """Jacobi-scaled ``(w, H^-1)`` and the layer's energy ``tr(w^T H w)``."""
+    d = jax.lax.rsqrt(jnp.maximum(jnp.diag(h), 1e-30))
+    hs = h * d[:, None] * d[None, :]
+    ws = w / d[:, None]
+    lh = jnp.linalg.cholesky(hs)
+    hinv = jax.scipy.linalg.cho_solve((lh, True), jnp.eye(h.shape[0], dtype=jnp.float32))
+    energy = jnp.sum(ws * jnp.matmul(hs, ws, precision=_HI))
+    return ws, hinv, energy
+
+
+_scaled_jit = jax.jit(_scaled)
+
+
+def tile_row_scores(w: Array, h: Array, tile: int, min_rows: int = 1, *, block: int = 32,
+                    chunk_bytes: int = 1 << 28) -> Array:
+    """Second-order scores of the row segments of a TW layer: ``(K, T)``.
+
+    Each tile's rows are removed greedily by group OBS (see the module docstring); a row's
+    score is the running maximum of the relative error increases ``dE / tr(w^T H w)`` along
+    its tile's path up to its removal, and the ``min_rows`` rows a tile keeps to the end get
+    the largest finite float32. Larger = keep.
+
+    Args:
+      w: ``(K, N)`` kernel view. h: the damped Hessian ``(K, K)``.
+      tile: tile width ``G``. min_rows: rows each tile keeps (its path stops there).
+      block: rank of the blocked ``H^-1`` downdates. chunk_bytes: memory bound per chunk of
+        tiles processed together.
+    """
+    k, n = w.shape
+    t = num_tiles(n, tile)
+    ws, hinv, energy = _scaled_jit(jnp.asarray(w, jnp.float32), jnp.asarray(h, jnp.float32))
+    wt = jnp.zeros((k, t * tile), jnp.float32).at[:, :n].set(ws)
+    wt = wt.reshape(k, t, tile).transpose(1, 0, 2)  # (T, K, G)
+    steps = max(0, k - min(k, min_rows))
+    if steps == 0:
+        return jnp.full((k, t), jnp.finfo(jnp.float32).max, jnp.float32)
+    block = max(1, min(block, steps))
+    per = 4 * (3 * k * k + 3 * k * tile + k * block)
+    chunk = max(1, min(t, chunk_bytes // per))
+    out = []
+    for s in range(0, t, chunk):
+        part = wt[s:s + chunk]
+        if part.shape[0] < chunk:  # one compiled shape per layer
+            part = jnp.concatenate([part, jnp.zeros((chunk - part.shape[0], k, tile))])
+        order, cost = _paths(hinv, part, steps, block)
+        out.append(jax.vmap(lambda o, c: _segment_costs(o, c, energy, k))(order, cost))
+    return jnp.concatenate(out)[:t].T
+
+
+# -- TW: exchange refinement of each tile's kept rows --------------------------------------------
+def _tile_exchange(hs: Array, wt: Array, keep: Array, iters: int, cands: int) -> Array:
+    """Improve one tile's kept row set by exact OBS exchanges (add a row, drop a row).
+
+    With ``A = (H_SS)^-1`` (embedded, zero outside the kept set ``S``) and the optimal kept
+    weights ``W* = A (H w)``, adding row ``r`` lowers the error by
+    ``||(H (w - W*))_r||^2 / s_r`` (``s_r = H_rr - h_r^T A h_r``) and then dropping row ``q``
+    raises it by ``||W*'_q||^2 / A'_qq`` (both exact). Each round takes the ``cands`` rows of
+    largest add gain, pairs each with its best drop, and commits the best pair if it lowers
+    the error (every ``r``, ``q`` pair if ``cands`` covers the pruned rows: a 1-swap local
+    optimum). ``A`` and ``C = A H`` are kept up to date by rank-one updates (``O(K^2)`` per
+    round). Returns the new kept set (same size).
+    """
+    k, g = wt.shape
+    eye = jnp.eye(k, dtype=jnp.float32)
+    both = keep[:, None] & keep[None, :]
+    lh = jnp.linalg.cholesky(jnp.where(both, hs, eye))
+    a = jnp.where(both, jax.scipy.linalg.cho_solve((lh, True), eye), 0.0)
+    b = jnp.matmul(hs, wt, precision=_HI)
+    c = jnp.matmul(a, hs, precision=_HI)
+    wstar = jnp.matmul(a, b, precision=_HI)
+    diag_h = jnp.diag(hs)
+
+    def body(_, carry):
+        a, c, wstar, res, keep, done = carry
+        sch = jnp.maximum(diag_h - jnp.sum(hs * c, axis=0), _TINY)
+        gain = jnp.where(keep, -jnp.inf, jnp.sum(jnp.square(res), axis=1) / sch)
+        gain_top, rs = jax.lax.top_k(gain, cands)
+        idx = jnp.arange(k)
+
+        def with_added(r, gr):
+            u = jnp.where(idx == r, 1.0, 0.0) - c[:, r]
+            a_d = jnp.diag(a) + jnp.square(u) / sch[r]
+            w_new = wstar + u[:, None] * (jnp.matmul(u, b, precision=_HI) / sch[r])[None, :]
+            cost = jnp.sum(jnp.square(w_new), axis=1) / jnp.maximum(a_d, _TINY)
+            cost = jnp.where(keep & (idx != r), cost, jnp.inf)  # dropping r undoes the add
+            q = jnp.argmin(cost)
+            return gr - cost[q], q
+
+        better, qs = jax.vmap(with_added)(rs, gain_top)
+        better = jnp.where(jnp.isfinite(gain_top), better, -jnp.inf)
+        j = jnp.argmax(better)
+        r, q = rs[j], qs[j]
+        go = (~done) & (better[j] > 1e-6 * energy)
+        # add r: A += u u^T / s_r (and C = A H, W* = A B, res = B - H W* with it)
+        u = jnp.where(idx == r, 1.0, 0.0) - c[:, r]
+        hu = jnp.matmul(hs, u, precision=_HI)
+        ub = jnp.matmul(u, b, precision=_HI) / sch[r]
+        a1 = a + jnp.outer(u, u) / sch[r]
+        c1 = c + jnp.outer(u, hu) / sch[r]
+        w1 = wstar + jnp.outer(u, ub)
+        res1 = res - jnp.outer(hu, ub)
+        # drop q: A -= A[:, q] A[q, :] / A_qq (the same for C and W*)
+        aq = a1[:, q] / jnp.maximum(a1[q, q], _TINY)
+        wq = w1[q]
+        a2 = a1 - jnp.outer(aq, a1[q])
+        c2 = c1 - jnp.outer(aq, c1[q])
+        w2 = (w1 - jnp.outer(aq, wq)).at[q].set(0.0)
+        res2 = res1 + jnp.outer(jnp.matmul(hs, aq, precision=_HI), wq)
+        keep2 = keep.at[r].set(True).at[q].set(False)
+        pick = functools.partial(jnp.where, go)
+        return (pick(a2, a), pick(c2, c), pick(w2, wstar), pick(res2, res), pick(keep2, keep),
+                done | ~go)
+
+    energy = jnp.sum(wt * b)
+    res = b - jnp.matmul(hs, wstar, precision=_HI)
+    out = jax.lax.fori_loop(0, iters, body, (a, c, wstar, res, keep, jnp.asarray(False)))
+    return out[4]
+
+
+@functools.partial(jax.jit, static_argnames=("iters", "cands"))
+def _tiles_exchange(hs: Array, wts: Array, keeps: Array, iters: int, cands: int) -> Array:
+    return jax.vmap(lambda wt, kp: _tile_exchange(hs, wt, kp, iters, cands))(wts, keeps)
+
+
+# -- TVW: N:M inside the kept rows of each tile -------------------------------------------------
+def _tile_nm(hs: Array, ws: Array, keep: Array, n: int, m: int, width: int) -> Array:
+    """N:M mask of one tile inside its kept rows (compact order) by SparseGPT's sweep,
+    starting from the least-squares weights of the kept rows."""
+    k = keep.shape[0]
+    perm = jnp.argsort(~keep, stable=True)
+    kp = keep[perm]
+    hp = hs[perm][:, perm]
+    both = kp[:, None] & kp[None, :]
+    hp = jnp.where(both, hp, jnp.eye(k, dtype=jnp.float32))
+    rhs = jnp.where(kp[:, None], jnp.matmul(hs, ws, precision=_HI)[perm], 0.0)
+    lh = jnp.linalg.cholesky(hp)
+    w0 = jax.scipy.linalg.cho_solve((lh, True), rhs)
+    w0, hp, _ = _padded(w0, hp, width)
+    mask = obs_sweep(w0, jnp.ones(w0.shape, bool), hp, width, _nm_choose(n, m))[1][:k]
+    mask = mask & kp[:, None]
+    return mask[jnp.argsort(perm)]
+
+
+@functools.partial(jax.jit, static_argnames=("n", "m", "width"))
+def _tiles_nm(hs: Array, wts: Array, keeps: Array, n: int, m: int, width: int) -> Array:
+    return jax.vmap(lambda wt, kp: _tile_nm(hs, wt, kp, n, m, width))(wts, keeps)
+
+
+def _scaled_h(h: Array) -> tuple[Array, Array]:
+    d = jax.lax.rsqrt(jnp.maximum(jnp.diag(h), 1e-30))
+    return h * d[:, None] * d[None, :], d
+
+
+# -- one layer ---------------------------------------------------------------------------------
+def _supported(pattern: Pattern, name: str) -> None:
+    if type(pattern) not in (EW, NM, TW, TVW):
+        raise ConfigError(f"{name}: second-order selection supports the patterns EW, NM, TW "
+                          f"and TVW, got {pattern!r}")
+    if isinstance(pattern, TW) and pattern.column_share != 0:
+        raise ConfigError(f"{name}: second-order selection needs TW/TVW with "
+                          f"column_share=0 (TW-1D), got column_share={pattern.column_share}")
+
+
+def _tw_level(pattern: TW) -> TW:
+    """The TW pattern of a TW / TVW pattern's row level (TVW: its TW part)."""
+    return TW(tile=pattern.tile, row_block=pattern.row_block, min_rows=pattern.min_rows)
+
+
+def _layer_scores(pattern: Pattern, w2: Array, h: Array, chunk_bytes: int) -> Array | None:
+    """Per-element second-order keep scores (larger = keep) of a TW / TVW / EW layer, in
+    units of relative output error (comparable across layers); None for N:M."""
+    if isinstance(pattern, TW):
+        tw = _tw_level(pattern)
+        floor = min(w2.shape[0], val.round_up(tw.min_rows, tw.row_block))
+        seg = tile_row_scores(w2, h, tw.tile, floor, chunk_bytes=chunk_bytes)
+        tile_id = jnp.arange(w2.shape[1]) // tw.tile
+        # square roots: the pattern's segment score (root mean square) gives back seg
+        return jnp.sqrt(seg)[:, tile_id]
+    if isinstance(pattern, EW):
+        ws, hinv, energy = _scaled_jit(w2, h)
+        return jnp.square(ws) / jnp.maximum(jnp.diag(hinv), _TINY)[:, None] / energy
+    return None
+
+
+def _needs_scores(pattern: Pattern, sparsity: float) -> bool:
+    """Whether a layer-scope mask needs the TW row scores (TW; TVW below its floor)."""
+    if isinstance(pattern, TVW):
+        return sparsity > pattern.floor + 1e-9
+    return isinstance(pattern, TW)
+
+
+def _layer_mask(pattern: Pattern, w2: Array, h: Array, sparsity: float,
+                scores: Array | None, chunk_bytes: int, exchanges: int = 0,
+                cands: int = 8) -> Array:
+    """The second-order mask of one ``(K, N)`` layer at ``sparsity`` (concrete)."""
+    k, n = w2.shape
+    if sparsity == 0:
+        return jnp.ones((k, n), bool)
+    if isinstance(pattern, NM):
+        width = _sweep_width(k, pattern.m)
+        wp, hp, _ = _padded(w2, h, width)
+        return _nm_sweep(wp, hp, pattern.n, pattern.m, width)[:k]
+    if isinstance(pattern, EW):
+        width = _sweep_width(k)
+        wp, hp, valid = _padded(w2, h, width)
+        keep = _ew_keep_per_block(k, wp.shape[0], n, width, sparsity)
+        return _ew_sweep(wp, hp, valid, jnp.asarray(keep), width)[:k]
+    tw = _tw_level(pattern)
+    d_tw = 1.0 - sparsity
+    if isinstance(pattern, TVW):
+        d_tw = min(1.0, float(np.float32(1.0) - np.float32(sparsity)) * pattern.m / pattern.n)
+    rows = tw.mask(scores, 1.0 - d_tw) if d_tw < 1.0 else jnp.ones((k, n), bool)
+    t = num_tiles(n, tw.tile)
+    keeps = rows[:, jnp.arange(t) * tw.tile].T  # (T, K): the kept rows of each tile
+    hs, dsc = _scaled_h(h)
+    ws = w2 / dsc[:, None]
+    wt = jnp.zeros((k, t * tw.tile), jnp.float32).at[:, :n].set(ws)
+    wt = wt.reshape(k, t, tw.tile).transpose(1, 0, 2)
+    if exchanges > 0 and d_tw < 1.0:
+        per = 4 * (6 * k * k + 4 * k * tw.tile)
+        keeps = _chunked(lambda wp, kp: _tiles_exchange(
+            hs, wp, kp, exchanges, min(k, max(1, cands))), wt, keeps, per, chunk_bytes)
+    if not isinstance(pattern, TVW):
+        return keeps.T[:, jnp.minimum(jnp.arange(n) // tw.tile, t - 1)]
+    width = _sweep_width(k, pattern.m)
+    per = 4 * (4 * k * k + 4 * val.round_up(k, width) * tw.tile)
+    masks = _chunked(lambda wp, kp: _tiles_nm(hs, wp, kp, pattern.n, pattern.m, width),
+                     wt, keeps, per, chunk_bytes)  # (T, K, G)
+    return masks.transpose(1, 0, 2).reshape(k, t * tw.tile)[:, :n]
+
+
+def _chunked(fn: Callable[[Array, Array], Array], wt: Array, keeps: Array, per: int,
+             chunk_bytes: int) -> Array:
+    """``fn`` over the tiles ``(wt[i], keeps[i])`` in chunks of at most ``chunk_bytes``
+    (``per`` bytes a tile), each chunk padded to one compiled size."""
+    t = wt.shape[0]
+    chunk = max(1, min(t, chunk_bytes // per))
+    out = []
+    for s in range(0, t, chunk):
+        wpart, kpart = wt[s:s + chunk], keeps[s:s + chunk]
+        pad = chunk - wpart.shape[0]
+        if pad:
+            wpart = jnp.concatenate([wpart, jnp.zeros((pad, *wpart.shape[1:]))])
+            kpart = jnp.concatenate([kpart, jnp.ones((pad, *kpart.shape[1:]), bool)])
+        out.append(fn(wpart, kpart))
+    return jnp.concatenate(out)[:t]
+
+
+def obs_mask(w: Array, gram: Array, pattern: Pattern, sparsity: float, *,
+             damping: float = 0.01, exchanges: int = 32, candidates: int = 8,
+             chunk_bytes: int = 1 << 28, name: str = "w") -> Array:
+    """Second-order keep-mask of one layer (see the module docstring).
+
+    Args:
+      w: the kernel (its GEMM view ``(K, N)`` is the one ``gram`` fits).
+      gram: ``X^T X`` of the layer's calibration inputs, ``(K, K)``.
+      pattern: ``EW()``, ``NM()``, ``TW(...)`` or ``TVW(...)`` (TW / TVW with
+        ``column_share=0``).
+      sparsity: target sparsity (a number; the pattern's rules apply).
+      damping: ``lambda`` relative to the mean of ``diag(X^T X)``.
+      exchanges: TW / TVW: at most this many exact add-one / drop-one exchanges per tile
+        after the greedy removal path (0: the path alone).
+      candidates: rows of largest add gain tried in each exchange round (each paired with
+        its best drop; ``candidates >= K`` searches every single swap).
+      chunk_bytes: memory bound per chunk of tiles processed together.
+      name: what error messages call ``w``.
+
+    Returns:
+      A bool mask shaped like ``w`` that follows ``pattern`` at ``sparsity``.
+
+    >>> import numpy as np, tvwjax
+    >>> from tvwjax.obs import obs_mask
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((256, 32)).astype(np.float32)
+    >>> w = rng.standard_normal((32, 16)).astype(np.float32)
+    >>> m = obs_mask(w, x.T @ x, tvwjax.TVW(tile=8), 0.75)
+    >>> tvwjax.check(m, tvwjax.TVW(tile=8), 0.75); float(1 - m.mean())
+    0.75
+    """
+    _supported(pattern, name)
+    w2, h, sparsity = _layer_inputs(w, gram, pattern, sparsity, damping, name)
+    scores = (_layer_scores(pattern, w2, h, chunk_bytes) if _needs_scores(pattern, sparsity)
+              else None)
+    exchanges = val.int_at_least(exchanges, f"{name}: exchanges", 0)
+    candidates = val.int_at_least(candidates, f"{name}: candidates", 1)
+    m = _layer_mask(pattern, w2, h, sparsity, scores, chunk_bytes, exchanges, candidates)
+    return m.reshape(jnp.shape(w))
+
+
+def _layer_inputs(w, gram, pattern, sparsity, damping, name):
+    if not (isinstance(damping, int | float) and not isinstance(damping, bool)
+            and math.isfinite(damping) and damping >= 0):
+        raise ConfigError(f"{name}: damping must be a finite number >= 0, got {damping!r}")
+    sparsity = val.sparsity(sparsity, f"{name}: sparsity")
+    if val.is_traced(sparsity):
+        raise ConfigError(f"{name}: second-order selection needs a concrete sparsity")
+    sparsity = float(sparsity)
+    shape = tuple(jnp.shape(w))
+    k = jnp.shape(gram)[0] if jnp.ndim(gram) == 2 else None
+    n_in = next((i for i in range(1, len(shape)) if math.prod(shape[:i]) == k), None)
+    if n_in is None or jnp.shape(gram) != (k, k):
+        raise ShapeError(f"{name}: gram has shape {jnp.shape(gram)}, expected (K, K) with K "
+                         f"the input features of a GEMM view of the kernel {shape}")
+    w2 = as_matrix(jnp.asarray(w, jnp.float32), n_in)
+    pattern.validate_shape(tuple(w2.shape), name)
+    pattern.validate_sparsity(sparsity, name)
+    h, _ = damped_hessian(gram, damping)
+    return w2, h, sparsity
+
+
+# -- a whole model -----------------------------------------------------------------------------
+def _allocate(scores: list[Array], units_of: Callable[[Array], tuple[Array, Array]],
+              density: float, scale: float, bounds: tuple[float, float]) -> list[float]:
+    """Per-layer final densities from one threshold over second-order unit scores (already
+    comparable across layers: relative error increases), each layer's density within
+    ``bounds`` (as sparsities), ``scale`` = final density per unit density (TVW: n/m)."""
+    units, sizes, ids = [], [], []
+    for i, sc in enumerate(scores):
+        u, z = units_of(sc)
+        units.append(u)
+        sizes.append(z.astype(jnp.int32))
+        ids.append(jnp.full(u.shape, i, jnp.int32))
+    u, z, ids = jnp.concatenate(units), jnp.concatenate(sizes), jnp.concatenate(ids)
+    totals = jnp.asarray([float(sc.size) for sc in scores], jnp.float32)
+    min_s, max_s = bounds
+    lo = jnp.clip((1.0 - max_s) / scale, 0.0, 1.0) * totals
+    hi = jnp.clip((1.0 - min_s) / scale, 0.0, 1.0) * totals
+    budget = min(1.0, density / scale) * float(jnp.sum(totals))
+    key = sel.order_key(u)
+
+    def kept_at(t):
+        kept = jax.ops.segment_sum(jnp.where(key >= t, z, 0), ids, num_segments=len(scores))
+        return jnp.clip(kept.astype(jnp.float32), lo, hi)
+
+    t = sel.max_key_where(lambda t: jnp.sum(kept_at(t)) >= budget)
+    dens = np.asarray(kept_at(t) / totals) * scale
+    return [float(v) for v in dens]
+
+
+def obs_masks(params: PyTree, stats: Mapping[str, Any], pattern: Pattern, sparsity: float, *,
+              where: Callable[[str, Any], bool] | None = None, scope: str = "layer",
+              overrides: Mapping[str, float | None] | None = None,
+              layer_bounds: tuple[float, float] | None = None,
+              views: Mapping[str, int] | None = None, damping: float = 0.01,
+              exchanges: int = 32, candidates: int = 8, chunk_bytes: int = 1 << 28,
+              progress: Callable[[str], None] | None = None) -> PyTree:
+    """Second-order masks for every selected leaf of ``params`` (as :func:`tvwjax.masks`).
+
+    Args:
+      params: the parameter pytree.
+      stats: ``{kernel_path: LayerStats}`` with Gram matrices
+        (:func:`tvwjax.calibration.collect` with ``gram=True``).
+      pattern: ``EW()``, ``NM()``, ``TW(...)`` or ``TVW(...)`` (``column_share=0``).
+      sparsity: target sparsity (a number).
+      where, scope, overrides, layer_bounds, views: as :func:`tvwjax.masks`; in global scope
+        the threshold is over relative output-error increases (no per-layer normalisation
+        is needed) and ``layer_bounds`` bound each leaf's sparsity.
+      damping: relative damping of the Hessian.
+      exchanges, candidates: the exchange refinement of TW / TVW rows (:func:`obs_mask`).
+      chunk_bytes: memory bound per chunk of tiles.
+      progress: optional callback receiving a message per leaf.
+
+    Returns:
+      A pytree like ``params``: bool masks on the pruned leaves, ``None`` elsewhere.
+
+    Raises:
+      ConfigError: an unsupported pattern, a traced sparsity, or a selected leaf without a
+        Gram matrix (names the path). ShapeError: a Gram matrix that fits no GEMM view.
+    """
+    from tvwjax.masking import selection
+
+    name = "obs_masks"
+    _supported(pattern, name)
+    exchanges = val.int_at_least(exchanges, f"{name}: exchanges", 0)
+    candidates = val.int_at_least(candidates, f"{name}: candidates", 1)
+    if val.is_traced(sparsity):
+        raise ConfigError(f"{name}: sparsity must be a number, got a traced value")
+    plan = selection(params, pattern, sparsity, where=where, scope=scope, overrides=overrides,
+                     layer_bounds=layer_bounds, views=views)
+    sparsity = float(val.sparsity(sparsity))
+    flat, treedef = leaves_with_paths(params)
+    index = {p: i for i, (p, _) in enumerate(flat)}
+    layers = []
+    for lp in plan.pruned:
+        st = stats.get(lp.path)
+        if st is None or getattr(st, "gram", None) is None:
+            raise ConfigError(f"{lp.path}: no Gram matrix in stats (collect the calibration "
+                              "statistics with gram=True, and capture every pruned layer)")
+        leaf = flat[index[lp.path]][1]
+        n_in, _ = view_of(lp.path, tuple(leaf.shape), views)
+        if lp.view is None or jnp.shape(st.gram) != (lp.view[0], lp.view[0]):
+            raise ShapeError(f"{lp.path}: Gram matrix has shape {jnp.shape(st.gram)}, "
+                             f"expected ({lp.view[0]}, {lp.view[0]}) for the GEMM view "
+                             f"{lp.view} of the kernel {tuple(leaf.shape)}")
+        s_leaf = lp.sparsity if lp.sparsity is not None else sparsity
+        w2, h, _ = _layer_inputs(as_matrix(jnp.asarray(leaf, jnp.float32), n_in), st.gram,
+                                 pattern, s_leaf, damping, lp.path)
+        fixed = scope == "layer" or lp.sparsity is not None
+        layers.append([lp.path, leaf, w2, h, s_leaf, fixed])
+    if progress is not None:
+        progress(f"second-order scores of {len(layers)} layers")
+    pool = [i for i, lay in enumerate(layers) if not lay[5]]
+    glob = scope == "global" and len(pool) > 1 and pattern.supports_global
+    scores = [_layer_scores(pattern, w2, h, chunk_bytes)
+              if glob or _needs_scores(pattern, s) else None
+              for _, _, w2, h, s, _ in layers]
+    if glob:
+        tw = _tw_level(pattern) if isinstance(pattern, TW) else None
+        units = tw.units if tw is not None else pattern.units
+        bounds = (0.0, 1.0) if layer_bounds is None else tuple(layer_bounds)
+        dens = _allocate([scores[i] for i in pool], units, 1.0 - sparsity,
+                         pattern.allocation_scale, bounds)
+        for i, dn in zip(pool, dens, strict=True):
+            s_i = min(max(1.0 - dn, 0.0), sel.BELOW_ONE)
+            layers[i][4] = max(s_i, pattern.floor) if s_i > 0 else 0.0
+    out: list[Any] = [None] * len(flat)
+    for (path, leaf, w2, h, s_leaf, _), sc in zip(layers, scores, strict=True):
+        if progress is not None:
+            progress(f"{path}: {pattern.name} at {s_leaf:.3f}")
+        m = _layer_mask(pattern, w2, h, s_leaf, sc, chunk_bytes, exchanges, candidates)
+        out[index[path]] = m.reshape(leaf.shape)
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+__all__ = ["damped_hessian", "obs_mask", "obs_masks", "obs_sweep", "tile_row_scores"]
