@@ -11,6 +11,7 @@ SUBCOMMANDS: dict[str, str] = {
     "matmul": "benchmarks.matmul",
     "model": "benchmarks.model",
     "masks": "benchmarks.masks",
+    "mask_memory": "benchmarks.mask_memory",
     "transform_overhead": "benchmarks.transform_overhead",
 }
 

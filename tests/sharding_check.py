@@ -59,23 +59,35 @@ def run(mesh: jax.sharding.Mesh, prefix: str, full: bool) -> dict:
     report: dict = {}
 
     # -- masks, layer and global scope ----------------------------------------------------------
-    cases = [("EW", tvwjax.EW(), 0.7, "layer"), ("TW", tvwjax.TW(tile=8), 0.5, "layer"),
-             ("TVW", tvwjax.TVW(tile=8), 0.75, "layer"), ("NM", tvwjax.NM(), 0.5, "layer"),
-             ("EW-global", tvwjax.EW(), 0.7, "global"),
-             ("TW-global", tvwjax.TW(tile=8), 0.6, "global"),
-             ("TVW-global", tvwjax.TVW(tile=8), 0.8, "global")]
+    bounded = {"layer_bounds": (0.6, 0.8)}
+    cases = [("EW", tvwjax.EW(), 0.7, "layer", {}), ("TW", tvwjax.TW(tile=8), 0.5, "layer", {}),
+             ("TVW", tvwjax.TVW(tile=8), 0.75, "layer", {}), ("NM", tvwjax.NM(), 0.5, "layer", {}),
+             ("BW", tvwjax.BW(8, 4), 0.6, "layer", {}), ("VW", tvwjax.VW(16), 0.75, "layer", {}),
+             ("TEW", tvwjax.TEW(8, delta=0.05), 0.7, "layer", {}),
+             ("TW2D", tvwjax.TW(8, column_share=0.5), 0.75, "layer", {}),
+             ("EW-override", tvwjax.EW(), 0.7, "layer", {"overrides": {"b/*": 0.5}}),
+             ("EW-global", tvwjax.EW(), 0.7, "global", {}),
+             ("TW-global", tvwjax.TW(tile=8), 0.6, "global", {}),
+             ("TVW-global", tvwjax.TVW(tile=8), 0.8, "global", {}),
+             ("BW-global", tvwjax.BW(8, 4), 0.6, "global", {}),
+             ("VW-global", tvwjax.VW(16), 0.6, "global", {}),
+             ("TEW-global", tvwjax.TEW(8, delta=0.05), 0.7, "global", {}),
+             ("TW2D-global", tvwjax.TW(8, column_share=0.5), 0.75, "global", {}),
+             ("EW-global-bounded", tvwjax.EW(), 0.7, "global", bounded),
+             ("TVW-global-bounded", tvwjax.TVW(tile=8), 0.75, "global", bounded)]
     if not full:
-        cases = [c for c in cases if c[0] in ("TVW", "TW-global")]
-    for name, pat, s, scope in cases:
-        ms = tvwjax.masks(sharded, pat, s, scope=scope)
-        m1 = tvwjax.masks(single, pat, s, scope=scope)
+        cases = [c for c in cases if c[0] in ("TVW", "TW-global", "EW-global")]
+    for name, pat, s, scope, kw in cases:
+        ms = tvwjax.masks(sharded, pat, s, scope=scope, **kw)
+        m1 = tvwjax.masks(single, pat, s, scope=scope, **kw)
         for layer in ("a", "b"):
             _record(report, f"masks/{name}/{layer}", ms[layer]["kernel"], m1[layer]["kernel"],
                     sharded[layer]["kernel"])
         if scope != "global":
             continue
         # Traced sparsity (the schedule path) too.
-        f = jax.jit(lambda p, s_, pat=pat, scope=scope: tvwjax.masks(p, pat, s_, scope=scope))
+        f = jax.jit(lambda p, s_, pat=pat, scope=scope, kw=kw: tvwjax.masks(
+            p, pat, s_, scope=scope, **kw))
         mt = f(sharded, jnp.float32(s))
         _record(report, f"masks-jit/{name}/a", mt["a"]["kernel"], m1["a"]["kernel"],
                 sharded["a"]["kernel"])
@@ -132,6 +144,31 @@ def run(mesh: jax.sharding.Mesh, prefix: str, full: bool) -> dict:
     return {f"{prefix}/{k}": v for k, v in report.items()}
 
 
+def memory(mesh: jax.sharding.Mesh) -> dict:
+    """Per-device temp bytes of the compiled mask-update step, as a multiple of the
+    per-device parameter bytes: ``{pattern-scope: ratio}`` (kernels 512x1024 and 1024x512,
+    split over "model" as in tensor parallelism)."""
+    shapes = {"w1": ((512, 1024), P(None, "model")), "w2": ((1024, 512), P("model", None))}
+    params = {k: {"kernel": jax.ShapeDtypeStruct(shape, jnp.float32,
+                                                 sharding=NamedSharding(mesh, spec))}
+              for k, (shape, spec) in shapes.items()}
+    per_device = sum(4 * a * b for (a, b), _ in shapes.values()) / mesh.shape["model"]
+    out = {}
+    for name, pat, s in [("EW", tvwjax.EW(), 0.75), ("TW", tvwjax.TW(128), 0.75),
+                         ("NM", tvwjax.NM(), 0.5), ("TVW", tvwjax.TVW(128), 0.75)]:
+        for scope in ("layer", "global"):
+            tx = optax.chain(optax.sgd(1e-3), tvwjax.prune(pat, tvwjax.OneShot(s), scope=scope))
+
+            def step(p, st, g, tx=tx):
+                u, st = tx.update(g, st, p)
+                return optax.apply_updates(p, u), st
+
+            compiled = jax.jit(step).lower(params, jax.eval_shape(tx.init, params),
+                                           params).compile()
+            out[f"{name}-{scope}"] = compiled.memory_analysis().temp_size_in_bytes / per_device
+    return out
+
+
 def main() -> None:
     assert len(jax.devices()) == 8, f"expected 8 simulated devices, got {len(jax.devices())}"
     explicit = jax.make_mesh((2, 4), ("data", "model"),
@@ -139,6 +176,7 @@ def main() -> None:
     auto = jax.make_mesh((2, 4), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
     report = run(explicit, "explicit", full=True)
     report.update(run(auto, "auto", full=False))
+    report["__memory__"] = memory(explicit)
     print(json.dumps(report))
 
 

@@ -59,8 +59,9 @@ def order_key(x: Array) -> Array:
 
 
 def max_key_where(pred, n_bits: int = 32) -> Array:
-    """Largest ``uint32`` key ``t`` with ``pred(t)`` true, for ``pred`` true at 0 and
-    monotone (true up to some point, false after). Bisection: ``n_bits`` passes, no sort."""
+    """Largest ``uint32`` key ``t < 2**n_bits`` with ``pred(t)`` true, for ``pred`` true at 0
+    and monotone (true up to some point, false after). Bisection: ``n_bits + 1`` passes, no
+    sort."""
 
     def body(_, lohi):
         lo, hi = lohi  # pred(lo) is true; every key above hi is false
@@ -69,36 +70,108 @@ def max_key_where(pred, n_bits: int = 32) -> Array:
         ok = pred(mid)
         return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - jnp.uint32(1))
 
-    lo, _ = jax.lax.fori_loop(0, n_bits + 1, body,
-                              (jnp.uint32(0), jnp.uint32(0xFFFFFFFF)))
+    top = jnp.uint32(0xFFFFFFFF if n_bits >= 32 else (1 << n_bits) - 1)
+    lo, _ = jax.lax.fori_loop(0, n_bits + 1, body, (jnp.uint32(0), top))
     return lo
+
+
+def from_key(key: Array) -> Array:
+    """The float32 value of an :func:`order_key` (its inverse, up to the sign of zero)."""
+    k = jax.lax.bitcast_convert_type(key ^ jnp.uint32(0x80000000), jnp.int32)
+    bits = jnp.where(k >= 0, k, k ^ jnp.int32(0x7FFFFFFF))
+    return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
+#: Entries per narrow (8- or 16-bit) partial sum: a sum over at most 32 entries of the
+#: minor axis is fused with the elementwise work that feeds it (XLA:CPU materialises the
+#: input of a wider or 32-bit integer reduction), so counting never copies the weights.
+_CHUNK = 32
+
+
+def _chunked_sum(x: Array, axes: tuple[int, ...], narrow, wide, op=jnp.sum) -> Array:
+    """``op`` (``jnp.sum`` or ``jnp.max``) of the integer ``x`` over ``axes`` (ascending,
+    ``keepdims``-free): first over chunks of :data:`_CHUNK` entries of the last reduced axis
+    in dtype ``narrow`` (the caller guarantees no overflow), then over the partials in
+    ``wide``."""
+    def reduce(v, axis, dtype):
+        return op(v, axis=axis, dtype=dtype) if op is jnp.sum else op(v, axis=axis).astype(dtype)
+
+    last = axes[-1]
+    if x.shape[last] % _CHUNK or x.shape[last] <= _CHUNK:
+        return reduce(x, axes, wide)
+    shape = x.shape[:last] + (x.shape[last] // _CHUNK, _CHUNK) + x.shape[last + 1:]
+    return reduce(reduce(x.reshape(shape), last + 1, narrow), axes, wide)
+
+
+def size_where(pred: Array, sizes: Array | None) -> Array:
+    """Total size (``int32``) of the units where ``pred`` holds (``sizes=None``: 1 each).
+
+    An elementwise select and a sum: on sharded units a local sum and a scalar all-reduce,
+    exact whatever the partitioning. Unit counts are first summed in ``int8`` over chunks
+    of the last axis (:func:`_chunked_sum`), so counting materialises no weight-sized array.
+    """
+    if sizes is not None:
+        return jnp.sum(jnp.where(pred, sizes, 0), dtype=jnp.int32)
+    pred = jnp.asarray(pred)
+    if not pred.ndim:
+        return pred.astype(jnp.int32)
+    return _chunked_sum(pred, tuple(range(pred.ndim)), jnp.int8, jnp.int32)
+
+
+def _index_cut(pred, shape: tuple[int, ...]) -> Array:
+    """The first ``c`` entries in row-major order, as a mask: for the largest ``c`` with
+    ``pred(first c)`` true (``pred`` monotone, true for none).
+
+    Bisection over the rows, then over the columns of the boundary row, comparing
+    iotas, so no flat-index array is ever materialised (``ndim <= 2``).
+    """
+    if len(shape) == 1:
+        col = jax.lax.broadcasted_iota(jnp.uint32, shape, 0)
+        c = max_key_where(lambda c: pred(col < c), max(1, int(shape[0]).bit_length()))
+        return col < c
+    if len(shape) != 2:
+        raise ShapeError(f"index order of a {len(shape)}-D array is not supported")
+    row = jax.lax.broadcasted_iota(jnp.uint32, shape, 0)
+    col = jax.lax.broadcasted_iota(jnp.uint32, shape, 1)
+    r = max_key_where(lambda r: pred(row < r), max(1, int(shape[0]).bit_length()))
+    c = max_key_where(lambda c: pred((row < r) | ((row == r) & (col < c))),
+                      max(1, int(shape[1]).bit_length()))
+    return (row < r) | ((row == r) & (col < c))
 
 
 def _prefix_mask(scores: Array, sizes: Array | None, budget: Array | int) -> Array:
     """Keep the longest prefix of the (score desc, index asc) order whose size fits ``budget``.
 
-    No sort: the boundary score is found by bisection over the scores' ordered bit patterns
-    (32 passes over the data, much faster than a sort of tens of millions of entries on the
-    CPU), then ties at the boundary are taken in index order with a cumulative sum.
+    ``scores`` is 1-D or 2-D (its row-major order is the index order); ``sizes`` is ``None``
+    (every unit of size 1) or an integer array of the same shape. No sort, no prefix sum and
+    no reshape: the boundary key is found by bisection over the scores' ordered bit
+    patterns, then the ties at the boundary by bisection over the index (each pass an
+    elementwise compare and a sum), so sharded scores are selected where they lie, with
+    scalar all-reduces only. The one weight-sized buffer is the ``uint32`` key.
     """
-    flat = scores.reshape(-1)
-    key = order_key(flat)
-    z = jnp.ones(flat.shape, jnp.int32) if sizes is None else sizes.reshape(-1).astype(jnp.int32)
+    key = order_key(scores)
     budget = jnp.asarray(budget, jnp.int32)
-    total = jnp.sum(z)
     # t* = largest key whose ">= t" set overflows the budget (exists unless all fit).
-    t = max_key_where(lambda t: jnp.sum(jnp.where(key >= t, z, 0)) > budget)
+    t = max_key_where(lambda t: size_where(key >= t, sizes) > budget)
     above = key > t
-    room = budget - jnp.sum(jnp.where(above, z, 0))
+    room = budget - size_where(above, sizes)
     tie = key == t
-    keep = above | (tie & (jnp.cumsum(jnp.where(tie, z, 0)) <= room))
-    keep = jnp.where(total <= budget, True, keep) & (z > 0)
+    # Ties are taken in index order while their cumulative size fits ``room`` (the ties'
+    # prefix sum, without the prefix sum); all of them when they all fit.
+    first = jax.lax.cond(size_where(tie, sizes) <= room, lambda: jnp.ones(key.shape, bool),
+                         lambda: _index_cut(lambda m: size_where(tie & m, sizes) <= room,
+                                            key.shape))
+    keep = above | (tie & first)
+    if sizes is None:  # units of size 1: a positive budget always keeps one
+        return jnp.where(key.size <= budget, True, keep)
+    valid = sizes > 0
+    keep = jnp.where(size_where(valid, sizes) <= budget, valid, keep & valid)
     # A positive budget smaller than the best unit still keeps that unit (a leaf pruned at
     # a sparsity below 1 is never emptied): the first unit in (score desc, index asc) order.
-    best = jnp.argmax(jnp.where(z > 0, key, jnp.uint32(0)))
-    first = (jnp.arange(flat.size) == best) & (z > 0)
-    keep = jnp.where((budget > 0) & ~jnp.any(keep), first, keep)
-    return keep.reshape(scores.shape)
+    # (Unit grids with sizes are small: a flat argmax is fine.)
+    best = jnp.argmax(jnp.where(valid, key, jnp.uint32(0)).reshape(-1))
+    best = (jnp.arange(key.size) == best).reshape(key.shape) & valid
+    return jnp.where((budget > 0) & ~jnp.any(keep), best, keep)
 
 
 def topk_mask(scores: Array, k: Array | int, axis: int | None = None) -> Array:
@@ -114,12 +187,30 @@ def topk_mask(scores: Array, k: Array | int, axis: int | None = None) -> Array:
 def budget_mask(scores: Array, sizes: Array, budget: Array | int) -> Array:
     """Keep units in descending score order while their cumulative size stays <= ``budget``.
 
-    Units are given flat (1-D ``scores`` and ``sizes``). Units of size 0 are never kept.
-    The kept units are a prefix of the ranking, so the result is deterministic and the kept
-    size lies in ``(budget - max(size), budget]`` whenever enough units exist; a positive
-    budget smaller than the best unit keeps that one unit.
+    ``scores`` and ``sizes`` have one shape (row-major order breaks ties). Units of size 0
+    are never kept. The kept units are a prefix of the ranking, so the result is
+    deterministic and the kept size lies in ``(budget - max(size), budget]`` whenever enough
+    units exist; a positive budget smaller than the best unit keeps that one unit.
     """
     return _prefix_mask(scores, sizes, budget)
+
+
+def group_rank(scores: Array, m: int) -> Array:
+    """Rank (``int32``, 0 = largest) of every entry among the ``m`` consecutive rows of its
+    group, per column: the entries of its group that beat it, larger or equal and earlier.
+
+    Pairwise comparisons of ordered keys (``-0.0`` ties ``+0.0``), fused into one reduction:
+    no sort and no weight-sized buffer. ``scores.shape[0]`` must be divisible by ``m``.
+    """
+    rows, cols = scores.shape
+    if rows % m:
+        raise ShapeError(f"grouped selection needs axis 0 ({rows}) divisible by m={m}")
+    g = order_key(scores).reshape(rows // m, m, cols)
+    rival, me = g[:, :, None, :], g[:, None, :, :]  # (groups, rival j, entry i, cols)
+    j = jax.lax.broadcasted_iota(jnp.int32, (1, m, m, 1), 1)
+    i = jax.lax.broadcasted_iota(jnp.int32, (1, m, m, 1), 2)
+    beats = jnp.where(j < i, rival >= me, rival > me)
+    return jnp.sum(beats, axis=1, dtype=jnp.int32).reshape(rows, cols)
 
 
 def nm_select(scores: jax.Array, n: int = 2, m: int = 4) -> jax.Array:
@@ -127,22 +218,53 @@ def nm_select(scores: jax.Array, n: int = 2, m: int = 4) -> jax.Array:
 
     Ties are broken towards the lower row index. ``scores.shape[0]`` must be divisible by ``m``.
     """
-    rows, cols = scores.shape
-    if rows % m:
-        raise ShapeError(f"N:M selection needs axis 0 ({rows}) divisible by m={m}")
-    g = scores.reshape(rows // m, m, cols)
-    # Rank of each entry in its group by pairwise comparisons (m*(m-1) elementwise ops,
-    # much faster than a sort for small m): entries that beat it are larger, or equal and
-    # earlier.
-    keep = []
-    for i in range(m):
-        rank = jnp.zeros((rows // m, cols), jnp.int32)
-        for j in range(m):
-            if j != i:
-                beats = g[:, j] >= g[:, i] if j < i else g[:, j] > g[:, i]
-                rank = rank + beats.astype(jnp.int32)
-        keep.append(rank < n)
-    return jnp.stack(keep, axis=1).reshape(rows, cols)
+    if scores.shape[0] % m:
+        raise ShapeError(f"N:M selection needs axis 0 ({scores.shape[0]}) divisible by m={m}")
+    return group_rank(scores, m) < n
+
+
+def exact_sum(x: Array, axis: int | tuple[int, ...] | None = None) -> Array:
+    """Sum of non-negative float32 values over ``axis`` that does not depend on the order
+    of the additions (so it is the same on one device and on any sharding of ``x``).
+
+    Every value is written in fixed point below the largest exponent of its reduction
+    (an exact max), 35 bits wide, and cut into limbs narrow enough that a ``uint32`` sum of
+    all of them cannot overflow; the limb sums are exact integers (on sharded input, local
+    sums and an integer all-reduce), and the float32 result is a fixed function of them.
+    Relative error: a few float32 ulps (bits more than 2**-34 below the largest value are
+    dropped). One fused pass per limb, no weight-sized buffer.
+    """
+    x = jnp.asarray(x, jnp.float32)
+    axes = tuple(range(x.ndim)) if axis is None else (axis,) if isinstance(axis, int) \
+        else tuple(axis)
+    n = max(1, int(np.prod([x.shape[a] for a in axes], dtype=np.int64)))
+    # n * (2**width - 1) < 2**32, and a chunk's partial sum fits 16 bits
+    width = int(min(11, 32 - n.bit_length()))
+    if width < 1:
+        raise ShapeError(f"exact_sum: {n} values per sum is too many (at most 2**31 - 1)")
+    frac = 11  # fixed-point bits below the largest value's 24-bit mantissa
+    limbs = -(-(24 + frac) // width)
+    bits = jax.lax.bitcast_convert_type(jnp.abs(x), jnp.uint32)
+    exp = bits >> jnp.uint32(23)
+    mant = (bits & jnp.uint32(0x7FFFFF)) | jnp.where(exp > 0, jnp.uint32(1 << 23), 0)
+    exp = jnp.maximum(exp, jnp.uint32(1)).astype(jnp.uint8)  # subnormals: exponent 1
+    top = jnp.expand_dims(_chunked_sum(exp, axes, jnp.uint8, jnp.int32, jnp.max), axes)
+    exp = exp.astype(jnp.int32)
+    total = jnp.zeros(jnp.squeeze(top, axes).shape, jnp.float32)
+    for j in reversed(range(limbs)):  # fixed order, highest limb first
+        r = top - exp + (j * width - frac)  # limb j = bits [r, r + width) of the mantissa
+        down = mant >> jnp.clip(r, 0, 31).astype(jnp.uint32)
+        up = mant << jnp.clip(-r, 0, 31).astype(jnp.uint32)
+        limb = jnp.where(r >= 24, 0, jnp.where(r >= 0, down, up)) & jnp.uint32((1 << width) - 1)
+        part = _chunked_sum(limb, axes, jnp.uint16, jnp.uint32).astype(jnp.float32)
+        total = total + part * jnp.float32(2.0 ** (j * width))
+    shift = jnp.squeeze(top, axes) - (frac + 150)  # in [-160, 93]: two exact factors
+    return total * _pow2(shift // 2) * _pow2(shift - shift // 2)
+
+
+def _pow2(e: Array) -> Array:
+    """``2.0 ** e`` in float32 for integer ``e`` in ``[-126, 127]``, exactly (from bits)."""
+    return jax.lax.bitcast_convert_type((e + 127) << 23, jnp.float32)
 
 
 def rms(x: Array, axis, count_: Array) -> Array:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -31,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from tvwjax import _validate as val
-from tvwjax._select import max_key_where, order_key
+from tvwjax._select import exact_sum, from_key, max_key_where, order_key, size_where
 from tvwjax._tree import (
     as_matrix,
     check_same_leaves,
@@ -192,18 +193,22 @@ def _layer_bounds(bounds: Any) -> tuple[float, float]:
 # -- global allocation -----------------------------------------------------------------------
 def _global_densities(leaves: list[jax.Array], pattern: Pattern, sparsity,
                       layer_bounds: tuple[float, float]) -> list[jax.Array]:
-    """Per-leaf final densities from one threshold over normalised unit scores."""
+    """Per-leaf final densities from one threshold over normalised unit scores.
+
+    Each leaf's units stay in the leaf's own layout (:meth:`Pattern.unit_grid`): the
+    threshold is found by bisection, each pass one count per leaf (a local count and a
+    scalar all-reduce on a sharded leaf). The normalising mean is an order-independent sum
+    (:func:`~tvwjax._select.exact_sum`), so a sharded leaf is normalised exactly as on one
+    device. No unit array is concatenated or copied.
+    """
     scale = pattern.allocation_scale
-    units, sizes, ids = [], [], []
-    for i, score in enumerate(leaves):
-        u, z = pattern.units(score)
-        mean = jnp.mean(score)
-        u = u / jnp.where(mean > 0, mean, 1.0)
-        units.append(u)
-        sizes.append(z.astype(jnp.int32))
-        ids.append(jnp.full(u.shape, i, jnp.int32))
-    u, z, ids = jnp.concatenate(units), jnp.concatenate(sizes), jnp.concatenate(ids)
-    n_leaves = len(leaves)
+    keys, sizes, divisors = [], [], []
+    for score in leaves:
+        u, z = pattern.unit_grid(score)
+        mean = exact_sum(score) / jnp.float32(score.size)
+        keys.append(order_key(u))
+        sizes.append(z)
+        divisors.append(jnp.where(mean > 0, mean, 1.0))
     totals = jnp.asarray([float(score.size) for score in leaves], jnp.float32)
     min_s, max_s = layer_bounds
     lo = jnp.clip((1.0 - max_s) / scale, 0.0, 1.0) * totals
@@ -211,10 +216,19 @@ def _global_densities(leaves: list[jax.Array], pattern: Pattern, sparsity,
     density = 1.0 - jnp.asarray(sparsity, jnp.float32)
     budget = jnp.clip(density / scale, 0.0, 1.0) * jnp.sum(totals)
 
-    key = order_key(u)
+    def raw_threshold(t, divisor):
+        # The smallest unit key whose normalised key ``order_key(u / divisor)`` reaches t:
+        # dividing by a positive number is monotone, so the units above a normalised
+        # threshold are those above this raw one. A scalar bisection; the units themselves
+        # are never divided (no normalised copy of them).
+        x = max_key_where(lambda x: order_key(
+            from_key(x + jnp.uint32(0x80000000)) / divisor) < t, 31)
+        return jnp.where(t <= jnp.uint32(0x80000000), jnp.uint32(0),
+                         x + jnp.uint32(0x80000001))
 
     def kept_at(t):
-        kept = jax.ops.segment_sum(jnp.where(key >= t, z, 0), ids, num_segments=n_leaves)
+        kept = jnp.stack([size_where(key >= raw_threshold(t, dv), z)
+                          for key, z, dv in zip(keys, sizes, divisors, strict=True)])
         return jnp.clip(kept.astype(jnp.float32), lo, hi)
 
     # The largest threshold whose kept total still reaches the budget (bisection, no sort).
@@ -222,7 +236,7 @@ def _global_densities(leaves: list[jax.Array], pattern: Pattern, sparsity,
     kept = kept_at(t)
     dens = kept / totals * scale
     dens = jnp.where(density >= 1.0, 1.0, dens)
-    return [dens[i] for i in range(n_leaves)]
+    return [dens[i] for i in range(len(leaves))]
 
 
 def _explicit_sharding(x: jax.Array):
@@ -241,23 +255,40 @@ def _explicit_sharding(x: jax.Array):
 def _masks_core(scores, sparsities, target, *, pattern, scope, layer_bounds, fixed):
     """Masks of the selected leaves' 2-D score views (one compiled computation).
 
-    Scores sharded over explicit mesh axes are replicated for the selection (sorts, prefix
-    sums and the global threshold need the whole leaf; under auto axes XLA does the same),
-    and each mask is resharded back to its leaf's layout.
+    The selection runs where the scores lie: every step is elementwise, a reduction, or
+    work inside one tile or N:M group, so XLA's SPMD partitioner splits it along the
+    parameters' sharding and the collectives are scalar (or per-tile) all-reduces; no leaf
+    is gathered. Scores sharded over *explicit* mesh axes are handed to the selection with
+    those axes made automatic (``jax.sharding.auto_axes``), and each mask comes back in its
+    leaf's layout.
     """
-    specs = [_explicit_sharding(sc) for sc in scores]
-    scores = [sc if sp is None else jax.sharding.reshard(
-        sc, jax.sharding.NamedSharding(sp.mesh, jax.sharding.PartitionSpec()))
-        for sc, sp in zip(scores, specs, strict=True)]
+    shardings = [_explicit_sharding(sc) for sc in scores]
+    explicit = [sp for sp in shardings if sp is not None]
+    select = functools.partial(_select_all, pattern=pattern, scope=scope,
+                               layer_bounds=layer_bounds, fixed=fixed)
+    if not explicit:
+        return select(scores, sparsities, target)
+    mesh = explicit[0].mesh
+    out = [sp or jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+           for sp in shardings]
+    return jax.sharding.auto_axes(select, out_sharding=out)(scores, sparsities, target)
+
+
+def _select_all(scores, sparsities, target, *, pattern, scope, layer_bounds, fixed):
+    """The masks of :func:`_masks_core`, placement aside."""
     sparsities = list(sparsities)
     pool = [i for i, f in enumerate(fixed) if not f]
     if scope == "global" and len(pool) > 1 and pattern.supports_global:
         dens = _global_densities([scores[i] for i in pool], pattern, target, layer_bounds)
         for i, d in zip(pool, dens, strict=True):
             sparsities[i] = 1.0 - d
-    out = [pattern.mask(sc, sp) for sc, sp in zip(scores, sparsities, strict=True)]
-    return [m if sp is None else jax.sharding.reshard(m, sp)
-            for m, sp in zip(out, specs, strict=True)]
+        return [pattern.mask(sc, sp) for sc, sp in zip(scores, sparsities, strict=True)]
+    out = []
+    for sc, sp in zip(scores, sparsities, strict=True):
+        if out:  # one leaf at a time: its working buffers are freed before the next starts
+            _, sc = jax.lax.optimization_barrier((out[-1], sc))
+        out.append(pattern.mask(sc, sp))
+    return out
 
 
 _core = jax.jit(_masks_core, static_argnames=("pattern", "scope", "layer_bounds", "fixed"))

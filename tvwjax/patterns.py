@@ -161,13 +161,22 @@ class Pattern:
             return s
         return jnp.where(s > 0.0, jnp.maximum(s, jnp.float32(self.floor)), 0.0)
 
-    def units(self, scores: Array) -> tuple[Array, Array]:
-        """Allocation units for global scope: flat ``(unit_scores, unit_sizes)``.
+    def unit_grid(self, scores: Array) -> tuple[Array, Array | None]:
+        """Allocation units for global scope, laid out like the leaf: ``(unit_scores,
+        unit_sizes)`` of one shape (row-major order breaks ties), ``unit_sizes=None`` when
+        every unit is one weight.
 
         A global threshold over the (normalised) unit scores of all leaves decides how much
-        of each leaf is kept; each leaf's mask is then built at that density.
+        of each leaf is kept; each leaf's mask is then built at that density. The grid is
+        never flattened, so units of a sharded leaf stay where the leaf's entries are.
         """
-        return scores.reshape(-1).astype(jnp.float32), jnp.ones(scores.size, jnp.int32)
+        return scores.astype(jnp.float32), None
+
+    def units(self, scores: Array) -> tuple[Array, Array]:
+        """The allocation units of :meth:`unit_grid`, flat: ``(unit_scores, unit_sizes)``."""
+        u, z = self.unit_grid(scores)
+        z = jnp.ones(u.shape, jnp.int32) if z is None else z
+        return u.reshape(-1), z.reshape(-1)
 
     # -- implementation ----------------------------------------------------------------------
     def _mask(self, scores: Array, density: Array | float) -> Array:
@@ -218,15 +227,13 @@ class BW(Pattern):
         bscore = sel.rms(p.reshape(kb, self.rows, nb, self.cols), (1, 3), sizes)
         return bscore, sizes
 
-    def units(self, scores):
-        bscore, sizes = self._blocks(scores)
-        return bscore.reshape(-1), sizes.reshape(-1)
+    def unit_grid(self, scores):
+        return self._blocks(scores)
 
     def _mask(self, scores, density):
         k, n = scores.shape
         bscore, sizes = self._blocks(scores)
-        keep = sel.budget_mask(bscore.reshape(-1), sizes.reshape(-1), sel.count(density, k * n))
-        keep = keep.reshape(bscore.shape)
+        keep = sel.budget_mask(bscore, sizes, sel.count(density, k * n))
         full = jnp.repeat(jnp.repeat(keep, self.rows, axis=0), self.cols, axis=1)
         return full[:k, :n]
 
@@ -254,7 +261,7 @@ class VW(Pattern):
         lens = np.full((nv,), ln)
         lens[-1] = k - (nv - 1) * ln
         kv = sel.count(density, lens)
-        ranks = sel.rank_desc(p.reshape(nv, ln, n), axis=1)
+        ranks = sel.group_rank(p, ln).reshape(nv, ln, n)
         return (ranks < kv[:, None, None]).reshape(nv * ln, n)[:k]
 
 
@@ -300,7 +307,7 @@ class NM(Pattern):
                               f"{self.sparsity:g} (or 0 for dense), got {s!r}")
         return s
 
-    def units(self, scores):
+    def unit_grid(self, scores):
         raise ConfigError("NM has a fixed per-leaf sparsity; global scope does not apply")
 
     def _mask(self, scores, density):
@@ -354,21 +361,46 @@ class TW(Pattern):
                              f"row_block={self.row_block}, so K (axis 0) must be at least "
                              f"{self.row_block}, got K={shape[0]}")
 
-    def _tw_keep(self, scores, density):
-        """Column keep ``(N,)``, tile id ``(N,)`` and segment keep ``(K, T)``."""
+    def _segments(self, scores: Array, col_keep: Array | None):
+        """Row-segment scores ``(K, T)`` (RMS of each row inside each tile), the tile of
+        every column ``(N,)`` (``T`` for a pruned column) and the tile widths ``(T,)``.
+
+        Without column pruning (``col_keep=None``) the tiles are consecutive columns and
+        the segments a reshape and a sum over each tile (local to wherever the tile lies);
+        with it, a segment sum over the surviving columns' tile ids.
+        """
         k, n = scores.shape
-        scores = scores.astype(jnp.float32)
         t = num_tiles(n, self.tile)
-        if self.column_share > 0:
-            d_col = density ** self.column_share
-            n_col = jnp.maximum(sel.count(d_col, n), 1)
-            cscore = sel.rms(scores, 0, k)
-            col_keep = sel.topk_mask(cscore, n_col)
+        sq = jnp.square(scores.astype(jnp.float32))
+        if col_keep is None:
+            tile_id, width = column_tiles(jnp.ones((n,), bool), self.tile)
+            ss = jnp.sum(sel.pad_to(sq, self.tile, 1, 0.0).reshape(k, t, self.tile), axis=2)
         else:
-            col_keep = jnp.ones((n,), bool)
-        tile_id, width = column_tiles(col_keep, self.tile)
-        seg = jnp.sqrt(segment_sumsq(scores, tile_id, t) / jnp.maximum(width, 1)[None, :])
-        sizes = jnp.broadcast_to(width[None, :], (k, t))
+            tile_id, width = column_tiles(col_keep, self.tile)
+            ss = segment_sumsq(scores, tile_id, t)
+        return jnp.sqrt(ss / jnp.maximum(width, 1)[None, :]), tile_id, width
+
+    def _columns(self, scores: Array, density: Array) -> Array | None:
+        """The columns that survive column pruning (``None``: no column pruning).
+
+        Column scores are the RMS over K from an order-independent sum
+        (:func:`~tvwjax._select.exact_sum`), so a leaf sharded along K ranks its columns
+        exactly as on one device.
+        """
+        if self.column_share <= 0:
+            return None
+        k, n = scores.shape
+        d_col = density ** self.column_share
+        n_col = jnp.maximum(sel.count(d_col, n), 1)
+        cscore = jnp.sqrt(sel.exact_sum(jnp.square(scores.astype(jnp.float32)), 0) / k)
+        return sel.topk_mask(cscore, n_col)
+
+    def _tw_keep(self, scores, density):
+        """Column keep (``None``: all), tile id ``(N,)`` and segment keep ``(K, T)``."""
+        k, n = scores.shape
+        col_keep = self._columns(scores, density)
+        seg, tile_id, width = self._segments(scores, col_keep)
+        sizes = jnp.broadcast_to(width[None, :], seg.shape)
         rb = self.row_block
         floor_rows = min(k, val.round_up(self.min_rows, rb))
         rank = sel.rank_desc(seg, axis=0) if (rb > 1 or floor_rows > 1) else None
@@ -380,8 +412,7 @@ class TW(Pattern):
         budget = sel.count(density, k * n)
         if floor_rows > 0:  # the guarantee wins over a budget too small to honour it
             budget = jnp.maximum(budget, floor_rows * jnp.sum(width, dtype=jnp.int32))
-        keep = sel.budget_mask(ranked.reshape(-1), sizes.reshape(-1), budget)
-        keep = keep.reshape(k, t)
+        keep = sel.budget_mask(ranked, sizes, budget)
         if rb > 1:
             c = jnp.sum(keep, axis=0, dtype=jnp.int32)
             c = (2 * c + rb) // (2 * rb) * rb  # to the nearest multiple of rb, half up
@@ -390,22 +421,25 @@ class TW(Pattern):
             keep = rank < c[None, :]
         return col_keep, tile_id, keep
 
-    @staticmethod
-    def _expand(keep, tile_id):
-        k = keep.shape[0]
-        ext = jnp.concatenate([keep, jnp.zeros((k, 1), bool)], axis=1)
+    def _per_column(self, table: Array, tile_id: Array, n: int, contiguous: bool,
+                    fill) -> Array:
+        """``(K, N)``: the ``(K, T)`` per-tile ``table`` read at every column's tile
+        (``fill`` for pruned columns). Consecutive tiles: a broadcast and a reshape (local
+        to each tile); otherwise a gather by tile id."""
+        k, t = table.shape
+        if contiguous:
+            full = jnp.broadcast_to(table[:, :, None], (k, t, self.tile))
+            return full.reshape(k, t * self.tile)[:, :n]
+        ext = jnp.concatenate([table, jnp.full((k, 1), fill, table.dtype)], axis=1)
         return ext[:, tile_id]
 
-    def units(self, scores):
-        k, n = scores.shape
-        t = num_tiles(n, self.tile)
-        tile_id, width = column_tiles(jnp.ones((n,), bool), self.tile)
-        seg = jnp.sqrt(segment_sumsq(scores, tile_id, t) / jnp.maximum(width, 1)[None, :])
-        return seg.reshape(-1), jnp.broadcast_to(width[None, :], (k, t)).reshape(-1)
+    def unit_grid(self, scores):
+        seg, _, width = self._segments(scores, None)
+        return seg, jnp.broadcast_to(width[None, :], seg.shape)
 
     def _mask(self, scores, density):
-        _, tile_id, keep = self._tw_keep(scores, density)
-        return self._expand(keep, tile_id)
+        col_keep, tile_id, keep = self._tw_keep(scores, density)
+        return self._per_column(keep, tile_id, scores.shape[1], col_keep is None, False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -484,23 +518,60 @@ class TVW(TW):
         return s
 
     def _mask(self, scores, density):
-        k, n = scores.shape
+        k = scores.shape[0]
         tw_density = jnp.minimum(1.0, density * jnp.float32(self.m / self.n))
-        _, tile_id, keep = self._tw_keep(scores, tw_density)
-        # Per tile, a permutation of the rows with the kept rows first (original order).
-        perm = jnp.argsort(~keep, axis=0, stable=True).astype(jnp.int32)  # (K, T)
-        perm_ext = jnp.concatenate([perm, jnp.arange(k, dtype=jnp.int32)[:, None]], axis=1)
-        cnt_ext = jnp.concatenate([jnp.sum(keep, axis=0, dtype=jnp.int32),
-                                   jnp.zeros((1,), jnp.int32)])
-        permc = perm_ext[:, tile_id]  # (K, N)
-        compact = jnp.take_along_axis(scores.astype(jnp.float32), permc, axis=0)
-        compact = sel.pad_to(compact, self.m, 0, -jnp.inf)
-        nm = nm_select(compact, self.n, self.m)[:k]
-        nm = nm & (jnp.arange(k)[:, None] < cnt_ext[tile_id][None, :])
-        # Back to the original row order with the inverse permutation (a gather, not a
-        # scatter: scatters are slow on the CPU).
-        inv_ext = jnp.argsort(perm_ext, axis=0).astype(jnp.int32)
-        return jnp.take_along_axis(nm, inv_ext[:, tile_id], axis=0)
+        col_keep, tile_id, keep = self._tw_keep(scores, tw_density)
+        # Per tile, the rows in compact order (kept rows first, in row order) and each
+        # row's compact position: small (K, T) tables.
+        perm = jnp.argsort(~keep, axis=0, stable=True).astype(jnp.int32)
+        pos = jnp.argsort(perm, axis=0).astype(jnp.int32)
+        perm = sel.pad_to(perm, self.m, 0, k)  # rows past K (the padding) never win
+        key = sel.order_key(scores)
+        mesh = _column_mesh(scores.shape[1], self.tile) if col_keep is None else None
+        if mesh is None:
+            return self._group_nm(key, perm, pos, keep, tile_id, col_keep is None)
+        # The rows of an N:M group lie anywhere along K: split the leaf by whole tiles of
+        # columns over every device (an all-to-all at most, the same bytes per device),
+        # where each device reads its own rows.
+        spec = jax.sharding.PartitionSpec(None, mesh.axis_names)
+        local = functools.partial(self._group_nm, tile_id=None, contiguous=True)
+        return jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec)(
+            key, perm, pos, keep)
+
+    def _group_nm(self, key, perm, pos, keep, tile_id, contiguous):
+        """N:M along K over each tile's compact rows: ``(K, N)`` mask from the keys and the
+        per-tile tables (``perm`` padded to a multiple of ``m`` rows).
+
+        Row ``r`` competes with the rows at the other positions of its group of ``m``
+        consecutive compact positions; each rival's key is read from its row of the same
+        column (a gather along K by a small per-tile table), so no compacted copy of the
+        weights is made.
+        """
+        k, n = key.shape
+        m = self.m
+        me = self._per_column(pos, tile_id, n, contiguous, 0)
+        slot = me % m
+        rank = jnp.zeros((k, n), jnp.int32)
+        for q in range(m):
+            rival_row = jnp.take_along_axis(perm, pos // m * m + q, axis=0)  # (K, T)
+            row = self._per_column(rival_row, tile_id, n, contiguous, k)
+            rival = jnp.take_along_axis(key, jnp.minimum(row, k - 1), axis=0)
+            rival = jnp.where(row < k, rival, jnp.uint32(0))
+            beats = jnp.where(q < slot, rival >= key, (q > slot) & (rival > key))
+            rank = rank + beats.astype(jnp.int32)
+        kept = self._per_column(keep, tile_id, n, contiguous, False)
+        return kept & (rank < self.n)
+
+
+def _column_mesh(n: int, tile: int):
+    """The mesh of the computation being traced when ``n`` columns split into whole tiles
+    over all of its (automatic) devices; ``None`` on one device or when they do not."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1 or n % (mesh.size * tile):
+        return None
+    if any(t != jax.sharding.AxisType.Auto for t in mesh.axis_types):
+        return None
+    return mesh
 
 
 @functools.partial(jax.jit, static_argnums=0)

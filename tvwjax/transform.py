@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import optax
 
 from tvwjax import _validate as val
+from tvwjax._select import size_where
 from tvwjax._tree import check_same_leaves, is_none, leaves_with_paths
 from tvwjax.errors import ConfigError, PruneOrderWarning, TreeMismatchError
 from tvwjax.masking import check_selection_args, check_target
@@ -124,7 +125,7 @@ def _warn_order(who: str, leaked, step) -> None:
 def _check_order(who: str, masks: PyTree, params: PyTree, count: jax.Array) -> None:
     """Warn (from inside jit, only when it happens) if weights pruned by the previous step's
     masks are not exactly zero: the sign of a transform placed before the optimizer."""
-    leaks = [jnp.sum((~m) & (p != 0)) for m, p in zip(
+    leaks = [size_where((~m) & (p != 0), None) for m, p in zip(
         jax.tree.leaves(masks, is_leaf=is_none), jax.tree.leaves(
             jax.tree.map(lambda m, p: None if m is None else p, masks, params, is_leaf=is_none),
             is_leaf=is_none), strict=True) if m is not None]
