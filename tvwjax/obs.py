@@ -156,7 +156,8 @@ def _padded(w: Array, h: Array, width: int) -> tuple[Array, Array, Array]:
 
 # -- EW and N:M: SparseGPT ---------------------------------------------------------------------
 @functools.partial(jax.jit, static_argnames="width")
-def _ew_sweep(w: Array, h: Array, valid: Array, keep: Array, width: int) -> Array:
+def _ew_sweep(w: Array, h: Array, valid: Array, keep: Array,
+              width: int) -> tuple[Array, Array]:
     """EW mask by SparseGPT: at the start of block ``b`` keep its ``keep[b]`` entries of
     largest OBS saliency (padding rows always kept and counted in ``keep``)."""
 
@@ -168,7 +169,19 @@ def _ew_sweep(w: Array, h: Array, valid: Array, keep: Array, width: int) -> Arra
     def choose(b, i, wb, mb, ub):
         return jax.lax.cond(i == 0, lambda: fresh(b, wb, ub, b * width), lambda: mb)
 
-    return obs_sweep(w, jnp.ones(w.shape, bool), h, width, choose)[1]
+    return _with_error(w, h, *obs_sweep(w, jnp.ones(w.shape, bool), h, width, choose))
+
+
+def _with_error(w: Array, h: Array, w_new: Array, mask: Array) -> tuple[Array, Array]:
+    """``(mask, tr((w - w_new)^T H (w - w_new)))``."""
+    diff = w - w_new
+    return mask, jnp.sum(diff * jnp.matmul(h, diff, precision=_HI))
+
+
+@functools.partial(jax.jit, static_argnames="width")
+def _fixed_sweep(w: Array, h: Array, mask: Array, width: int) -> tuple[Array, Array]:
+    """The error of a given mask after the OBS sweep."""
+    return _with_error(w, h, *obs_sweep(w, mask, h, width))
 
 
 def _nm_choose(n: int, m: int) -> ChooseFn:
@@ -187,8 +200,9 @@ def _nm_choose(n: int, m: int) -> ChooseFn:
 
 
 @functools.partial(jax.jit, static_argnames=("n", "m", "width"))
-def _nm_sweep(w: Array, h: Array, n: int, m: int, width: int) -> Array:
-    return obs_sweep(w, jnp.ones(w.shape, bool), h, width, _nm_choose(n, m))[1]
+def _nm_sweep(w: Array, h: Array, n: int, m: int, width: int) -> tuple[Array, Array]:
+    return _with_error(w, h, *obs_sweep(w, jnp.ones(w.shape, bool), h, width,
+                                        _nm_choose(n, m)))
 
 
 def _ew_keep_per_block(k: int, kp: int, n: int, width: int, sparsity: float) -> np.ndarray:
@@ -397,9 +411,11 @@ def _tiles_exchange(hs: Array, wts: Array, keeps: Array, iters: int, cands: int)
 
 
 # -- TVW: N:M inside the kept rows of each tile -------------------------------------------------
-def _tile_nm(hs: Array, ws: Array, keep: Array, n: int, m: int, width: int) -> Array:
+def _tile_nm(hs: Array, ws: Array, keep: Array, n: int, m: int,
+             width: int) -> tuple[Array, Array]:
     """N:M mask of one tile inside its kept rows (compact order) by SparseGPT's sweep,
-    starting from the least-squares weights of the kept rows."""
+    starting from the least-squares weights of the kept rows; and the tile's output error
+    ``tr((w - w')^T H (w - w'))`` with the swept weights ``w'``."""
     k = keep.shape[0]
     perm = jnp.argsort(~keep, stable=True)
     kp = keep[perm]
@@ -410,13 +426,16 @@ def _tile_nm(hs: Array, ws: Array, keep: Array, n: int, m: int, width: int) -> A
     lh = jnp.linalg.cholesky(hp)
     w0 = jax.scipy.linalg.cho_solve((lh, True), rhs)
     w0, hp, _ = _padded(w0, hp, width)
-    mask = obs_sweep(w0, jnp.ones(w0.shape, bool), hp, width, _nm_choose(n, m))[1][:k]
-    mask = mask & kp[:, None]
-    return mask[jnp.argsort(perm)]
+    w1, mask = obs_sweep(w0, jnp.ones(w0.shape, bool), hp, width, _nm_choose(n, m))
+    inv = jnp.argsort(perm)
+    mask = (mask[:k] & kp[:, None])[inv]
+    diff = ws - jnp.where(mask, w1[:k][inv], 0.0)
+    return mask, jnp.sum(diff * jnp.matmul(hs, diff, precision=_HI))
 
 
 @functools.partial(jax.jit, static_argnames=("n", "m", "width"))
-def _tiles_nm(hs: Array, wts: Array, keeps: Array, n: int, m: int, width: int) -> Array:
+def _tiles_nm(hs: Array, wts: Array, keeps: Array, n: int, m: int,
+              width: int) -> tuple[Array, Array]:
     return jax.vmap(lambda wt, kp: _tile_nm(hs, wt, kp, n, m, width))(wts, keeps)
 
 
@@ -470,15 +489,21 @@ def _layer_mask(pattern: Pattern, w2: Array, h: Array, sparsity: float,
     k, n = w2.shape
     if sparsity == 0:
         return jnp.ones((k, n), bool)
-    if isinstance(pattern, NM):
-        width = _sweep_width(k, pattern.m)
-        wp, hp, _ = _padded(w2, h, width)
-        return _nm_sweep(wp, hp, pattern.n, pattern.m, width)[:k]
-    if isinstance(pattern, EW):
-        width = _sweep_width(k)
+    act = jnp.abs(w2) * jnp.sqrt(jnp.diag(h))[:, None]  # Wanda's order, from the Gram
+    if isinstance(pattern, NM | EW):
+        # SparseGPT's mask, or the activation-score mask if that one has the lower output
+        # error after the same OBS sweep (the rule TVW's rows follow, see below)
+        width = _sweep_width(k, pattern.m if isinstance(pattern, NM) else 1)
         wp, hp, valid = _padded(w2, h, width)
-        keep = _ew_keep_per_block(k, wp.shape[0], n, width, sparsity)
-        return _ew_sweep(wp, hp, valid, jnp.asarray(keep), width)[:k]
+        if isinstance(pattern, NM):
+            mask, err = _nm_sweep(wp, hp, pattern.n, pattern.m, width)
+        else:
+            keep = _ew_keep_per_block(k, wp.shape[0], n, width, sparsity)
+            mask, err = _ew_sweep(wp, hp, valid, jnp.asarray(keep), width)
+        alt = pattern.mask(act, sparsity)
+        alt_p = jnp.ones(wp.shape, bool).at[:k].set(alt)
+        _, err_alt = _fixed_sweep(wp, hp, alt_p, width)
+        return alt if float(err_alt) < float(err) else mask[:k]
     tw = _tw_level(pattern)
     d_tw = 1.0 - sparsity
     if isinstance(pattern, TVW):
@@ -498,13 +523,26 @@ def _layer_mask(pattern: Pattern, w2: Array, h: Array, sparsity: float,
         return keeps.T[:, jnp.minimum(jnp.arange(n) // tw.tile, t - 1)]
     width = _sweep_width(k, pattern.m)
     per = 4 * (4 * k * k + 4 * val.round_up(k, width) * tw.tile)
-    masks = _chunked(lambda wp, kp: _tiles_nm(hs, wp, kp, pattern.n, pattern.m, width),
-                     wt, keeps, per, chunk_bytes)  # (T, K, G)
+
+    def nm_inside(kp_all):
+        masks, err = _chunked(lambda wp, kp: _tiles_nm(hs, wp, kp, pattern.n, pattern.m,
+                                                        width), wt, kp_all, per, chunk_bytes)
+        return masks, float(jnp.sum(err))
+
+    masks, err = nm_inside(keeps)
+    if d_tw < 1.0:
+        # The row paths ignore that N:M will halve every kept row; rows ranked by the
+        # activation score (Wanda: |w| * sqrt(H_kk)) are the other candidate, and the layer
+        # keeps whichever TVW mask has the lower output error after the N:M sweep.
+        alt = tw.mask(act, 1.0 - d_tw)[:, jnp.arange(t) * tw.tile].T
+        masks_alt, err_alt = nm_inside(alt)
+        if err_alt < err:
+            masks = masks_alt
     return masks.transpose(1, 0, 2).reshape(k, t * tw.tile)[:, :n]
 
 
-def _chunked(fn: Callable[[Array, Array], Array], wt: Array, keeps: Array, per: int,
-             chunk_bytes: int) -> Array:
+def _chunked(fn: Callable[[Array, Array], Any], wt: Array, keeps: Array, per: int,
+             chunk_bytes: int) -> Any:
     """``fn`` over the tiles ``(wt[i], keeps[i])`` in chunks of at most ``chunk_bytes``
     (``per`` bytes a tile), each chunk padded to one compiled size."""
     t = wt.shape[0]
@@ -517,7 +555,7 @@ def _chunked(fn: Callable[[Array, Array], Array], wt: Array, keeps: Array, per: 
             wpart = jnp.concatenate([wpart, jnp.zeros((pad, *wpart.shape[1:]))])
             kpart = jnp.concatenate([kpart, jnp.ones((pad, *kpart.shape[1:]), bool)])
         out.append(fn(wpart, kpart))
-    return jnp.concatenate(out)[:t]
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs)[:t], *out)
 
 
 def obs_mask(w: Array, gram: Array, pattern: Pattern, sparsity: float, *,
