@@ -14,8 +14,10 @@ patterns -- row segments and columns (TW, TVW), blocks (BW), 2:4 groups (NM) -- 
 the pattern builders from these element scores, so every pattern uses them consistently.
 
 :func:`data_scores` applies any user function ``fn(w, stats) -> scores`` in the same way
-(e.g. the OBS saliency ``w^2 / [H^-1]_kk`` of SparseGPT from the Gram matrix, see
-:func:`obs_saliency`); the first-order Taylor score lives in :mod:`tvwjax.scores`.
+(e.g. the one-step OBS saliency ``w^2 / [H^-1]_kk`` from the Gram matrix, see
+:func:`obs_saliency`); the first-order Taylor score lives in :mod:`tvwjax.scores`. Masks
+chosen by second-order selection with weight updates (group OBS for TW / TVW, SparseGPT for
+EW / N:M) come from :mod:`tvwjax.obs` (``one_shot(..., selection="obs")``).
 
 References:
   M. Sun, Z. Liu, A. Bair and J. Z. Kolter, "A Simple and Effective Pruning Approach for Large
@@ -38,6 +40,7 @@ from tvwjax._tree import as_matrix, n_in_for, path_str
 from tvwjax.calibration import LayerStats, feature_norm
 from tvwjax.errors import ConfigError, ShapeError
 from tvwjax.masking import default_where
+from tvwjax.obs import damped_hessian
 
 PyTree = Any
 ScoreFn = Callable[[jax.Array, LayerStats], jax.Array]
@@ -72,10 +75,7 @@ def obs_saliency(w: jax.Array, stats: LayerStats, damping: float = 0.01) -> jax.
     """
     if stats.gram is None:
         raise ConfigError("obs_saliency: stats has no Gram matrix (collect with gram=True)")
-    g = stats.gram.astype(jnp.float32)
-    lam = damping * jnp.mean(jnp.diag(g))
-    lam = jnp.where(lam > 0, lam, 1e-6)
-    h = g + lam * jnp.eye(g.shape[0], dtype=jnp.float32)
+    h, _ = damped_hessian(stats.gram, damping)
     hinv_diag = jnp.diag(jnp.linalg.inv(h))
     return jnp.abs(w.astype(jnp.float32)) / jnp.sqrt(jnp.maximum(hinv_diag, 1e-30))[:, None]
 
