@@ -40,11 +40,9 @@ def measure(devices: int, scale: int, repeats: int) -> dict:
     of every case, plus the per-device parameter bytes."""
     import jax
     import numpy as np
-    import optax
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    import tvwjax
 
     assert len(jax.devices()) == devices, jax.devices()
     mesh = jax.make_mesh(MESHES[devices], ("data", "model"))
@@ -57,33 +55,46 @@ def measure(devices: int, scale: int, repeats: int) -> dict:
     grads = jax.tree.map(lambda p: p * 0.01, params)
     per_device = sum(4 * a * b for (a, b), _ in layout.values()) / mesh.shape["model"]
     rows = {}
-    for label, pattern, s, scopes in CASES:
-        for scope in scopes:
-            tx = optax.chain(optax.sgd(1e-3), tvwjax.prune(pattern, tvwjax.OneShot(s),
-                                                           scope=scope))
-
-            def step(p, st, g, tx=tx):
-                u, st = tx.update(g, st, p)
-                return optax.apply_updates(p, u), st
-
-            state = jax.jit(tx.init)(params)
-            t0 = time.perf_counter()
-            compiled = jax.jit(step).lower(params, state, grads).compile()
-            compile_s = time.perf_counter() - t0
-            temp = compiled.memory_analysis().temp_size_in_bytes
-            times = []
-            for _ in range(repeats):  # compiled already: no compilation in the timing
-                t0 = time.perf_counter()
-                jax.block_until_ready(compiled(params, state, grads))
-                times.append(time.perf_counter() - t0)
-            rows[f"{label}, {scope}"] = {"temp_bytes": temp, "ratio": temp / per_device,
-                                         "step_s": float(np.median(times)),
-                                         "compile_s": compile_s}
-            print(f"{devices} devices  {label}, {scope}: {temp / 1e6:.1f} MB "
-                  f"({temp / per_device:.2f}x), {rows[f'{label}, {scope}']['step_s']:.2f} s",
-                  file=sys.stderr, flush=True)
+    with jax.set_mesh(mesh):  # jit(tx.init) builds the masks on the parameters' mesh
+        for label, pattern, s, scopes in CASES:
+            for scope in scopes:
+                rows[f"{label}, {scope}"] = _case(devices, label, pattern, s, scope, params,
+                                                  grads, per_device, repeats)
     return {"devices": devices, "mesh": MESHES[devices], "param_bytes_per_device": per_device,
             "cases": rows}
+
+
+def _case(devices, label, pattern, s, scope, params, grads, per_device, repeats) -> dict:
+    """Compile, measure and time one mask-update step."""
+    import jax
+    import numpy as np
+    import optax
+
+    import tvwjax
+
+    tx = optax.chain(optax.sgd(1e-3), tvwjax.prune(pattern, tvwjax.OneShot(s),
+                                                   scope=scope))
+
+    def step(p, st, g, tx=tx):
+        u, st = tx.update(g, st, p)
+        return optax.apply_updates(p, u), st
+
+    state = jax.jit(tx.init)(params)
+    t0 = time.perf_counter()
+    compiled = jax.jit(step).lower(params, state, grads).compile()
+    compile_s = time.perf_counter() - t0
+    temp = compiled.memory_analysis().temp_size_in_bytes
+    times = []
+    for _ in range(repeats):  # compiled already: no compilation in the timing
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(params, state, grads))
+        times.append(time.perf_counter() - t0)
+    row = {"temp_bytes": temp, "ratio": temp / per_device,
+           "step_s": float(np.median(times)), "compile_s": compile_s}
+    print(f"{devices} devices  {label}, {scope}: {temp / 1e6:.1f} MB "
+          f"({temp / per_device:.2f}x), {row['step_s']:.2f} s",
+          file=sys.stderr, flush=True)
+    return row
 
 
 def _child(devices: int, scale: int, repeats: int) -> dict:

@@ -154,9 +154,11 @@ def memory(mesh: jax.sharding.Mesh) -> dict:
               for k, (shape, spec) in shapes.items()}
     per_device = sum(4 * a * b for (a, b), _ in shapes.values()) / mesh.shape["model"]
     out = {}
-    for name, pat, s in [("EW", tvwjax.EW(), 0.75), ("TW", tvwjax.TW(128), 0.75),
-                         ("NM", tvwjax.NM(), 0.5), ("TVW", tvwjax.TVW(128), 0.75)]:
-        for scope in ("layer", "global"):
+    for name, pat, s, scopes in [("EW", tvwjax.EW(), 0.75, ("layer", "global")),
+                                 ("TW", tvwjax.TW(128), 0.75, ("global",)),
+                                 ("NM", tvwjax.NM(), 0.5, ("layer",)),
+                                 ("TVW", tvwjax.TVW(128), 0.75, ("layer", "global"))]:
+        for scope in scopes:
             tx = optax.chain(optax.sgd(1e-3), tvwjax.prune(pat, tvwjax.OneShot(s), scope=scope))
 
             def step(p, st, g, tx=tx):

@@ -26,7 +26,7 @@ def full_report() -> dict:
                XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
                           " --xla_force_host_platform_device_count=8").strip())
     proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True,
-                          env=env, timeout=600, cwd=SCRIPT.parent.parent)
+                          env=env, timeout=1800, cwd=SCRIPT.parent.parent)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -73,11 +73,12 @@ def test_outputs_stay_sharded(report):
 def test_mask_update_memory_follows_the_sharding(full_report):
     """The compiled mask-update step of ``chain(sgd, prune(...))`` on 8 devices needs at
     most 1.5x the per-device parameter bytes of temporary memory (issue 19): no leaf is
-    gathered. TVW is the exception (its per-column row gather is partitioned by an
-    all-gather); it is reported, and bounded at what it is now."""
+    gathered. TVW in global scope is the exception: a leaf split along K is resharded by
+    whole tiles of columns, which costs XLA a few pieces of the leaf at once; it is bounded
+    at what it is now (see the README)."""
     mem = full_report["__memory__"]
-    assert set(mem) == {f"{p}-{s}" for p in ("EW", "TW", "NM", "TVW")
-                        for s in ("layer", "global")}
+    assert set(mem) == {"EW-layer", "EW-global", "TW-global", "NM-layer", "TVW-layer",
+                        "TVW-global"}
     for name, ratio in mem.items():
-        limit = 5.0 if name.startswith("TVW") else 1.5
+        limit = 2.5 if name == "TVW-global" else 1.5
         assert ratio <= limit, (name, ratio)
