@@ -100,7 +100,15 @@ def _chunked_sum(x: Array, axes: tuple[int, ...], narrow, wide, op=jnp.sum) -> A
     if x.shape[last] % _CHUNK or x.shape[last] <= _CHUNK:
         return reduce(x, axes, wide)
     shape = x.shape[:last] + (x.shape[last] // _CHUNK, _CHUNK) + x.shape[last + 1:]
-    return reduce(reduce(x.reshape(shape), last + 1, narrow), axes, wide)
+    sharding = jax.typeof(x).sharding  # explicit mesh axes: the chunks keep the axis' split
+    spec = getattr(sharding, "spec", None)
+    out = None
+    if spec is not None and any(p is not None for p in spec):
+        spec = tuple(spec) + (None,) * (x.ndim - len(spec))
+        out = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(
+            *spec[:last + 1], None, *spec[last + 1:]))
+    chunks = jax.lax.reshape(x, shape, out_sharding=out)
+    return reduce(reduce(chunks, last + 1, narrow), axes, wide)
 
 
 def size_where(pred: Array, sizes: Array | None) -> Array:
