@@ -11,6 +11,8 @@ same mask on every run, under ``jit`` and eagerly.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -105,6 +107,10 @@ def _chunked_sum(x: Array, axes: tuple[int, ...], narrow, wide, op=jnp.sum) -> A
     out = None
     if spec is not None and any(p is not None for p in spec):
         spec = tuple(spec) + (None,) * (x.ndim - len(spec))
+        split = spec[last] or ()
+        split = (split,) if isinstance(split, str) else split
+        if shape[last] % math.prod(sharding.mesh.shape[a] for a in split):
+            return reduce(x, axes, wide)  # the chunks would not split evenly
         out = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(
             *spec[:last + 1], None, *spec[last + 1:]))
     chunks = jax.lax.reshape(x, shape, out_sharding=out)
