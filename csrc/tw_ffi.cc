@@ -3,23 +3,16 @@
 // instruction-set variant runs).
 //
 // Work is split into items (tile, rows of x) ordered by cost, taken from one atomic counter
-// by tasks scheduled on XLA's intra-op thread pool (the ffi::ThreadPool context), one per
-// pool thread. The calling thread (often Python's, XLA runs small executables inline) sleeps
-// meanwhile, so that the pool's threads have the cores: on a 2-core machine a third busy
-// thread only steals time from them. It takes items itself only when no pool task has
-// started shortly after the call (the pool is busy elsewhere, or the caller is its only
-// thread). Tasks that start late find no work and return at once; they hold the shared
-// state by shared_ptr, so the call may have returned by then.
+// by the calling thread and by tasks scheduled on XLA's intra-op thread pool (the
+// ffi::ThreadPool context). Tasks that start late find no work and return at once; they
+// hold the shared state by shared_ptr, so the call may have returned by then.
 
 #include <algorithm>
 #include <atomic>
-#include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <mutex>
 #include <new>
 #include <string>
 #include <thread>
@@ -61,8 +54,6 @@ std::atomic<int> g_max_threads{0};  // 0: the pool's size
 std::atomic<int64_t> g_pool_threads{-1};  // what the last call's pool reported
 std::atomic<int64_t> g_workers{0};        // threads the last call used (caller + helpers)
 std::atomic<int64_t> g_helper_items{0};   // items of the last call run on pool threads
-// How long the caller waits for a pool task to start before it works itself.
-constexpr auto kCallerJoinsAfter = std::chrono::microseconds(200);
 
 const TwKernel* Kernel() {
   const TwKernel* k = g_kernel.load(std::memory_order_acquire);
@@ -108,23 +99,11 @@ struct Shared {
   std::atomic<int64_t> done{0};
   std::atomic<int64_t> transposed{0};
   std::atomic<int64_t> helper_items{0};
-  std::atomic<int64_t> started{0};  // pool tasks that have started
   std::atomic<bool> failed{false};
-  std::mutex mu;  // with cv: the caller sleeps until a task starts or all items are done
-  std::condition_variable cv;
-
-  void Notify() {
-    std::lock_guard<std::mutex> lock(mu);
-    cv.notify_all();
-  }
-  bool Finished() const {
-    return done.load(std::memory_order_acquire) == static_cast<int64_t>(items.size());
-  }
 };
 
 void Work(Shared& s, bool helper) {
   const int64_t n = static_cast<int64_t>(s.items.size());
-  if (helper && s.started.fetch_add(1, std::memory_order_acq_rel) == 0) s.Notify();
   float* scratch = nullptr;
   for (int64_t i; (i = s.next.fetch_add(1, std::memory_order_relaxed)) < n;) {
     try {
@@ -143,7 +122,7 @@ void Work(Shared& s, bool helper) {
       s.failed.store(true, std::memory_order_relaxed);
     }
     if (helper) s.helper_items.fetch_add(1, std::memory_order_relaxed);
-    if (s.done.fetch_add(1, std::memory_order_acq_rel) + 1 == n) s.Notify();
+    s.done.fetch_add(1, std::memory_order_acq_rel);
   }
 }
 
@@ -237,21 +216,13 @@ ffi::Error TwMatmulImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer v
       s->items.push_back({t, m0, std::min(p.m, m0 + rows_per_item)});
   s->scratch = s->kernel->scratch_floats(p, std::min(p.m, rows_per_item));
 
-  const int64_t helpers = std::min<int64_t>(threads, static_cast<int64_t>(s->items.size()));
+  const int64_t helpers = std::min<int64_t>(threads, static_cast<int64_t>(s->items.size())) - 1;
   for (int64_t h = 0; h < helpers; ++h) pool.Schedule([s] { Work(*s, true); });
-  {
-    std::unique_lock<std::mutex> lock(s->mu);
-    s->cv.wait_for(lock, kCallerJoinsAfter,
-                   [&] { return s->started.load(std::memory_order_acquire) > 0 || s->Finished(); });
-  }
-  const bool caller_works = s->started.load(std::memory_order_acquire) == 0;
-  if (caller_works) Work(*s, false);
-  {
-    std::unique_lock<std::mutex> lock(s->mu);
-    s->cv.wait(lock, [&] { return s->Finished(); });
-  }
+  Work(*s, false);
+  const int64_t n = static_cast<int64_t>(s->items.size());
+  while (s->done.load(std::memory_order_acquire) < n) std::this_thread::yield();
   g_helper_items.store(s->helper_items.load(), std::memory_order_relaxed);
-  g_workers.store(helpers + (caller_works ? 1 : 0), std::memory_order_relaxed);
+  g_workers.store(helpers + 1, std::memory_order_relaxed);
   if (s->failed.load()) return ffi::Error::Internal("tw_matmul_cpu: out of memory for scratch");
   return ffi::Error::Success();
 }

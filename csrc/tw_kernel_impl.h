@@ -110,32 +110,16 @@ static void pack_at_block(const float* xt, int64_t ldm, int64_t m0, int64_t mc,
   }
 }
 
-// x^T as float32, (k, m) row-major: columns [k0, k1) of x. In 8 x 8 blocks: eight rows
-// of x read 32 bytes each, eight rows of x^T written 32 bytes each (a row-by-row scatter
-// down a power-of-two stride would hit one L1 set over and over).
+// x^T as float32, (k, m) row-major: columns [k0, k1) of x.
 template <typename T>
 static void transpose_t(const TwProblem& p, int64_t k0, int64_t k1, float* xt) {
   const T* x = static_cast<const T*>(p.x);
   const int64_t m = p.m, k = p.k;
-  constexpr int64_t B = 8;
-  for (int64_t kb = k0; kb < k1; kb += B) {
-    const int64_t ke = kb + B < k1 ? kb + B : k1;
-    int64_t mb = 0;
-    if (ke - kb == B) {
-      for (; mb + B <= m; mb += B) {
-        float blk[B][B];
-#pragma GCC unroll 8
-        for (int64_t i = 0; i < B; ++i)
-#pragma GCC unroll 8
-          for (int64_t j = 0; j < B; ++j) blk[j][i] = to_f32(x[(mb + i) * k + kb + j]);
-#pragma GCC unroll 8
-        for (int64_t j = 0; j < B; ++j)
-#pragma GCC unroll 8
-          for (int64_t i = 0; i < B; ++i) xt[(kb + j) * m + mb + i] = blk[j][i];
-      }
-    }
-    for (int64_t kk = kb; kk < ke; ++kk)
-      for (int64_t i = mb; i < m; ++i) xt[kk * m + i] = to_f32(x[i * k + kk]);
+  constexpr int64_t B = 16;
+  for (int64_t mb = 0; mb < m; mb += B) {
+    const int64_t me = mb + B < m ? mb + B : m;
+    for (int64_t kk = k0; kk < k1; ++kk)
+      for (int64_t i = mb; i < me; ++i) xt[kk * m + i] = to_f32(x[i * k + kk]);
   }
 }
 
@@ -232,24 +216,18 @@ static void write_rows(const TwProblem& p, int64_t tile, int64_t m0, int64_t row
 }
 
 // ---- GEMV (one row of x) -------------------------------------------------------------------
-// Memory-bound: the tile's compact rows must stream from memory once, in order. Rows go in
-// blocks of GEMV_BLOCK_BYTES; within a block each column chunk (as many accumulators as the
-// registers hold) runs over the block's rows, so the chunks after the first find the
-// block's lines in L1 and memory sees one sequential pass over the tile (measured: about
-// 80% of a plain streaming read on one core; a whole-tile pass per chunk re-reads it).
-constexpr int64_t GEMV_BLOCK_BYTES = 2 * 1024;
-
-// out[0:NVEC*VW] += sum_k a[k] * w[k * g + 0:NVEC*VW], k < kb.
 template <int NVEC, typename T>
-static void gemv_chunk(const T* w, int64_t g, const float* a, int64_t kb, float* out) {
+static void gemv_chunk(const T* w, int64_t g, const T* xr, const int32_t* rows, int64_t kt,
+                       float* out) {
   vf acc[NVEC];
 #pragma GCC unroll 16
-  for (int v = 0; v < NVEC; ++v) acc[v] = load(out + v * VW);
-  for (int64_t k = 0; k < kb; ++k) {
-    const vf av = bcast(a[k]);
+  for (int v = 0; v < NVEC; ++v) acc[v] = vf{};
+  for (int64_t k = 0; k < kt; ++k) {
+    const vf a = bcast(to_f32(xr[rows[k]]));
     const T* wr = w + k * g;
+    __builtin_prefetch(wr + 8 * g);
 #pragma GCC unroll 16
-    for (int v = 0; v < NVEC; ++v) acc[v] += av * load(wr + v * VW);
+    for (int v = 0; v < NVEC; ++v) acc[v] += a * load(wr + v * VW);
   }
 #pragma GCC unroll 16
   for (int v = 0; v < NVEC; ++v) store(out + v * VW, acc[v]);
@@ -261,24 +239,14 @@ static void gemv(const TwProblem& p, int64_t tile, int64_t m, float* c) {
   const T* w = static_cast<const T*>(p.values) + tile * p.kp * g;
   const T* xr = static_cast<const T*>(p.x) + m * p.k;
   const int32_t* rows = p.rows + tile * p.kp;
-  const int64_t row_bytes = g * static_cast<int64_t>(sizeof(T));
-  const int64_t rb = row_bytes >= GEMV_BLOCK_BYTES / 4 ? 4 : GEMV_BLOCK_BYTES / row_bytes;
-  const int64_t gp = round_up(g, VW);
-  float* a = c + gp;  // the block's x values (rb floats after the accumulators)
-  std::memset(c, 0, static_cast<size_t>(gp) * sizeof(float));
-  for (int64_t k0 = 0; k0 < kt; k0 += rb) {
-    const int64_t kb = kt - k0 < rb ? kt - k0 : rb;
-    for (int64_t k = 0; k < kb; ++k) a[k] = to_f32(xr[rows[k0 + k]]);
-    const T* wb = w + k0 * g;
-    int64_t c0 = 0;
-    for (; c0 + GEMV_NV * VW <= g; c0 += GEMV_NV * VW)
-      gemv_chunk<GEMV_NV>(wb + c0, g, a, kb, c + c0);
-    for (; c0 + VW <= g; c0 += VW) gemv_chunk<1>(wb + c0, g, a, kb, c + c0);
-    for (; c0 < g; ++c0) {
-      float s = c[c0];
-      for (int64_t k = 0; k < kb; ++k) s += a[k] * to_f32(wb[k * g + c0]);
-      c[c0] = s;
-    }
+  int64_t c0 = 0;
+  for (; c0 + GEMV_NV * VW <= g; c0 += GEMV_NV * VW)
+    gemv_chunk<GEMV_NV>(w + c0, g, xr, rows, kt, c + c0);
+  for (; c0 + VW <= g; c0 += VW) gemv_chunk<1>(w + c0, g, xr, rows, kt, c + c0);
+  for (; c0 < g; ++c0) {
+    float s = 0.0f;
+    for (int64_t k = 0; k < kt; ++k) s += to_f32(xr[rows[k]]) * to_f32(w[k * g + c0]);
+    c[c0] = s;
   }
   write_rows<T>(p, tile, m, 1, c, g);
 }
