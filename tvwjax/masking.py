@@ -195,48 +195,73 @@ def _global_densities(leaves: list[jax.Array], pattern: Pattern, sparsity,
                       layer_bounds: tuple[float, float]) -> list[jax.Array]:
     """Per-leaf final densities from one threshold over normalised unit scores.
 
-    Each leaf's units stay in the leaf's own layout (:meth:`Pattern.unit_grid`): the
-    threshold is found by bisection, each pass one count per leaf (a local count and a
-    scalar all-reduce on a sharded leaf). The normalising mean is an order-independent sum
+    Each leaf's units stay in the leaf's own layout (:meth:`Pattern.unit_grid`), normalised
+    by the leaf's mean score, an order-independent sum
     (:func:`~tvwjax._select.exact_sum`), so a sharded leaf is normalised exactly as on one
-    device. No unit array is concatenated or copied.
+    device; the threshold is :func:`allocate`'s.
     """
-    scale = pattern.allocation_scale
-    keys, sizes, divisors = [], [], []
+    units, divisors = [], []
     for score in leaves:
-        u, z = pattern.unit_grid(score)
+        units.append(pattern.unit_grid(score))
         mean = exact_sum(score) / jnp.float32(score.size)
-        keys.append(order_key(u))
-        sizes.append(z)
         divisors.append(jnp.where(mean > 0, mean, 1.0))
-    totals = jnp.asarray([float(score.size) for score in leaves], jnp.float32)
+    return allocate(units, [score.size for score in leaves], sparsity,
+                    pattern.allocation_scale, layer_bounds, divisors)
+
+
+def allocate(units: list[tuple[jax.Array, jax.Array | None]], totals: list[int], sparsity,
+             scale: float, layer_bounds: tuple[float, float],
+             divisors: list[jax.Array] | None = None) -> list[jax.Array]:
+    """Per-leaf final densities from one threshold over all leaves' allocation units.
+
+    Args:
+      units: per leaf ``(unit_scores, unit_sizes)`` in any layout (``unit_sizes=None``: one
+        weight per unit), e.g. :meth:`Pattern.unit_grid`.
+      totals: per leaf its number of weights.
+      sparsity: the target sparsity over all leaves (a number or a traced scalar).
+      scale: final density per unit density (:attr:`Pattern.allocation_scale`).
+      layer_bounds: ``(min, max)`` sparsity of every leaf.
+      divisors: per leaf a positive scalar its unit scores are divided by before they are
+        compared across leaves (``None``: compared as they are).
+
+    Returns:
+      Per leaf a float32 scalar density.
+
+    The threshold is found by bisection over ordered float bits, each pass one count per
+    leaf (a local count and a scalar all-reduce on a sharded leaf): no unit array is
+    concatenated, sorted or copied, and dividing by a positive divisor is monotone, so it
+    is applied to the scalar threshold, never to the units.
+    """
+    keys = [order_key(u) for u, _ in units]
+    sizes = [z for _, z in units]
+    sum_total = float(sum(totals))
+    totals = jnp.asarray([float(t) for t in totals], jnp.float32)
     min_s, max_s = layer_bounds
     lo = jnp.clip((1.0 - max_s) / scale, 0.0, 1.0) * totals
     hi = jnp.clip((1.0 - min_s) / scale, 0.0, 1.0) * totals
     density = 1.0 - jnp.asarray(sparsity, jnp.float32)
-    budget = jnp.clip(density / scale, 0.0, 1.0) * jnp.sum(totals)
+    budget = jnp.clip(density / scale, 0.0, 1.0) * sum_total
 
     def raw_threshold(t, divisor):
-        # The smallest unit key whose normalised key ``order_key(u / divisor)`` reaches t:
-        # dividing by a positive number is monotone, so the units above a normalised
-        # threshold are those above this raw one. A scalar bisection; the units themselves
-        # are never divided (no normalised copy of them).
+        # The smallest unit key whose normalised key ``order_key(u / divisor)`` reaches t
+        # (a scalar bisection).
         x = max_key_where(lambda x: order_key(
             from_key(x + jnp.uint32(0x80000000)) / divisor) < t, 31)
         return jnp.where(t <= jnp.uint32(0x80000000), jnp.uint32(0),
                          x + jnp.uint32(0x80000001))
 
     def kept_at(t):
-        kept = jnp.stack([size_where(key >= raw_threshold(t, dv), z)
-                          for key, z, dv in zip(keys, sizes, divisors, strict=True)])
+        cuts = ([t] * len(keys) if divisors is None else
+                [raw_threshold(t, dv) for dv in divisors])
+        kept = jnp.stack([size_where(key >= cut, z)
+                          for key, z, cut in zip(keys, sizes, cuts, strict=True)])
         return jnp.clip(kept.astype(jnp.float32), lo, hi)
 
     # The largest threshold whose kept total still reaches the budget (bisection, no sort).
     t = max_key_where(lambda t: jnp.sum(kept_at(t)) >= budget)
-    kept = kept_at(t)
-    dens = kept / totals * scale
+    dens = kept_at(t) / totals * scale
     dens = jnp.where(density >= 1.0, 1.0, dens)
-    return [dens[i] for i in range(len(leaves))]
+    return [dens[i] for i in range(len(units))]
 
 
 def _explicit_sharding(x: jax.Array):

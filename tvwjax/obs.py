@@ -621,34 +621,6 @@ def _layer_inputs(w, gram, pattern, sparsity, damping, name):
 
 
 # -- a whole model -----------------------------------------------------------------------------
-def _allocate(scores: list[Array], units_of: Callable[[Array], tuple[Array, Array]],
-              density: float, scale: float, bounds: tuple[float, float]) -> list[float]:
-    """Per-layer final densities from one threshold over second-order unit scores (already
-    comparable across layers: relative error increases), each layer's density within
-    ``bounds`` (as sparsities), ``scale`` = final density per unit density (TVW: n/m)."""
-    units, sizes, ids = [], [], []
-    for i, sc in enumerate(scores):
-        u, z = units_of(sc)
-        units.append(u)
-        sizes.append(z.astype(jnp.int32))
-        ids.append(jnp.full(u.shape, i, jnp.int32))
-    u, z, ids = jnp.concatenate(units), jnp.concatenate(sizes), jnp.concatenate(ids)
-    totals = jnp.asarray([float(sc.size) for sc in scores], jnp.float32)
-    min_s, max_s = bounds
-    lo = jnp.clip((1.0 - max_s) / scale, 0.0, 1.0) * totals
-    hi = jnp.clip((1.0 - min_s) / scale, 0.0, 1.0) * totals
-    budget = min(1.0, density / scale) * float(jnp.sum(totals))
-    key = sel.order_key(u)
-
-    def kept_at(t):
-        kept = jax.ops.segment_sum(jnp.where(key >= t, z, 0), ids, num_segments=len(scores))
-        return jnp.clip(kept.astype(jnp.float32), lo, hi)
-
-    t = sel.max_key_where(lambda t: jnp.sum(kept_at(t)) >= budget)
-    dens = np.asarray(kept_at(t) / totals) * scale
-    return [float(v) for v in dens]
-
-
 def obs_masks(params: PyTree, stats: Mapping[str, Any], pattern: Pattern, sparsity: float, *,
               where: Callable[[str, Any], bool] | None = None, scope: str = "layer",
               overrides: Mapping[str, float | None] | None = None,
@@ -679,7 +651,7 @@ def obs_masks(params: PyTree, stats: Mapping[str, Any], pattern: Pattern, sparsi
       ConfigError: an unsupported pattern, a traced sparsity, or a selected leaf without a
         Gram matrix (names the path). ShapeError: a Gram matrix that fits no GEMM view.
     """
-    from tvwjax.masking import selection
+    from tvwjax.masking import allocate, selection
 
     name = "obs_masks"
     _supported(pattern, name)
@@ -720,10 +692,13 @@ def obs_masks(params: PyTree, stats: Mapping[str, Any], pattern: Pattern, sparsi
         tw = _tw_level(pattern) if isinstance(pattern, TW) else None
         units = tw.units if tw is not None else pattern.units
         bounds = (0.0, 1.0) if layer_bounds is None else tuple(layer_bounds)
-        dens = _allocate([scores[i] for i in pool], units, 1.0 - sparsity,
-                         pattern.allocation_scale, bounds)
+        # Second-order unit scores are relative output-error increases, comparable
+        # across layers as they are: no per-layer normalisation.
+        dens = allocate([units(scores[i]) for i in pool],
+                        [scores[i].size for i in pool], sparsity,
+                        pattern.allocation_scale, bounds)
         for i, dn in zip(pool, dens, strict=True):
-            s_i = min(max(1.0 - dn, 0.0), sel.BELOW_ONE)
+            s_i = min(max(1.0 - float(dn), 0.0), sel.BELOW_ONE)
             layers[i][4] = max(s_i, pattern.floor) if s_i > 0 else 0.0
     out: list[Any] = [None] * len(flat)
     for (path, leaf, w2, h, s_leaf, _), sc in zip(layers, scores, strict=True):

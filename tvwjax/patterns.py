@@ -526,52 +526,104 @@ class TVW(TW):
         perm = jnp.argsort(~keep, axis=0, stable=True).astype(jnp.int32)
         pos = jnp.argsort(perm, axis=0).astype(jnp.int32)
         perm = sel.pad_to(perm, self.m, 0, k)  # rows past K (the padding) never win
-        key = sel.order_key(scores)
-        mesh = _column_mesh(scores.shape[1], self.tile) if col_keep is None else None
-        if mesh is None:
-            return self._group_nm(key, perm, pos, keep, tile_id, col_keep is None)
+        if col_keep is not None:  # pruned columns: tiles are not consecutive columns
+            return self._group_nm(scores, perm, pos, keep, tile_id, False)
+        devices = jax.sharding.get_abstract_mesh()
+        if devices.empty or devices.size == 1:
+            return self._chunked_nm(scores, perm, pos, keep)
+        mesh, axes = _column_axes(scores.shape[1], self.tile)
+        if mesh is None:  # columns that do not split into whole tiles over any mesh axis:
+            # one pass, placed by XLA's partitioner
+            return self._group_nm(scores, perm, pos, keep, tile_id, True)
         # The rows of an N:M group lie anywhere along K: split the leaf by whole tiles of
-        # columns over every device (an all-to-all at most, the same bytes per device),
-        # where each device reads its own rows.
-        spec = jax.sharding.PartitionSpec(None, mesh.axis_names)
-        local = functools.partial(self._group_nm, tile_id=None, contiguous=True)
-        return jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec)(
-            key, perm, pos, keep)
+        # columns over the devices (an all-to-all at most, the same bytes per device),
+        # where each device reads its own rows. A leaf already split by columns over the
+        # same axes needs no data movement on the way in; the mask goes back to the
+        # leaf's layout on the way out.
+        spec = jax.sharding.PartitionSpec(None, axes)
+        return jax.shard_map(self._chunked_nm, mesh=mesh, in_specs=spec, out_specs=spec)(
+            scores, perm, pos, keep)
 
-    def _group_nm(self, key, perm, pos, keep, tile_id, contiguous):
-        """N:M along K over each tile's compact rows: ``(K, N)`` mask from the keys and the
-        per-tile tables (``perm`` padded to a multiple of ``m`` rows).
+    def _chunked_nm(self, scores, perm, pos, keep):
+        """:meth:`_group_nm` piece by piece: up to :data:`_CHUNKS` slices of consecutive
+        tiles (and, when there are fewer tiles than that, of rows inside them), one after
+        the other, so that its working buffers (keys, rival keys, ranks) are a fraction of
+        the leaf and the peak stays near the mask plus one piece. The slices are static
+        and chained by optimisation barriers on the small per-tile tables (a loop, or a
+        barrier on the scores, would make XLA materialise the scores, which otherwise fuse
+        into their consumers)."""
+        k, n = scores.shape
+        t = keep.shape[1]
+        n_tiles = min(t, _CHUNKS)
+        n_rows = min(k, -(-_CHUNKS // n_tiles))
+        cuts = [round(i * t / n_tiles) for i in range(n_tiles + 1)]
+        rcuts = [round(i * k / n_rows) for i in range(n_rows + 1)]
+        columns, last = [], None
+        for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
+            cols = scores[:, lo * self.tile:min(hi * self.tile, n)]
+            rows = []
+            for r0, r1 in zip(rcuts[:-1], rcuts[1:], strict=True):
+                if last is not None:  # the previous piece is done before this one starts
+                    last, perm, pos, keep = jax.lax.optimization_barrier(
+                        (last, perm, pos, keep))
+                    (rows or columns[-1])[-1] = last
+                last = self._group_nm(cols, perm[:, lo:hi], pos[r0:r1, lo:hi],
+                                      keep[r0:r1, lo:hi], None, True, r0)
+                rows.append(last)
+            columns.append(rows)
+        parts = [jnp.concatenate(rows, axis=0) if len(rows) > 1 else rows[0]
+                 for rows in columns]
+        return jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+
+    def _group_nm(self, scores, perm, pos, keep, tile_id, contiguous, row0=0):
+        """N:M along K over each tile's compact rows: the ``(R, N)`` mask of rows
+        ``row0 .. row0 + R`` from all rows' scores ``(K, N)`` and the per-tile tables
+        (``perm`` of all rows, padded to a multiple of ``m``; ``pos`` and ``keep`` of
+        these ``R`` rows).
 
         Row ``r`` competes with the rows at the other positions of its group of ``m``
         consecutive compact positions; each rival's key is read from its row of the same
-        column (a gather along K by a small per-tile table), so no compacted copy of the
-        weights is made.
+        column (a gather along K by a small per-tile table, the order keys taken after
+        it), so no compacted copy of the weights and no copy of their keys is made.
         """
-        k, n = key.shape
+        k, n = scores.shape
         m = self.m
+        mine = sel.order_key(scores[row0:row0 + pos.shape[0]])
         me = self._per_column(pos, tile_id, n, contiguous, 0)
         slot = me % m
-        rank = jnp.zeros((k, n), jnp.int32)
+        rank = jnp.zeros(mine.shape, jnp.int32)
         for q in range(m):
-            rival_row = jnp.take_along_axis(perm, pos // m * m + q, axis=0)  # (K, T)
+            rival_row = jnp.take_along_axis(perm, pos // m * m + q, axis=0)  # (R, T)
             row = self._per_column(rival_row, tile_id, n, contiguous, k)
-            rival = jnp.take_along_axis(key, jnp.minimum(row, k - 1), axis=0)
+            rival = sel.order_key(jnp.take_along_axis(scores, jnp.minimum(row, k - 1), axis=0))
             rival = jnp.where(row < k, rival, jnp.uint32(0))
-            beats = jnp.where(q < slot, rival >= key, (q > slot) & (rival > key))
+            beats = jnp.where(q < slot, rival >= mine, (q > slot) & (rival > mine))
             rank = rank + beats.astype(jnp.int32)
         kept = self._per_column(keep, tile_id, n, contiguous, False)
         return kept & (rank < self.n)
 
 
-def _column_mesh(n: int, tile: int):
-    """The mesh of the computation being traced when ``n`` columns split into whole tiles
-    over all of its (automatic) devices; ``None`` on one device or when they do not."""
+#: Pieces of a leaf :meth:`TVW._chunked_nm` selects one after the other.
+_CHUNKS = 8
+
+
+def _column_axes(n: int, tile: int) -> tuple[jax.sharding.AbstractMesh | None, tuple[str, ...]]:
+    """The mesh of the computation being traced and the axes to split ``n`` columns over
+    in whole tiles: minor axes first (parameters are usually split over the model axes,
+    the last ones), each taken while the tiles still divide evenly. ``(None, ())`` on
+    one device, on explicit axes, or when no axis divides the tiles."""
     mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or mesh.size == 1 or n % (mesh.size * tile):
-        return None
+    if mesh.empty or mesh.size == 1 or n % tile:
+        return None, ()
     if any(t != jax.sharding.AxisType.Auto for t in mesh.axis_types):
-        return None
-    return mesh
+        return None, ()
+    axes, ways = [], 1
+    for name in reversed(mesh.axis_names):
+        size = mesh.shape[name]
+        if size > 1 and (n // tile) % (ways * size) == 0:
+            axes.append(name)
+            ways *= size
+    return (mesh, tuple(axes)) if axes else (None, ())
 
 
 @functools.partial(jax.jit, static_argnums=0)
