@@ -122,19 +122,34 @@ def _warn_order(who: str, leaked, step) -> None:
         "mis-ordered.", PruneOrderWarning, stacklevel=2)
 
 
-def _check_order(who: str, masks: PyTree, params: PyTree, count: jax.Array) -> None:
+#: Besides the step after a mask update, the order check runs at steps 1, 1 + this, ...
+_ORDER_CHECK_EVERY = 1024
+
+
+def _check_order(who: str, masks: PyTree, params: PyTree, count: jax.Array,
+                 after_update: jax.Array | bool = False) -> None:
     """Warn (from inside jit, only when it happens) if weights pruned by the previous step's
-    masks are not exactly zero: the sign of a transform placed before the optimizer."""
-    leaks = [size_where((~m) & (p != 0), None) for m, p in zip(
+    masks are not exactly zero: the sign of a transform placed before the optimizer.
+
+    The check reads every pruned leaf, so it runs only where a mis-ordered chain shows
+    first: at the step after a mask update (``after_update``), and every
+    :data:`_ORDER_CHECK_EVERY` steps from step 1 (a run resumed from a checkpoint); on
+    other steps it costs a scalar branch.
+    """
+    pairs = [(m, p) for m, p in zip(
         jax.tree.leaves(masks, is_leaf=is_none), jax.tree.leaves(
             jax.tree.map(lambda m, p: None if m is None else p, masks, params, is_leaf=is_none),
             is_leaf=is_none), strict=True) if m is not None]
-    if not leaks:
+    if not pairs:
         return
-    leaked = functools.reduce(jnp.add, leaks)
-    jax.lax.cond((count > 0) & (leaked > 0),
-                 lambda: jax.debug.callback(functools.partial(_warn_order, who), leaked, count),
-                 lambda: None)
+
+    def check():
+        leaked = functools.reduce(jnp.add, [size_where((~m) & (p != 0), None) for m, p in pairs])
+        jax.lax.cond(leaked > 0, lambda: jax.debug.callback(
+            functools.partial(_warn_order, who), leaked, count), lambda: None)
+
+    due = (count > 0) & (jnp.asarray(after_update) | (count % _ORDER_CHECK_EVERY == 1))
+    jax.lax.cond(due, check, lambda: None)
 
 
 def _masked_updates(new: PyTree, prev: PyTree, updates: PyTree, params: PyTree) -> PyTree:
@@ -228,8 +243,9 @@ def prune(
         old = state.masks
         check_same_leaves(old, params, "prune: state.masks (from another model?)",
                           none_ok=True)
-        _check_order("prune", old, params, state.count)
         target, do_update = schedule(state.count)
+        _check_order("prune", old, params, state.count,
+                     schedule(jnp.maximum(state.count, 1) - 1)[1])
 
         def recompute(_):
             # The weights this step would produce, with pruned weights at zero.
