@@ -8,7 +8,9 @@ Run once on a machine with an NVIDIA GPU, from a source checkout (no install nee
    TVW kernels everywhere, the Mosaic GPU ``wgmma`` TW kernel on Hopper, the sparse
    ``tcgen05`` TVW kernel on Blackwell) against its plain-jnp reference at awkward shapes
    (``M`` of 1 and 70 and 300, kept-row counts that are not multiples of the blocks, an empty
-   tile, a ragged last tile) in bfloat16, float16 and (Triton) float32.
+   tile, a ragged last tile) in bfloat16, float16 and (Triton) float32. Then the library
+   path (:func:`library_path`): ``tvwjax.masks`` -> ``tvwjax.compress`` -> ``jit(tvwjax.matmul)``
+   and its gradient, TW and TVW, bfloat16 and float32, with the kernel that ran.
 2. **Speed** (bfloat16): dense ``x @ W`` (XLA/cuBLAS, the faster of ``x @ W`` and
    ``(W^T x^T)^T``), then every available kernel at 50/75/90% sparsity, for ``M`` in
    {16, 256, 4096} and ``(K, N)`` = 4096 x 4096 and the BERT-base shapes 768 x 768,
@@ -204,11 +206,77 @@ def check(kernels: Sequence[str], *, cases: Sequence[tuple[int, ...]] = CHECK_CA
                     continue
                 fmt, run_kernel = table[name]
                 ref = np.asarray(reference(fmt, data[fmt], x), np.float32)
-                out = np.asarray(run_kernel(data[fmt], x, interpret), np.float32)
-                err = float(np.abs(out - ref).max()) if out.shape == ref.shape else float("inf")
                 tol = CHECK_RTOL[dname] * max(1.0, float(np.abs(ref).max()))
-                rows.append(dict(kernel=name, dtype=dname, M=m, K=k, N=n, G=g, Kp=kp,
-                                 max_abs_err=err, tolerance=tol, ok=bool(err <= tol)))
+                row = dict(kernel=name, dtype=dname, M=m, K=k, N=n, G=g, Kp=kp)
+                try:
+                    out = np.asarray(run_kernel(data[fmt], x, interpret), np.float32)
+                except Exception as e:  # noqa: BLE001 - a kernel that fails to build or run
+                    rows.append(dict(row, max_abs_err=float("inf"), tolerance=tol, ok=False,
+                                     error=_describe(e)))
+                    print(f"check: {name} {dname} M={m} K={k} N={n} failed: {_describe(e)}",
+                          file=sys.stderr, flush=True)
+                    continue
+                err = float(np.abs(out - ref).max()) if out.shape == ref.shape else float("inf")
+                rows.append(dict(row, max_abs_err=err, tolerance=tol, ok=bool(err <= tol)))
+    return rows
+
+
+def _describe(e: BaseException, limit: int = 600) -> str:
+    """``Type: message`` of an exception, the message cut to ``limit`` characters (a
+    lowering error's message can hold a whole MLIR module)."""
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:limit]}{' ...' if len(text) > limit else ''}"
+
+
+#: ``(M, K, N)`` of the library-path check (M off the blocks, N a ragged last tile).
+LIBRARY_SHAPE = (33, 512, 300)
+
+
+def library_path(seed: int = 0) -> list[dict]:
+    """``tvwjax.matmul`` as users call it on this GPU: masks from :func:`tvwjax.masks`,
+    :func:`tvwjax.compress`, then ``jit(matmul)`` with ``backend="auto"`` (the Pallas kernel
+    :func:`tvwjax.matmul.gpu_kernel_for` picks) and its gradient with respect to ``x``, both
+    against float32 products with the masked dense weight.
+
+    Returns one row per (pattern, dtype): ``kernel`` (the kernel that ran, from
+    :func:`tvwjax.backends`), ``max_abs_err`` / ``grad_max_abs_err``, ``tolerance``, ``ok``
+    and, when the call raised, ``error``.
+    """
+    import tvwjax
+
+    m, k, n = LIBRARY_SHAPE
+    rng = np.random.default_rng(seed)
+    x32 = jnp.asarray(rng.standard_normal((m, k)), jnp.float32)
+    w32 = jnp.asarray(rng.standard_normal((k, n)), jnp.float32)
+    g32 = jnp.asarray(rng.standard_normal((m, n)), jnp.float32)
+    rows = []
+    for pname, pattern in (("TW", tvwjax.TW(tile=128)), ("TVW", tvwjax.TVW(tile=128))):
+        mask = tvwjax.masks({"kernel": w32}, pattern, 0.75)["kernel"]
+        for dname in ("bfloat16", "float32"):
+            dtype = jnp.dtype(dname)
+            x, w = x32.astype(dtype), w32.astype(dtype)
+            wd = jnp.where(mask, w, 0).astype(jnp.float32)
+            ref = np.asarray(x.astype(jnp.float32) @ wd)
+            ref_grad = np.asarray(g32 @ wd.T)
+            tol = CHECK_RTOL[dname] * max(1.0, float(np.abs(ref).max()))
+            grad_tol = CHECK_RTOL[dname] * max(1.0, float(np.abs(ref_grad).max()))
+            row = dict(pattern=pname, dtype=dname, M=m, K=k, N=n)
+            try:
+                cw = tvwjax.compress(w, mask, pattern)
+                y = jax.jit(tvwjax.matmul)(x, cw)
+                kernel = tvwjax.backends()["tile_formats_gpu"]["last_kernel"]
+                gx = jax.jit(jax.grad(lambda x, cw: jnp.sum(
+                    tvwjax.matmul(x, cw).astype(jnp.float32) * g32)))(x, cw)
+                err = float(np.abs(np.asarray(y, np.float32) - ref).max())
+                gerr = float(np.abs(np.asarray(gx, np.float32) - ref_grad).max())
+                rows.append(dict(row, kernel=kernel, max_abs_err=err, grad_max_abs_err=gerr,
+                                 tolerance=tol, ok=bool(err <= tol and gerr <= grad_tol)))
+            except Exception as e:  # noqa: BLE001 - reported in the table
+                rows.append(dict(row, kernel=None, max_abs_err=float("inf"),
+                                 grad_max_abs_err=float("inf"), tolerance=tol, ok=False,
+                                 error=_describe(e)))
+                print(f"library: {pname} {dname} failed: {_describe(e)}", file=sys.stderr,
+                      flush=True)
     return rows
 
 
@@ -246,29 +314,31 @@ def speed(kernels: Sequence[str], ms: Sequence[int], kns: Sequence[tuple[int, in
             records.append(dict(op="dense", sparsity=0.0, median_s=t_dense,
                                 ratio_vs_dense=1.0, **base))
             for s in sparsities:
-                timed = {}
+                ops: dict[str, tuple[Callable[..., jax.Array], tuple]] = {}
                 for name in kernels:
                     fmt, run_kernel = KERNELS[name]
-                    d = tiles[(s, fmt)]
-                    timed[name] = median_time(run_kernel, d, x, False, repeats=repeats)
+                    ops[name] = (run_kernel, (tiles[(s, fmt)], x, False))
                 if "tw_matmul_hopper" in kernels:
                     d = tiles[(s, "tw")]
-                    timed["pregather_tw"] = median_time(
-                        pregather, x, d["rows"], d["counts"], -(-d["rows"].shape[1] // 64) * 64,
-                        repeats=repeats)
+                    ops["pregather_tw"] = (pregather, (
+                        x, d["rows"], d["counts"], -(-d["rows"].shape[1] // 64) * 64))
                     # TVW on Hopper the other way: 2:4 decoded by XLA, then the wgmma kernel
-                    d = tiles[(s, "tvw")]
-                    timed["tvw_decoded_hopper"] = median_time(
-                        lambda d, x: KERNELS["tw_matmul_hopper"][1](
-                            {**d, "values": decode(d["values"], d["meta"])}, x, False),
-                        d, x, repeats=repeats)
+                    ops["tvw_decoded_hopper"] = (lambda d, x: KERNELS["tw_matmul_hopper"][1](
+                        {**d, "values": decode(d["values"], d["meta"])}, x, False),
+                        (tiles[(s, "tvw")], x))
                 if "tvw_matmul_blackwell" in kernels:
                     d = tiles[(s, "tvw")]
-                    timed["tcgen05_convert"] = median_time(convert, d["values"], d["meta"],
-                                                           repeats=repeats)
-                    timed["pregather_tvw"] = median_time(
-                        pregather, x, d["rows"], d["counts"],
-                        -(-d["rows"].shape[1] // 128) * 128, repeats=repeats)
+                    ops["tcgen05_convert"] = (convert, (d["values"], d["meta"]))
+                    ops["pregather_tvw"] = (pregather, (
+                        x, d["rows"], d["counts"], -(-d["rows"].shape[1] // 128) * 128))
+                timed = {}
+                for op, (fn, op_args) in ops.items():
+                    try:
+                        timed[op] = median_time(fn, *op_args, repeats=repeats)
+                    except Exception as e:  # noqa: BLE001 - reported, the sweep goes on
+                        not_run.append(f"{op} at {label} s={s}: {_describe(e, 300)}")
+                        print(f"speed: {op} at {label} s={s} failed: {_describe(e)}",
+                              file=sys.stderr, flush=True)
                 for op, t_op in timed.items():
                     records.append(dict(op=op, sparsity=s, median_s=t_op,
                                         ratio_vs_dense=t_op / t_dense, **base))
@@ -278,8 +348,8 @@ def speed(kernels: Sequence[str], ms: Sequence[int], kns: Sequence[tuple[int, in
 
 
 def to_markdown(check_rows: Sequence[dict], records: Sequence[dict], not_run: Sequence[str],
-                device: str) -> str:
-    """The check and the speed table as Markdown (times in microseconds)."""
+                device: str, library_rows: Sequence[dict] = ()) -> str:
+    """The check, the library path and the speed table as Markdown (times in microseconds)."""
     lines = [f"# GPU check on {device}", "", "## Correctness (kernel vs plain-jnp reference)",
              "", "| kernel | dtype | M | K | N | G | Kp | max abs err | tolerance | ok |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -287,6 +357,16 @@ def to_markdown(check_rows: Sequence[dict], records: Sequence[dict], not_run: Se
         lines.append(f"| {r['kernel']} | {r['dtype']} | {r['M']} | {r['K']} | {r['N']} | "
                      f"{r['G']} | {r['Kp']} | {r['max_abs_err']:.3g} | {r['tolerance']:.3g} | "
                      f"{'yes' if r['ok'] else 'NO'} |")
+    if library_rows:
+        lines += ["", "## Library path (masks, compress, jit(tvwjax.matmul) and its gradient "
+                  "vs the masked dense product)", "",
+                  "| pattern | dtype | M | K | N | kernel | max abs err | grad max abs err | "
+                  "tolerance | ok |", "|---|---|---:|---:|---:|---|---:|---:|---:|---|"]
+        for r in library_rows:
+            lines.append(f"| {r['pattern']} | {r['dtype']} | {r['M']} | {r['K']} | {r['N']} | "
+                         f"{r['kernel']} | {r['max_abs_err']:.3g} | "
+                         f"{r['grad_max_abs_err']:.3g} | {r['tolerance']:.3g} | "
+                         f"{'yes' if r['ok'] else 'NO'} |")
     lines += ["", "## Speed (bfloat16; ratio_vs_dense = median / dense median, below 1 = "
               "faster than dense)", "",
               "| op | M | K | N | sparsity | dtype | median (us) | ratio_vs_dense |",
@@ -294,8 +374,13 @@ def to_markdown(check_rows: Sequence[dict], records: Sequence[dict], not_run: Se
     for r in records:
         lines.append(f"| {r['op']} | {r['M']} | {r['K']} | {r['N']} | {r['sparsity']:.2f} | "
                      f"{r['dtype']} | {r['median_s'] * 1e6:.1f} | {r['ratio_vs_dense']:.3f} |")
+    errors = [r for r in [*check_rows, *library_rows] if r.get("error")]
+    if errors:
+        lines += ["", "Errors:", ""] + [
+            f"- {r.get('kernel') or r.get('pattern')} {r['dtype']} M={r['M']} K={r['K']} "
+            f"N={r['N']}: {r['error']}" for r in errors]
     if not_run:
-        lines += ["", "Not run (time budget): " + "; ".join(not_run)]
+        lines += ["", "Not run (time budget, or failed): " + "; ".join(not_run)]
     return "\n".join(lines) + "\n"
 
 
@@ -327,18 +412,26 @@ def run(args: argparse.Namespace) -> int:
     failed = [r for r in check_rows if not r["ok"]]
     print(f"check: {len(check_rows) - len(failed)}/{len(check_rows)} ok "
           f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    records, not_run = speed(kernels, QUICK_M if quick else SPEED_M,
-                             QUICK_KN if quick else SPEED_KN, SPEED_SPARSITY,
-                             repeats=args.repeats, budget_s=args.budget_s)
+    library_rows = library_path()
+    library_failed = [r for r in library_rows if not r["ok"]]
+    print(f"library path: {len(library_rows) - len(library_failed)}/{len(library_rows)} ok, "
+          f"kernels {sorted({str(r['kernel']) for r in library_rows})}", flush=True)
+    # a kernel that failed its check is not timed (a wrong result's speed means nothing)
+    broken = sorted({r["kernel"] for r in failed})
+    records, not_run = speed([k for k in kernels if k not in broken],
+                             QUICK_M if quick else SPEED_M, QUICK_KN if quick else SPEED_KN,
+                             SPEED_SPARSITY, repeats=args.repeats, budget_s=args.budget_s)
+    not_run = [f"{k} (failed its check)" for k in broken] + not_run
     payload = {"machine": machine_info(), "device": device,
                "compute_capability": None if cc is None else f"{cc[0]}.{cc[1]}",
                "jax": jax.__version__, "kernels": kernels, "quick": quick,
-               "check": check_rows, "records": records, "not_run": not_run,
+               "check": check_rows, "library_path": library_rows, "records": records,
+               "not_run": not_run,
                "total_s": time.perf_counter() - t0}
     write_results(args.out, "gpu_check", payload,
-                  to_markdown(check_rows, records, not_run, device))
+                  to_markdown(check_rows, records, not_run, device, library_rows))
     print(f"wrote {args.out}/gpu_check.json and .md ({payload['total_s']:.0f} s)")
-    return 1 if failed else 0
+    return 1 if failed or library_failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

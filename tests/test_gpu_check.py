@@ -71,7 +71,7 @@ def test_check_catches_a_wrong_kernel():
                                              ratio_vs_dense=1.0)], ["M=4096 K=768 N=768"],
                                  "test")
     assert "| tw_matmul | float32 | 5 | 40 | 37 | 16 | 24 |" in md and "| NO |" in md
-    assert "| dense | 16 | 64 | 64 | 0.00 |" in md and "Not run (time budget)" in md
+    assert "| dense | 16 | 64 | 64 | 0.00 |" in md and "Not run (time budget, or failed)" in md
 
 
 def _interpret(name):
@@ -115,6 +115,11 @@ def test_the_whole_check_runs_with_the_cpu_standing_in(monkeypatch, tmp_path, cc
     assert payload["kernels"] == kernels and payload["compute_capability"] == f"{cc[0]}.{cc[1]}"
     assert payload["check"] and all(r["ok"] for r in payload["check"])
     assert {r["kernel"] for r in payload["check"]} == set(kernels)
+    # the library path (masks -> compress -> jit(matmul) and its gradient) ran and agreed
+    lib = payload["library_path"]
+    assert {(r["pattern"], r["dtype"]) for r in lib} == {
+        (p, d) for p in ("TW", "TVW") for d in ("bfloat16", "float32")}
+    assert all(r["ok"] and r["grad_max_abs_err"] <= r["tolerance"] for r in lib), lib
     ops = {r["op"] for r in payload["records"]}
     extra = ({"pregather_tw", "tvw_decoded_hopper"} if cc[0] == 9
              else {"tcgen05_convert", "pregather_tvw"})
@@ -122,4 +127,37 @@ def test_the_whole_check_runs_with_the_cpu_standing_in(monkeypatch, tmp_path, cc
     assert all(r["median_s"] > 0 and r["M"] == 3 and r["K"] == 64 for r in payload["records"])
     assert payload["not_run"] == ["M=3 K=32 N=24"]
     md = (tmp_path / "gpu_check.md").read_text()
-    assert "## Correctness" in md and "## Speed" in md and "Not run (time budget)" in md
+    assert "## Correctness" in md and "## Speed" in md and "Not run (time budget, or failed)" in md
+
+
+def test_a_kernel_that_raises_is_reported_and_the_others_still_timed(monkeypatch, tmp_path):
+    """On the one GPU run a kernel that fails to lower or launch must not cost the rest of
+    the check: its rows carry the error, it is not timed, and the exit status is 1."""
+    import json
+
+    def broken(d, x, interpret):
+        raise RuntimeError("Mosaic GPU lowering failed:\n  some long\n  message")
+
+    monkeypatch.setattr(gpu_kernels, "has_gpu", lambda: True)
+    monkeypatch.setattr(gpu_kernels, "gpu_compute_capability", lambda: (8, 0))
+    monkeypatch.setattr(gpu_kernels, "device_name", lambda: "CPU standing in")
+    monkeypatch.setattr(gpu_kernels, "CHECK_CASES", SMALL)
+    monkeypatch.setattr(gpu_kernels, "CHECK_DTYPES", ("float32",))
+    monkeypatch.setattr(gpu_kernels, "QUICK_M", (3,))
+    monkeypatch.setattr(gpu_kernels, "QUICK_KN", ((64, 40),))
+    monkeypatch.setattr(gpu_kernels, "SPEED_SPARSITY", (0.75,))
+    monkeypatch.setattr(gpu_kernels, "TILE", 16)
+    monkeypatch.setitem(gpu_kernels.KERNELS, "tw_matmul", _interpret("tw_matmul"))
+    monkeypatch.setitem(gpu_kernels.KERNELS, "tvw_matmul", ("tvw", broken))
+    rc = gpu_kernels.main(["--out", str(tmp_path), "--quick", "--repeats", "1"])
+    assert rc == 1
+    payload = json.loads((tmp_path / "gpu_check.json").read_text())
+    bad = [r for r in payload["check"] if r["kernel"] == "tvw_matmul"]
+    assert bad and all(not r["ok"] and r["error"].startswith("RuntimeError: Mosaic GPU "
+                                                             "lowering failed: some long")
+                       for r in bad)
+    assert all(r["ok"] for r in payload["check"] if r["kernel"] == "tw_matmul")
+    assert {r["op"] for r in payload["records"]} == {"dense", "tw_matmul"}
+    assert payload["not_run"] == ["tvw_matmul (failed its check)"]
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "Errors:" in md and "- tvw_matmul float32 M=5" in md
