@@ -19,9 +19,14 @@ Run once on a machine with an NVIDIA GPU, from a source checkout (no install nee
    (``tcgen05_convert``) are also timed alone: both are inside the kernels' own timings. On
    Hopper, ``tvw_decoded_hopper`` times the alternative TVW path (2:4 decoded by XLA, then
    the ``wgmma`` TW kernel) beside the Triton TVW kernel ``tvw_matmul``. Medians of
-   ``--repeats`` timed calls after warm-up; the sweep stops when ``--budget-s`` is spent
+   ``--repeats`` samples after warm-up, each 10 calls dispatched back to back and blocked on
+   once (per-call time, without a host round trip per call); the sweep stops when
+   ``--budget-s`` is spent
    (the rows not run are listed), so that the whole check stays under 4 minutes on an
    H100/H200.
+
+3. **Hopper tuning** (not with ``--quick``): the ``wgmma`` TW kernel at each
+   ``(block_m, block_k, stages)`` of :data:`HOPPER_CONFIGS` (:func:`tune_hopper`).
 
 Writes ``<out>/gpu_check.json`` (``device``, ``compute_capability``, ``jax``, ``check`` rows
 ``{kernel, dtype, M, K, N, G, Kp, max_abs_err, tolerance, ok}``, speed ``records``
@@ -34,6 +39,7 @@ keeps ``2 (1 - s) K`` rows per tile, then 2:4 inside them. Tile width 128.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -112,16 +118,18 @@ def available_kernels(capability: tuple[int, int] | None) -> list[str]:
 
 
 def median_time(fn: Callable[..., jax.Array], *args, repeats: int, warmup: int = 2,
-                **kwargs) -> float:
-    """Median seconds of ``fn(*args, **kwargs)`` (blocked until ready) over ``repeats`` calls
-    after ``warmup`` untimed ones (the first compiles)."""
+                inner: int = 10, **kwargs) -> float:
+    """Median seconds per call of ``fn(*args, **kwargs)``: ``repeats`` samples, each
+    ``inner`` calls dispatched back to back and blocked on once (so the host's round trip
+    is not counted per call), after ``warmup`` untimed calls (the first compiles)."""
     for _ in range(warmup):
         jax.block_until_ready(fn(*args, **kwargs))
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args, **kwargs))
-        times.append(time.perf_counter() - t0)
+        outs = [fn(*args, **kwargs) for _ in range(inner)]
+        jax.block_until_ready(outs)
+        times.append((time.perf_counter() - t0) / inner)
     return statistics.median(times)
 
 
@@ -209,7 +217,11 @@ def check(kernels: Sequence[str], *, cases: Sequence[tuple[int, ...]] = CHECK_CA
                 tol = CHECK_RTOL[dname] * max(1.0, float(np.abs(ref).max()))
                 row = dict(kernel=name, dtype=dname, M=m, K=k, N=n, G=g, Kp=kp)
                 try:
-                    out = np.asarray(run_kernel(data[fmt], x, interpret), np.float32)
+                    # float32 at full precision (the default lets GPU dots use TF32, as
+                    # XLA's own float32 dots do; the library path checks that form)
+                    with jax.default_matmul_precision(
+                            "float32" if dname == "float32" else None):
+                        out = np.asarray(run_kernel(data[fmt], x, interpret), np.float32)
                 except Exception as e:  # noqa: BLE001 - a kernel that fails to build or run
                     rows.append(dict(row, max_abs_err=float("inf"), tolerance=tol, ok=False,
                                      error=_describe(e)))
@@ -347,6 +359,46 @@ def speed(kernels: Sequence[str], ms: Sequence[int], kns: Sequence[tuple[int, in
     return records, not_run
 
 
+#: ``(block_m, block_k, stages)`` of the ``wgmma`` TW kernel timed by :func:`tune_hopper`.
+HOPPER_CONFIGS = ((128, 64, 2), (128, 64, 3), (128, 64, 4), (64, 64, 4), (128, 128, 3),
+                  (64, 128, 4))
+#: ``(M, K, N, sparsity)`` of :func:`tune_hopper`.
+TUNE_SHAPES = ((256, 4096, 4096, 0.75), (4096, 4096, 4096, 0.75))
+
+
+def tune_hopper(repeats: int, seed: int = 1) -> list[dict]:
+    """Time the ``wgmma`` TW kernel at each of :data:`HOPPER_CONFIGS` on
+    :data:`TUNE_SHAPES` (bfloat16; ``op`` names the config, ``ratio_vs_dense`` against the
+    dense product of the same shape). A config that fails to compile is reported with
+    ``error`` instead of a time."""
+    rng = np.random.default_rng(seed)
+    dtype = jnp.dtype(jnp.bfloat16)
+    dense = jax.jit(lambda x, w: x @ w)
+    records = []
+    for m, k, n, s in TUNE_SHAPES:
+        x = jnp.asarray(rng.standard_normal((m, k)), dtype)
+        w = jnp.asarray(rng.standard_normal((k, n)), dtype)
+        d = make_tiles(rng, k, n, s, TILE, dtype, tvw=False)
+        t_dense = median_time(dense, x, w, repeats=repeats)
+        base = dict(M=m, K=k, N=n, sparsity=s, dtype=dtype.name)
+        for bm, bk, st in HOPPER_CONFIGS:
+            op = f"tw_matmul_hopper[block_m={bm},block_k={bk},stages={st}]"
+            fn = jax.jit(functools.partial(tw_matmul_hopper, n_out=n, block_m=bm, block_k=bk,
+                                           stages=st))
+            try:
+                t_op = median_time(fn, x, d["values"], d["rows"], d["cols"],
+                                   counts=d["counts"], repeats=repeats)
+                records.append(dict(op=op, median_s=t_op, ratio_vs_dense=t_op / t_dense,
+                                    **base))
+            except Exception as e:  # noqa: BLE001 - reported, the sweep goes on
+                records.append(dict(op=op, median_s=float("nan"),
+                                    ratio_vs_dense=float("nan"), error=_describe(e, 300),
+                                    **base))
+            print(f"tune M={m} {op}: {records[-1]['median_s'] * 1e6:.1f} us "
+                  f"(dense {t_dense * 1e6:.1f} us)", flush=True)
+    return records
+
+
 def to_markdown(check_rows: Sequence[dict], records: Sequence[dict], not_run: Sequence[str],
                 device: str, library_rows: Sequence[dict] = ()) -> str:
     """The check, the library path and the speed table as Markdown (times in microseconds)."""
@@ -374,10 +426,11 @@ def to_markdown(check_rows: Sequence[dict], records: Sequence[dict], not_run: Se
     for r in records:
         lines.append(f"| {r['op']} | {r['M']} | {r['K']} | {r['N']} | {r['sparsity']:.2f} | "
                      f"{r['dtype']} | {r['median_s'] * 1e6:.1f} | {r['ratio_vs_dense']:.3f} |")
-    errors = [r for r in [*check_rows, *library_rows] if r.get("error")]
+    errors = [r for r in [*check_rows, *library_rows, *records] if r.get("error")]
     if errors:
         lines += ["", "Errors:", ""] + [
-            f"- {r.get('kernel') or r.get('pattern')} {r['dtype']} M={r['M']} K={r['K']} "
+            f"- {r.get('kernel') or r.get('pattern') or r.get('op')} {r['dtype']} M={r['M']} "
+            f"K={r['K']} "
             f"N={r['N']}: {r['error']}" for r in errors]
     if not_run:
         lines += ["", "Not run (time budget, or failed): " + "; ".join(not_run)]
@@ -386,7 +439,8 @@ def to_markdown(check_rows: Sequence[dict], records: Sequence[dict], not_run: Se
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """CLI options besides ``--out`` and ``--quick``."""
-    p.add_argument("--repeats", type=int, default=20, help="timed calls per median")
+    p.add_argument("--repeats", type=int, default=10,
+                   help="timed samples per median (each 10 back-to-back calls)")
     p.add_argument("--budget-s", type=float, default=130.0,
                    help="seconds after which the speed sweep stops (default 130)")
 
@@ -422,6 +476,8 @@ def run(args: argparse.Namespace) -> int:
                              QUICK_M if quick else SPEED_M, QUICK_KN if quick else SPEED_KN,
                              SPEED_SPARSITY, repeats=args.repeats, budget_s=args.budget_s)
     not_run = [f"{k} (failed its check)" for k in broken] + not_run
+    if "tw_matmul_hopper" in kernels and "tw_matmul_hopper" not in broken and not quick:
+        records += tune_hopper(args.repeats)
     payload = {"machine": machine_info(), "device": device,
                "compute_capability": None if cc is None else f"{cc[0]}.{cc[1]}",
                "jax": jax.__version__, "kernels": kernels, "quick": quick,

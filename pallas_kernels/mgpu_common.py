@@ -6,7 +6,8 @@ kernel bodies:
 * the **activation pre-gather** (:func:`gather_tile_activations`): Mosaic GPU has no
   row-gather into shared memory on Hopper (TMA moves rectangular boxes; its gather4 mode is
   Blackwell-only), so the kept activation columns of every tile are gathered by XLA before
-  the kernel, once per call, into a ``(T, M_pad, Kp_pad)`` array the kernels read with
+  the kernel, once per call, into an ``(M_pad, T * Kp_pad)`` array (tile ``t``'s columns
+  ``[t * Kp_pad, (t + 1) * Kp_pad)``: one XLA gather, no transpose) the kernels read with
   rectangular TMA copies. Its cost (``T * M * Kp`` elements written and read again) is part
   of every timing of these kernels; the GPU check also times it alone;
 * the static launch description (:class:`MosaicCall`), the dtype check (the tensor-core
@@ -49,6 +50,8 @@ class MosaicCall:
       block_m: rows of ``x`` per program.
       block_k: compact rows of a tile per pipeline step.
       interpret: run the kernel in Mosaic GPU interpret mode on the CPU.
+      stages: shared-memory slots of the copy pipeline (copies run up to ``stages - 1``
+        steps ahead of the MMA).
     """
 
     name: str
@@ -56,6 +59,7 @@ class MosaicCall:
     block_m: int
     block_k: int
     interpret: bool
+    stages: int = 2
 
 
 def mma_dtype(x: Array, values: Array, kernel: str) -> jnp.dtype:
@@ -95,7 +99,7 @@ def interpret_params(interpret: bool) -> Any:
 
 def gather_tile_activations(x: Array, rows: Array, counts: Array | None, m_pad: int,
                             kp_pad: int, dtype: jnp.dtype) -> Array:
-    """The activations every tile reads: ``xg[t, i, j] = x[i, rows[t, j]]``.
+    """The activations every tile reads: ``xg[i, t * kp_pad + j] = x[i, rows[t, j]]``.
 
     Padding rows of a tile (``j >= counts[t]``, and ``j >= Kp`` up to ``kp_pad``) and
     padding rows of ``x`` (``i >= M`` up to ``m_pad``) are zero, so a kernel may run over
@@ -110,13 +114,12 @@ def gather_tile_activations(x: Array, rows: Array, counts: Array | None, m_pad: 
       dtype: the dtype of the result.
 
     Returns:
-      ``(T, m_pad, kp_pad)`` in ``dtype``.
+      ``(m_pad, T * kp_pad)`` in ``dtype``.
     """
     k = x.shape[1]
     r = pad_axis(kept_row_index(rows, counts, k), 1, kp_pad, k)
     xp = pad_axis(x.astype(dtype), 0, m_pad)
-    xg = jnp.take(xp, r, axis=1, mode="fill", fill_value=0)                   # (M_pad, T, Kp)
-    return jnp.transpose(xg, (1, 0, 2))
+    return jnp.take(xp, r.reshape(-1), axis=1, mode="fill", fill_value=0)
 
 
 def full_counts(counts: Array | None, t: int, kp: int) -> Array:

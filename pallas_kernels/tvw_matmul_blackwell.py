@@ -70,7 +70,7 @@ def tvw_blackwell_kernel(xg_ref, a_ref, meta_ref, counts_ref, o_ref, a_smem, b_s
     """Kernel body: one ``(128, block_m)`` block of ``y_t^T`` (128 columns of one tile).
 
     Args:
-      xg_ref: ``(T, M_pad, Kp_pad)`` pre-gathered activations in GMEM.
+      xg_ref: ``(M_pad, T * Kp_pad)`` pre-gathered activations in GMEM.
       a_ref: ``(T, G_pad, Kp_pad / 2)`` 2:4 values of ``W_t^T`` in GMEM.
       meta_ref: ``(T, G_pad / 128, Kp_pad / 128, 128, 64)`` uint2 formatted positions.
       counts_ref: ``(T,)`` kept rows per tile.
@@ -83,15 +83,15 @@ def tvw_blackwell_kernel(xg_ref, a_ref, meta_ref, counts_ref, o_ref, a_smem, b_s
       meta_tmem: ``(128, 64)`` uint2 metadata of the current step in TMEM.
     """
     block_m = o_smem.shape[1]
-    kp = xg_ref.shape[2]
     g_pad = a_ref.shape[1]
+    kp = xg_ref.shape[1] // a_ref.shape[0]
     mi, ti, gi = lax.axis_index("m"), lax.axis_index("t"), lax.axis_index("g")
     steps = lax.div(jnp.clip(counts_ref[ti], 0, kp) + (BLOCK_K - 1), BLOCK_K)
     rows_a = pl.ds(gi * META_BLOCK, META_BLOCK)
 
     def fetch(step, slot):
         plgpu.copy_gmem_to_smem(
-            xg_ref.at[ti, pl.ds(mi * block_m, block_m), pl.ds(step * BLOCK_K, BLOCK_K)],
+            xg_ref.at[pl.ds(mi * block_m, block_m), pl.ds(ti * kp + step * BLOCK_K, BLOCK_K)],
             b_smem.at[slot], load_bar.at[slot])
         plgpu.copy_gmem_to_smem(a_ref.at[ti, rows_a, pl.ds(step * (BLOCK_K // 2), BLOCK_K // 2)],
                                 a_smem.at[slot], load_bar.at[slot])
@@ -142,8 +142,8 @@ def tcgen05_call(xg: Array, a_values: Array, a_meta: Array, counts: Array, *, bl
     """Launch :func:`tvw_blackwell_kernel` on prepared operands.
 
     Args:
-      xg: ``(T, M_pad, Kp_pad)`` pre-gathered activations (``M_pad`` a multiple of
-        ``block_m``).
+      xg: ``(M_pad, T * Kp_pad)`` pre-gathered activations (``M_pad`` a multiple of
+        ``block_m``; :func:`~pallas_kernels.mgpu_common.gather_tile_activations`).
       a_values, a_meta: the operands of :func:`~pallas_kernels.tcgen05_metadata.tcgen05_operands`.
       counts: ``(T,)`` int32 kept rows per tile.
       block_m: rows of ``x`` per program.
@@ -152,8 +152,8 @@ def tcgen05_call(xg: Array, a_values: Array, a_meta: Array, counts: Array, *, bl
     Returns:
       ``y^T`` per tile: ``(T * G_pad, M_pad)`` in the dtype of ``xg``.
     """
-    t, m_pad, _ = xg.shape
-    g_pad = a_values.shape[1]
+    m_pad = xg.shape[0]
+    t, g_pad = a_values.shape[:2]
     dtype = xg.dtype
     kernel = plgpu.kernel(
         tvw_blackwell_kernel,

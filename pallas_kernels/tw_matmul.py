@@ -114,6 +114,9 @@ def tw_matmul(x: Array, values: Array, rows: Array, cols: Array, *, n_out: int,
     Returns:
       ``(M, n_out)`` in the promoted dtype of ``x`` and ``values`` (float32, bfloat16 or
       float16), accumulated in float32.
+      float32 operands follow ``jax.default_matmul_precision``, as XLA's own float32
+      dots do: by default the GPU may multiply in TF32 (about 1e-3 relative error);
+      ``with jax.default_matmul_precision("float32")`` gives IEEE float32 products.
 
     Raises:
       KernelShapeError, KernelDTypeError, KernelConfigError: on inputs that break the layout

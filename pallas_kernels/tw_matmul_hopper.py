@@ -2,8 +2,9 @@
 
 One program per (``block_m`` rows of ``x``, tile). Its K loop runs ``ceil(k_t / block_k)``
 steps, ``k_t`` the tile's kept-row count read at run time, so a tile costs what it keeps.
-Each step brings two boxes into shared memory with TMA copies (double-buffered: the copy of
-step ``s + 1`` overlaps the MMA of step ``s``):
+Each step brings two boxes into shared memory with TMA copies, through a ring of ``stages``
+slots (the copies of steps ``s + 1 .. s + stages - 1`` are in flight while step ``s``
+multiplies; a slot is refilled once the ``wgmma`` that read it has retired):
 
 * ``block_m x block_k`` of the tile's pre-gathered activations
   (:func:`pallas_kernels.mgpu_common.gather_tile_activations`: the kept columns of ``x``,
@@ -62,8 +63,22 @@ MAX_TILE_WIDTH = 256
 def hopper_block_sizes(m: int) -> tuple[int, int]:
     """Default ``(block_m, block_k)`` of :func:`tw_matmul_hopper` for ``x`` with ``m`` rows:
     ``block_m`` 64 up to ``m = 64`` (decode-like calls waste less padding), else 128;
-    ``block_k`` 64 (a 128-byte swizzled row of 16-bit values). Not tuned on hardware."""
+    ``block_k`` 64 (a 128-byte swizzled row of 16-bit values)."""
     return (WGMMA_M if m <= WGMMA_M else 2 * WGMMA_M), 64
+
+
+#: Shared memory a program of :func:`tw_matmul_hopper` may fill (of the 227 KiB an sm_90
+#: block can hold), for the default number of pipeline stages.
+SMEM_BUDGET = 200 * 1024
+
+
+def hopper_stages(block_m: int, block_k: int, g: int, itemsize: int = 2) -> int:
+    """Default pipeline depth: the most of 4, 3, 2 stages whose slots (``block_m x block_k``
+    activations and ``block_k x G`` weights each) and output staging buffer fit in
+    :data:`SMEM_BUDGET`."""
+    per_stage = (block_m * block_k + block_k * g) * itemsize
+    out = block_m * g * itemsize
+    return next((s for s in (4, 3) if s * per_stage + out <= SMEM_BUDGET), 2)
 
 
 def tw_hopper_kernel(xg_ref, values_ref, counts_ref, o_ref, a_smem, b_smem, o_smem,
@@ -71,45 +86,47 @@ def tw_hopper_kernel(xg_ref, values_ref, counts_ref, o_ref, a_smem, b_smem, o_sm
     """Kernel body: one ``(block_m, G)`` output block of one tile.
 
     Args:
-      xg_ref: ``(T, M_pad, Kp)`` pre-gathered activations in GMEM.
+      xg_ref: ``(M_pad, T * Kp)`` pre-gathered activations in GMEM.
       values_ref: ``(T, Kp, G)`` compact weight blocks in GMEM.
       counts_ref: ``(T,)`` kept rows per tile in GMEM.
       o_ref: ``(M_pad, T * G)`` compact output in GMEM.
-      a_smem, b_smem: two slots of the activation / weight boxes of one step.
+      a_smem, b_smem: the ``stages`` slots of the activation / weight boxes.
       o_smem: the ``(block_m, G)`` output staging buffer.
       load_bar: one barrier per slot, completed by that slot's two TMA copies.
       block_k: compact rows per step.
     """
     block_m, g = o_smem.shape
+    stages = a_smem.shape[0]
     kp = values_ref.shape[1]
     mi, ti = lax.axis_index("m"), lax.axis_index("t")
     steps = lax.div(jnp.clip(counts_ref[ti], 0, kp) + (block_k - 1), block_k)
 
     def fetch(step, slot):
-        k_slice = pl.ds(step * block_k, block_k)
-        plgpu.copy_gmem_to_smem(xg_ref.at[ti, pl.ds(mi * block_m, block_m), k_slice],
-                                a_smem.at[slot], load_bar.at[slot])
-        plgpu.copy_gmem_to_smem(values_ref.at[ti, k_slice, :], b_smem.at[slot],
-                                load_bar.at[slot])
+        plgpu.copy_gmem_to_smem(
+            xg_ref.at[pl.ds(mi * block_m, block_m), pl.ds(ti * kp + step * block_k, block_k)],
+            a_smem.at[slot], load_bar.at[slot])
+        plgpu.copy_gmem_to_smem(values_ref.at[ti, pl.ds(step * block_k, block_k), :],
+                                b_smem.at[slot], load_bar.at[slot])
 
     def accumulate(acc_ref):
-        @pl.when(steps > 0)
-        def _():
-            fetch(0, 0)
+        for first in range(min(stages - 1, kp // block_k)):  # fill the ring
+            pl.when(first < steps)(functools.partial(fetch, first, first))
 
         def step_body(step, carry):
-            slot = lax.rem(step, 2)
-
-            @pl.when(step + 1 < steps)
-            def _():  # the other slot's MMA finished at the end of the previous step
-                fetch(step + 1, 1 - slot)
-
+            slot = lax.rem(step, stages)
             plgpu.barrier_wait(load_bar.at[slot])
             plgpu.wgmma(acc_ref, a_smem.at[slot], b_smem.at[slot])
-            plgpu.wgmma_wait(0)
+            plgpu.wgmma_wait(1)  # the MMA of step - 1 retired: its slot may be refilled
+            ahead = step + stages - 1
+
+            @pl.when(ahead < steps)
+            def _():
+                fetch(ahead, lax.rem(ahead, stages))
+
             return carry
 
         lax.fori_loop(0, steps, step_body, None)
+        plgpu.wgmma_wait(0)
         return acc_ref[...]
 
     acc = pl.run_scoped(accumulate, plgpu.ACC((block_m, g), jnp.float32))
@@ -136,11 +153,11 @@ def _launch(x: Array, values: Array, rows: Array, cols: Array, counts: Array | N
         grid=(m_pad // call.block_m, t),
         grid_names=("m", "t"),
         scratch_types=[
-            plgpu.SMEM((2, call.block_m, call.block_k), dtype,
+            plgpu.SMEM((call.stages, call.block_m, call.block_k), dtype,
                        transforms=swizzled(call.block_k, dtype)),
-            plgpu.SMEM((2, call.block_k, g), dtype, transforms=swizzled(g, dtype)),
+            plgpu.SMEM((call.stages, call.block_k, g), dtype, transforms=swizzled(g, dtype)),
             plgpu.SMEM((call.block_m, g), dtype, transforms=swizzled(g, dtype)),
-            plgpu.Barrier(num_arrivals=2, num_barriers=2),
+            plgpu.Barrier(num_arrivals=2, num_barriers=call.stages),
         ],
         compiler_params=plgpu.CompilerParams(
             lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
@@ -154,10 +171,12 @@ def _launch(x: Array, values: Array, rows: Array, cols: Array, counts: Array | N
 _tw_matmul_hopper = tw_custom_vjp(_launch)
 
 
-@functools.partial(jax.jit, static_argnames=["n_out", "block_m", "block_k", "interpret"])
+@functools.partial(jax.jit,
+                   static_argnames=["n_out", "block_m", "block_k", "stages", "interpret"])
 def tw_matmul_hopper(x: Array, values: Array, rows: Array, cols: Array, *, n_out: int,
                      counts: Array | None = None, block_m: int | None = None,
-                     block_k: int | None = None, interpret: bool = False) -> Array:
+                     block_k: int | None = None, stages: int | None = None,
+                     interpret: bool = False) -> Array:
     """Tile-wise sparse ``x @ W`` from TW tile data on Hopper ``wgmma`` (layout:
     :mod:`pallas_kernels.layout`).
 
@@ -175,6 +194,8 @@ def tw_matmul_hopper(x: Array, values: Array, rows: Array, cols: Array, *, n_out
         every tile runs over all ``Kp`` rows (padding values must then be zero).
       block_m: rows of ``x`` per program, 64 or 128 (default: :func:`hopper_block_sizes`).
       block_k: compact rows per step, a power of two in [16, 128] (default 64).
+      stages: shared-memory slots of the copy pipeline, 2 to 6 (default:
+        :func:`hopper_stages`, the most of 4, 3, 2 that fit).
       interpret: run in Mosaic GPU interpret mode (CPU, slow; for tests).
 
     Returns:
@@ -198,9 +219,13 @@ def tw_matmul_hopper(x: Array, values: Array, rows: Array, cols: Array, *, n_out
         raise KernelConfigError(f"block_m must be 64 or 128, got {block_m!r}")
     if block_k not in (16, 32, 64, 128):
         raise KernelConfigError(f"block_k must be 16, 32, 64 or 128, got {block_k!r}")
-    call = MosaicCall("tw_matmul_hopper", int(n_out), block_m, block_k, interpret)
+    if stages is None:
+        stages = hopper_stages(block_m, block_k, padded_tile_width(g))
+    if stages not in range(2, 7):
+        raise KernelConfigError(f"stages must be 2 to 6, got {stages!r}")
+    call = MosaicCall("tw_matmul_hopper", int(n_out), block_m, block_k, interpret, stages)
     return _tw_matmul_hopper(x, values, rows, cols, counts, call)
 
 
-__all__ = ["MAX_TILE_WIDTH", "WGMMA_M", "hopper_block_sizes", "tw_hopper_kernel",
-           "tw_matmul_hopper"]
+__all__ = ["MAX_TILE_WIDTH", "SMEM_BUDGET", "WGMMA_M", "hopper_block_sizes", "hopper_stages",
+           "tw_hopper_kernel", "tw_matmul_hopper"]

@@ -161,3 +161,22 @@ def test_a_kernel_that_raises_is_reported_and_the_others_still_timed(monkeypatch
     assert payload["not_run"] == ["tvw_matmul (failed its check)"]
     md = (tmp_path / "gpu_check.md").read_text()
     assert "Errors:" in md and "- tvw_matmul float32 M=5" in md
+
+
+def test_hopper_tuning_times_every_config_and_reports_the_ones_that_fail(monkeypatch):
+    import functools
+
+    from pallas_kernels import tw_matmul_hopper
+
+    monkeypatch.setattr(gpu_kernels, "tw_matmul_hopper",
+                        functools.partial(tw_matmul_hopper, interpret=True))
+    monkeypatch.setattr(gpu_kernels, "TUNE_SHAPES", ((3, 64, 40, 0.75),))
+    monkeypatch.setattr(gpu_kernels, "TILE", 16)
+    monkeypatch.setattr(gpu_kernels, "HOPPER_CONFIGS", ((64, 16, 2), (64, 16, 3), (32, 16, 2)))
+    recs = gpu_kernels.tune_hopper(repeats=1)
+    assert [r["op"] for r in recs] == [
+        "tw_matmul_hopper[block_m=64,block_k=16,stages=2]",
+        "tw_matmul_hopper[block_m=64,block_k=16,stages=3]",
+        "tw_matmul_hopper[block_m=32,block_k=16,stages=2]"]
+    assert all(r["median_s"] > 0 and r["ratio_vs_dense"] > 0 for r in recs[:2])
+    assert "block_m must be 64 or 128" in recs[2]["error"]  # reported, not raised

@@ -103,10 +103,11 @@ def test_hopper_tw_lowers_to_wgmma_with_tma(dtype, g):
     assert "cp.async.bulk.tensor.shared.cluster.global" in text  # TMA loads
     assert "cp.async.bulk.tensor.global.shared" in text          # TMA store
     assert "scf.while" in text or "scf.for" in text               # the counts-bounded loop
-    # operands: the pre-gathered activations (T, M_pad, Kp_pad) and the compact blocks
+    assert "wgmma.wait.group.sync.aligned 1" in text  # one MMA kept in flight
+    # operands: the pre-gathered activations (M_pad, T * Kp_pad) and the compact blocks
     ops = _custom_call_operands(hlo)
     ty = {"bf16": "bf16", "f16": "f16"}[ptx]
-    assert ops[:3] == [f"tensor<{t}x128x128x{ty}>", f"tensor<{t}x128x{gp}x{ty}>",
+    assert ops[:3] == [f"tensor<128x{t * 128}x{ty}>", f"tensor<{t}x128x{gp}x{ty}>",
                        f"tensor<{t}xi32>"]
 
 
@@ -133,6 +134,18 @@ def test_hopper_tw_interpret_matches_reference(shape, dtype):
     assert float(jnp.abs(ref.astype(jnp.float32)).max()) > 0.1
     _assert_close(out, ref, dtype)
     _assert_close(out, _masked_dense(x, d), dtype)
+
+
+@pytest.mark.parametrize("stages", [2, 3, 6])
+def test_hopper_tw_pipeline_depths_match_reference(stages):
+    """The copy ring at every depth: more K steps than slots (Kp 136 at block_k 16: nine
+    steps), tiles with fewer steps than slots, an empty tile."""
+    rng = np.random.default_rng(40 + stages)
+    d = _tiles(rng, 160, 70, 32, 136, tvw=False, dtype=jnp.bfloat16, empty=(1,))
+    x = _x(rng, 9, 160, jnp.bfloat16)
+    out = tw_matmul_hopper(x, d["values"], d["rows"], d["cols"], n_out=70, counts=d["counts"],
+                           block_k=16, stages=stages, interpret=True)
+    _assert_close(out, _masked_dense(x, d), jnp.bfloat16)
 
 
 def test_hopper_tw_padding_values_do_not_leak_with_counts():
@@ -181,6 +194,8 @@ def test_hopper_tw_rejects_what_wgmma_cannot_take():
         tw_matmul_hopper(xb, vb, d["rows"], d["cols"], n_out=20, block_m=32)
     with pytest.raises(KernelConfigError, match="block_k"):
         tw_matmul_hopper(xb, vb, d["rows"], d["cols"], n_out=20, block_k=24)
+    with pytest.raises(KernelConfigError, match="stages"):
+        tw_matmul_hopper(xb, vb, d["rows"], d["cols"], n_out=20, stages=1)
     wide = jnp.zeros((1, 16, 300), jnp.bfloat16)
     with pytest.raises(KernelConfigError, match="<= 256"):
         tw_matmul_hopper(xb, wide, d["rows"][:1], jnp.zeros((1, 300), jnp.int32), n_out=20)
@@ -190,9 +205,9 @@ def test_pre_gather_zeroes_padding():
     x = jnp.arange(12.0).reshape(3, 4) + 1
     rows = jnp.array([[2, 0, 0], [3, 1, 0]])
     xg = gather_tile_activations(x, rows, jnp.array([1, 2]), 4, 4, jnp.float32)
-    expect = np.zeros((2, 4, 4), np.float32)
-    expect[0, :3, 0] = np.asarray(x)[:, 2]
-    expect[1, :3, 0], expect[1, :3, 1] = np.asarray(x)[:, 3], np.asarray(x)[:, 1]
+    expect = np.zeros((4, 2 * 4), np.float32)  # (M_pad, T * Kp_pad): tile t at [4t, 4t+4)
+    expect[:3, 0] = np.asarray(x)[:, 2]
+    expect[:3, 4], expect[:3, 5] = np.asarray(x)[:, 3], np.asarray(x)[:, 1]
     np.testing.assert_array_equal(np.asarray(xg), expect)
 
 
@@ -213,11 +228,11 @@ def test_blackwell_tvw_lowers_to_sparse_tcgen05_reading_half_the_values(dtype):
     assert "nvvm.tcgen05.cp" in text                      # metadata SMEM -> TMEM
     assert "tcgen05.ld" in text and "nvvm.tcgen05.alloc" in text  # accumulator in TMEM
     assert "cp.async.bulk.tensor.shared.cluster.global" in text
-    # Operands: activations (T, M_pad, Kp_pad), the 2:4 values of W_t^T with Kp_pad / 2
+    # Operands: activations (M_pad, T * Kp_pad), the 2:4 values of W_t^T with Kp_pad / 2
     # columns (half the compact block) and their uint2 metadata; no dense weight operand.
     ty = _PTX_TYPE[jnp.dtype(dtype)]
     ops = _custom_call_operands(hlo)
-    assert ops == [f"tensor<{t}x128x256x{ty}>", f"tensor<{t}x128x128x{ty}>",
+    assert ops == [f"tensor<128x{t * 256}x{ty}>", f"tensor<{t}x128x128x{ty}>",
                    f"tensor<{t}x1x2x128x64xui2>", f"tensor<{t}xi32>"]
 
 
@@ -283,8 +298,9 @@ def _emulated_tcgen05_call(xg, a_values, a_meta, counts, *, block_m):
     xg = np.asarray(xg, np.float32)
     vals = np.asarray(a_values, np.float32)
     meta = np.asarray(a_meta.astype(jnp.uint8))
-    t, m_pad, kp_pad = xg.shape
-    g_pad = vals.shape[1]
+    t, g_pad = vals.shape[:2]
+    m_pad, kp_pad = xg.shape[0], xg.shape[1] // t
+    xg = xg.reshape(m_pad, t, kp_pad).transpose(1, 0, 2)
     assert m_pad % block_m == 0 and kp_pad % 128 == 0 and g_pad % 128 == 0
     out = np.zeros((t * g_pad, m_pad), np.float32)
     for i in range(t):
