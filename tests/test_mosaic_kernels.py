@@ -17,6 +17,7 @@ ragged last tile.
 
 from __future__ import annotations
 
+import functools
 import re
 import zlib
 
@@ -294,10 +295,19 @@ def test_tcgen05_operands_match_an_independent_decoder(kp, g):
 def _emulated_tcgen05_call(xg, a_values, a_meta, counts, *, block_m):
     """What the Blackwell kernel computes, program by program, with the sparse MMA replaced
     by the independent decoder and a dense product: ``y_t^T`` over
-    ``ceil(k_t / 128)`` steps of 128 compact rows."""
+    ``ceil(k_t / 128)`` steps of 128 compact rows. A ``pure_callback`` into NumPy, so that
+    it also runs under ``jit`` and inside loops."""
+    t, g_pad = a_values.shape[:2]
+    out = jax.ShapeDtypeStruct((t * g_pad, xg.shape[0]), a_values.dtype)
+    return jax.pure_callback(
+        functools.partial(_emulated_tcgen05_numpy, block_m=block_m), out, xg, a_values,
+        a_meta.astype(jnp.uint8), counts)
+
+
+def _emulated_tcgen05_numpy(xg, a_values, a_meta, counts, *, block_m):
     xg = np.asarray(xg, np.float32)
     vals = np.asarray(a_values, np.float32)
-    meta = np.asarray(a_meta.astype(jnp.uint8))
+    meta = np.asarray(a_meta, np.uint8)
     t, g_pad = vals.shape[:2]
     m_pad, kp_pad = xg.shape[0], xg.shape[1] // t
     xg = xg.reshape(m_pad, t, kp_pad).transpose(1, 0, 2)
@@ -308,7 +318,7 @@ def _emulated_tcgen05_call(xg, a_values, a_meta, counts, *, block_m):
         kk = 128 * steps
         dense = _decode_tcgen05(vals[i], meta[i])
         out[i * g_pad:(i + 1) * g_pad] = dense[:, :kk] @ xg[i, :, :kk].T
-    return jnp.asarray(out, a_values.dtype)
+    return out.astype(a_values.dtype)
 
 
 @pytest.mark.parametrize("m", [1, 70])
