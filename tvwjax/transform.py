@@ -7,7 +7,7 @@ Put it *after* the inner optimizer::
 
 Its state holds the boolean masks (shaped like the pruned parameters, ``None`` for the
 others) and the step count. On the steps where the schedule says so, the masks are
-recomputed (inside ``jax.lax.cond``: on the other steps the mask code does not run) from
+recomputed (inside ``jax.lax.switch``: on the other steps the mask code does not run) from
 the weights the step is about to produce -- ``params + updates`` of the inner optimizer,
 with already-pruned weights counted as zero -- or from scores passed to ``update`` as the
 extra argument ``scores=`` (e.g. accumulated first-order Taylor scores, see
@@ -126,30 +126,92 @@ def _warn_order(who: str, leaked, step) -> None:
 _ORDER_CHECK_EVERY = 1024
 
 
+def _pruned_pairs(masks: PyTree, params: PyTree) -> list[tuple[jax.Array, jax.Array]]:
+    """``(mask, param)`` of every pruned leaf."""
+    return [(m, p) for m, p in zip(
+        jax.tree.leaves(masks, is_leaf=is_none), jax.tree.leaves(
+            jax.tree.map(lambda m, p: None if m is None else p, masks, params, is_leaf=is_none),
+            is_leaf=is_none), strict=True) if m is not None]
+
+
+def _leaked(pairs: list[tuple[jax.Array, jax.Array]]) -> jax.Array:
+    """How many weights the masks prune are not zero (float32: only ``> 0`` matters)."""
+    return functools.reduce(jnp.add, [size_where((~m) & (p != 0), None).astype(jnp.float32)
+                                      for m, p in pairs])
+
+
+def _order_check_due(count: jax.Array, after_update: jax.Array | bool) -> jax.Array:
+    """Whether the order check runs at step ``count``: the step after a mask update, and
+    every :data:`_ORDER_CHECK_EVERY` steps from step 1 (a run resumed from a checkpoint)."""
+    return (count > 0) & (jnp.asarray(after_update) | (count % _ORDER_CHECK_EVERY == 1))
+
+
+def _warn_if_leaked(who: str, leaked: jax.Array, count: jax.Array) -> None:
+    jax.lax.cond(leaked > 0, lambda: jax.debug.callback(
+        functools.partial(_warn_order, who), leaked, count), lambda: None)
+
+
 def _check_order(who: str, masks: PyTree, params: PyTree, count: jax.Array,
                  after_update: jax.Array | bool = False) -> None:
     """Warn (from inside jit, only when it happens) if weights pruned by the previous step's
     masks are not exactly zero: the sign of a transform placed before the optimizer.
 
     The check reads every pruned leaf, so it runs only where a mis-ordered chain shows
-    first: at the step after a mask update (``after_update``), and every
-    :data:`_ORDER_CHECK_EVERY` steps from step 1 (a run resumed from a checkpoint); on
-    other steps it costs a scalar branch.
+    first (:func:`_order_check_due`); on other steps it costs a scalar branch.
     """
-    pairs = [(m, p) for m, p in zip(
-        jax.tree.leaves(masks, is_leaf=is_none), jax.tree.leaves(
-            jax.tree.map(lambda m, p: None if m is None else p, masks, params, is_leaf=is_none),
-            is_leaf=is_none), strict=True) if m is not None]
-    if not pairs:
-        return
+    pairs = _pruned_pairs(masks, params)
+    if pairs:
+        jax.lax.cond(_order_check_due(count, after_update),
+                     lambda: _warn_if_leaked(who, _leaked(pairs), count), lambda: None)
 
-    def check():
-        leaked = functools.reduce(jnp.add, [size_where((~m) & (p != 0), None) for m, p in pairs])
-        jax.lax.cond(leaked > 0, lambda: jax.debug.callback(
-            functools.partial(_warn_order, who), leaked, count), lambda: None)
 
-    due = (count > 0) & (jnp.asarray(after_update) | (count % _ORDER_CHECK_EVERY == 1))
-    jax.lax.cond(due, check, lambda: None)
+#: Bits of the per-weight byte the mask-update switch returns: the new mask, and "kept by
+#: the new mask but pruned by the previous one" (such a weight restarts from zero).
+_NEW, _REGROWN = 1, 2
+
+
+def _jit_update(old: PyTree, params: PyTree, updates: PyTree, do_update: jax.Array,
+                check_due: jax.Array, recompute: Callable[[Any], tuple[PyTree, Any]],
+                sparsity: jax.Array, count: jax.Array) -> tuple[PyTree, PyTree, jax.Array]:
+    """One traced step of :func:`prune`: ``(updates, new masks, new sparsity)``.
+
+    One ``lax.switch`` runs the mask update, or the order check, or nothing. It returns one
+    ``uint8`` per weight (bits :data:`_NEW`, :data:`_REGROWN`; zeros when the masks are not
+    updated), not the masks themselves: a branch that returned the previous masks, or a
+    second conditional reading the parameters, makes XLA copy the donated masks and
+    parameters on every step (measured: 1.07x-1.2x of the inner optimizer's step on a
+    BERT-base stack, against 1.01x now). The new masks are then ``where(do_update, NEW,
+    old)``, written in place of the old ones, and the kept set of this step's updates
+    ``new & ~REGROWN`` (``new & old``) is read from them, never from ``old`` again.
+    """
+    pairs = _pruned_pairs(old, params)
+
+    def zeros(_):
+        return (jax.tree.map(lambda m: None if m is None else jnp.zeros_like(m, jnp.uint8),
+                             old, is_leaf=is_none), sparsity, jnp.zeros((), jnp.float32))
+
+    def update(_):
+        new, target = recompute(None)
+        bits = jax.tree.map(lambda n, m: None if m is None else (
+            n.astype(jnp.uint8) * _NEW | (n & ~m).astype(jnp.uint8) * _REGROWN), new, old,
+            is_leaf=is_none)
+        leaked = jnp.where(check_due, _leaked(pairs), 0.0) if pairs else jnp.float32(0)
+        return bits, jnp.asarray(target, jnp.float32), leaked
+
+    def check(_):
+        bits, _, _ = zeros(None)
+        return bits, sparsity, _leaked(pairs) if pairs else jnp.float32(0)
+
+    branch = jnp.where(do_update, 1, jnp.where(check_due, 2, 0))
+    bits, new_sparsity, leaked = jax.lax.switch(branch, [zeros, update, check], None)
+    _warn_if_leaked("prune", leaked, count)
+    new_masks = jax.tree.map(lambda b, m: None if m is None else jnp.where(
+        do_update, (b & _NEW) > 0, m), bits, old, is_leaf=is_none)
+    kept = jax.tree.map(lambda b, n: None if n is None else n & ((b & _REGROWN) == 0),
+                        bits, new_masks, is_leaf=is_none)
+    out = jax.tree.map(lambda k, u, p: u if k is None else jnp.where(k, u, -p), kept,
+                       updates, params, is_leaf=is_none)
+    return out, new_masks, new_sparsity
 
 
 def _masked_updates(new: PyTree, prev: PyTree, updates: PyTree, params: PyTree) -> PyTree:
@@ -244,8 +306,9 @@ def prune(
         check_same_leaves(old, params, "prune: state.masks (from another model?)",
                           none_ok=True)
         target, do_update = schedule(state.count)
-        _check_order("prune", old, params, state.count,
-                     schedule(jnp.maximum(state.count, 1) - 1)[1])
+        after_update = schedule(jnp.maximum(state.count, 1) - 1)[1]
+        if not val.is_traced(do_update):
+            _check_order("prune", old, params, state.count, after_update)
 
         def recompute(_):
             # The weights this step would produce, with pruned weights at zero.
@@ -269,10 +332,13 @@ def prune(
                                 views=views)
             return new, pattern.effective_sparsity(target)
 
-        if val.is_traced(do_update):  # under jit: the mask code runs only on update steps
-            new_masks, new_sparsity = jax.lax.cond(
-                do_update, recompute, lambda _: (old, state.sparsity), None)
-        elif do_update:  # eager: concrete values, so masks() checks them (NaN scores, ...)
+        if val.is_traced(do_update):  # under jit: one switch; the mask code runs only on
+            out, new_masks, new_sparsity = _jit_update(  # update steps, the check rarely
+                old, params, updates, do_update, _order_check_due(state.count, after_update),
+                recompute, state.sparsity, state.count)
+            return out, PruneState(optax.safe_int32_increment(state.count), new_masks,
+                                   new_sparsity)
+        if do_update:  # eager: concrete values, so masks() checks them (NaN scores, ...)
             new_masks, new_sparsity = recompute(None)
             new_masks = jax.tree.map(jnp.asarray, new_masks)
             new_sparsity = jnp.asarray(new_sparsity, jnp.float32)
