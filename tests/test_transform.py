@@ -473,16 +473,19 @@ def test_wrong_order_warns_and_the_wrapper_cannot_be_wrong():
         compute_masks(params, EW(), 0.5, scores=acc, where=_only_l1)["l1"]["kernel"])
 
 
-@pytest.mark.parametrize("pattern", [TVW(tile=16), EW()], ids=["TVW", "EW"])
+@pytest.mark.parametrize("pattern", [TVW(tile=16), EW(), None], ids=["TVW", "EW", "fixed"])
 def test_a_donated_training_step_copies_no_weight_sized_buffer(pattern):
     """Under jit with donated params and state, the step neither copies a parameter nor a
     mask: the mask update and the order check are one ``lax.switch`` returning a byte per
-    weight (a branch returning the old masks, or a separate conditional reading the
-    parameters, made XLA copy both on every step)."""
+    weight, and the updates depend on the check's result (a branch returning the old masks,
+    or a conditional reading the parameters that nothing waits for, made XLA copy both on
+    every step)."""
     import re
 
     params = {f"l{i}": {"kernel": jnp.ones((96, 80)) * (i + 1)} for i in range(3)}
-    tx = optax.chain(optax.adam(1e-3), prune(pattern, Polynomial(0.75, 2, 10, frequency=4)))
+    tail = (fixed_masks(compute_masks(params, EW(), 0.5)) if pattern is None
+            else prune(pattern, Polynomial(0.75, 2, 10, frequency=4)))
+    tx = optax.chain(optax.adam(1e-3), tail)
 
     def step(p, st, x):
         g = jax.grad(lambda p: sum(jnp.sum(jnp.tanh(x @ v["kernel"])) for v in p.values()))(p)
@@ -494,4 +497,4 @@ def test_a_donated_training_step_copies_no_weight_sized_buffer(pattern):
     # (the skip branch's zero bytes are a copy of a broadcast: a fill, not a copy of state)
     copies = re.findall(r"= (?:f32|pred)\[96,80\]\{[0-9,]*\} copy\([^)]*\)", hlo)
     assert not copies, copies
-    assert "conditional(" in hlo  # the mask update is still skipped on other steps
+    assert "conditional(" in hlo  # the mask update / check still skipped on other steps

@@ -152,17 +152,23 @@ def _warn_if_leaked(who: str, leaked: jax.Array, count: jax.Array) -> None:
 
 
 def _check_order(who: str, masks: PyTree, params: PyTree, count: jax.Array,
-                 after_update: jax.Array | bool = False) -> None:
+                 after_update: jax.Array | bool = False) -> jax.Array:
     """Warn (from inside jit, only when it happens) if weights pruned by the previous step's
     masks are not exactly zero: the sign of a transform placed before the optimizer.
 
     The check reads every pruned leaf, so it runs only where a mis-ordered chain shows
-    first (:func:`_order_check_due`); on other steps it costs a scalar branch.
+    first (:func:`_order_check_due`); on other steps it costs a scalar branch. Returns the
+    count it found (0 when it did not run): a caller makes its updates depend on it, so
+    that XLA orders the check before the donated parameters are overwritten instead of
+    copying them on every step.
     """
     pairs = _pruned_pairs(masks, params)
-    if pairs:
-        jax.lax.cond(_order_check_due(count, after_update),
-                     lambda: _warn_if_leaked(who, _leaked(pairs), count), lambda: None)
+    if not pairs:
+        return jnp.zeros((), jnp.float32)
+    leaked = jax.lax.cond(_order_check_due(count, after_update), lambda: _leaked(pairs),
+                          lambda: jnp.zeros((), jnp.float32))
+    _warn_if_leaked(who, leaked, count)
+    return leaked
 
 
 #: Bits of the per-weight byte the mask-update switch returns: the new mask, and "kept by
@@ -389,8 +395,10 @@ def fixed_masks(mask_tree: PyTree) -> optax.GradientTransformationExtraArgs:
         check_same_leaves(updates, params, "fixed_masks: updates", none_ok=False)
         check_same_leaves(state.masks, params, "fixed_masks: state.masks (from another "
                           "model?)", none_ok=True)
-        _check_order("fixed_masks", state.masks, params, state.count)
-        out = _masked_updates(state.masks, state.masks, updates, params)
+        leaked = _check_order("fixed_masks", state.masks, params, state.count)
+        keep = jax.tree.map(lambda m: None if m is None else m & (leaked >= 0), state.masks,
+                            is_leaf=is_none)  # always true: orders the check first
+        out = _masked_updates(keep, keep, updates, params)
         return out, state._replace(count=optax.safe_int32_increment(state.count))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
