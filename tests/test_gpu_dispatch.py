@@ -15,6 +15,7 @@ import pytest
 
 import tvwjax
 from tests.test_mosaic_kernels import _mosaic_modules
+from tests.test_pallas_kernels import skip_cuda_lowering_without_gpu
 
 matmul_mod = importlib.import_module("tvwjax.matmul")  # the module (tvwjax.matmul is the function)
 
@@ -76,6 +77,7 @@ def test_gpu_backend_launches_the_mosaic_kernel(monkeypatch, cc, fmt, marker):
 
 def test_gpu_backend_on_ampere_launches_triton(monkeypatch):
     monkeypatch.setattr(matmul_mod, "gpu_compute_capability", lambda: (8, 0))
+    skip_cuda_lowering_without_gpu()
     cw = _weights(jnp.bfloat16)["tvw"]
     exp = jax.export.export(
         jax.jit(lambda x: tvwjax.matmul(x, cw, backend="gpu")), platforms=["cuda"],

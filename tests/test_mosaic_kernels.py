@@ -43,7 +43,13 @@ from pallas_kernels.mgpu_common import gather_tile_activations
 from pallas_kernels.nm_codec import nm_compress, pack_index, unpack_index
 from pallas_kernels.tcgen05_metadata import tcgen05_operands
 from pallas_kernels.tvw_matmul_blackwell import blackwell_forward
-from tests.test_pallas_kernels import _assert_close, _masked_dense, _tiles, _x
+from tests.test_pallas_kernels import (
+    _assert_close,
+    _masked_dense,
+    _tiles,
+    _x,
+    skip_cuda_lowering_without_gpu,
+)
 
 S = jax.ShapeDtypeStruct
 MMA_DTYPES = [jnp.bfloat16, jnp.float16]
@@ -54,6 +60,7 @@ def _mosaic_modules(fn, *specs) -> tuple[str, list[str]]:
     """Export ``fn`` for cuda; return the StableHLO text and the text of every Mosaic GPU
     module it launches (the ``mosaic_gpu_v2`` custom call keeps its module as MLIR bytecode
     in the ``module`` entry of its backend config, see jax/experimental/mosaic/gpu/core.py)."""
+    skip_cuda_lowering_without_gpu()
     exp = jax.export.export(jax.jit(fn), platforms=["cuda"])(*specs)
     hlo = exp.mlir_module()
     with mlir.make_ir_context() as ctx:

@@ -336,6 +336,16 @@ def test_default_block_config(m, kp):
 # --------------------------------------------------------------------------- cuda lowering
 
 
+def skip_cuda_lowering_without_gpu() -> None:
+    """Skip on jax >= 0.11 without a GPU: from 0.11 the Triton lowering asks the GPU for
+    its compute capability, and the Mosaic GPU modules can be read back only with the CUDA
+    plugin's bindings. These lowering checks run on jax 0.10 (CI) and on a GPU machine."""
+    if jax.__version_info__ >= (0, 11) and not any(
+            d.platform == "gpu" for d in jax.devices()):
+        pytest.skip("jax >= 0.11 lowers these kernels for cuda only with a GPU present "
+                    "(checked on jax 0.10, where it needs none)")
+
+
 def _triton_ir(fn, *specs) -> list[str]:
     """Export ``fn`` for cuda and return the text of every Triton module it launches.
 
@@ -343,6 +353,7 @@ def _triton_ir(fn, *specs) -> list[str]:
     backend config (see jax/_src/pallas/triton/pallas_call_registration.py); it is parsed
     back in a context with the Triton dialect registered.
     """
+    skip_cuda_lowering_without_gpu()
     exp = jax.export.export(
         jax.jit(fn),
         platforms=["cuda"],
