@@ -135,9 +135,10 @@ def _pruned_pairs(masks: PyTree, params: PyTree) -> list[tuple[jax.Array, jax.Ar
 
 
 def _leaked(pairs: list[tuple[jax.Array, jax.Array]]) -> jax.Array:
-    """How many weights the masks prune are not zero (float32: only ``> 0`` matters)."""
+    """How many weights the masks prune are not zero (float32: only ``> 0`` matters; 0
+    without pruned leaves)."""
     return functools.reduce(jnp.add, [size_where((~m) & (p != 0), None).astype(jnp.float32)
-                                      for m, p in pairs])
+                                      for m, p in pairs], jnp.zeros((), jnp.float32))
 
 
 def _order_check_due(count: jax.Array, after_update: jax.Array | bool) -> jax.Array:
@@ -201,12 +202,12 @@ def _jit_update(old: PyTree, params: PyTree, updates: PyTree, do_update: jax.Arr
         bits = jax.tree.map(lambda n, m: None if m is None else (
             n.astype(jnp.uint8) * _NEW | (n & ~m).astype(jnp.uint8) * _REGROWN), new, old,
             is_leaf=is_none)
-        leaked = jnp.where(check_due, _leaked(pairs), 0.0) if pairs else jnp.float32(0)
+        leaked = jnp.where(check_due, _leaked(pairs), 0.0)
         return bits, jnp.asarray(target, jnp.float32), leaked
 
     def check(_):
         bits, _, _ = zeros(None)
-        return bits, sparsity, _leaked(pairs) if pairs else jnp.float32(0)
+        return bits, sparsity, _leaked(pairs)
 
     branch = jnp.where(do_update, 1, jnp.where(check_due, 2, 0))
     bits, new_sparsity, leaked = jax.lax.switch(branch, [zeros, update, check], None)
