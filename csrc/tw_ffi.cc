@@ -49,6 +49,7 @@ std::vector<const TwKernel*> Supported() {
 }
 
 constexpr int64_t kTransposeMinM = 48;
+constexpr int64_t kTransposeBlock = 64;  // rows and columns of x per transpose item
 std::atomic<const TwKernel*> g_kernel{nullptr};
 std::atomic<int> g_max_threads{0};  // 0: the pool's size
 std::atomic<int64_t> g_pool_threads{-1};  // what the last call's pool reported
@@ -86,6 +87,7 @@ float* ThreadScratch(size_t floats, int slot = 0) {
 
 struct Item {
   int64_t tile, m0, m1;
+  int64_t k0 = 0, k1 = 0;  // transpose items: columns of x
 };
 
 struct Shared {
@@ -109,7 +111,7 @@ void Work(Shared& s, bool helper) {
     try {
       const Item& it = s.items[i];
       if (i < s.n_transpose) {
-        s.kernel->transpose(s.p, it.m0, it.m1, s.xt);
+        s.kernel->transpose(s.p, it.m0, it.m1, it.k0, it.k1, s.xt);
         s.transposed.fetch_add(1, std::memory_order_acq_rel);
       } else {
         // Items are taken in order, so every transpose item is already being run.
@@ -185,11 +187,19 @@ ffi::Error TwMatmulImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer v
 
   auto s = std::make_shared<Shared>();
   p.xt = nullptr;
+  p.ldt = 0;
   if (p.m >= kTransposeMinM) {
     // Large M: x^T (float32) first, in parallel; packing then copies contiguous runs.
-    s->xt = ThreadScratch(static_cast<size_t>(p.m * p.k), 1);
+    // Row stride: an odd number of 64-byte lines, so consecutive rows of x^T fall in
+    // different L1 sets (a stride of 4 KiB multiples put them all in one).
+    p.ldt = ((p.m + 15) / 16) | 1;
+    p.ldt *= 16;
+    s->xt = ThreadScratch(static_cast<size_t>(p.ldt * p.k), 1);
     p.xt = s->xt;
-    for (int64_t k0 = 0; k0 < p.k; k0 += 256) s->items.push_back({-1, k0, std::min(p.k, k0 + 256)});
+    for (int64_t m0 = 0; m0 < p.m; m0 += kTransposeBlock)
+      for (int64_t k0 = 0; k0 < p.k; k0 += kTransposeBlock)
+        s->items.push_back({-1, m0, std::min(p.m, m0 + kTransposeBlock), k0,
+                            std::min(p.k, k0 + kTransposeBlock)});
     s->n_transpose = static_cast<int64_t>(s->items.size());
   }
   s->p = p;

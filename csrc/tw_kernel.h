@@ -31,6 +31,7 @@ struct TwProblem {
   // Optional: x transposed to float32, (k, m) row-major (set by the handler for large M;
   // packing then copies contiguous runs of rows of x^T instead of gathering from x).
   const float* xt;
+  int64_t ldt;  // row stride of xt in floats (>= m)
 };
 
 // One instruction-set variant of the kernel.
@@ -41,8 +42,9 @@ struct TwKernel {
   size_t (*scratch_floats)(const TwProblem& p, int64_t rows);
   // y[m0:m1, cols of tile] = x[m0:m1] @ W_tile; `scratch` is 64-byte aligned.
   void (*item)(const TwProblem& p, int64_t tile, int64_t m0, int64_t m1, float* scratch);
-  // xt[k0:k1, :] = x[:, k0:k1]^T as float32.
-  void (*transpose)(const TwProblem& p, int64_t k0, int64_t k1, float* xt);
+  // xt[k0:k1, m0:m1] = x[m0:m1, k0:k1]^T as float32 (row stride p.ldt).
+  void (*transpose)(const TwProblem& p, int64_t m0, int64_t m1, int64_t k0, int64_t k1,
+                    float* xt);
 };
 
 namespace generic { extern const TwKernel kKernel; }

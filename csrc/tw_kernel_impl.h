@@ -18,6 +18,10 @@
 #include <cstring>
 #include <utility>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include "tw_kernel.h"
 
 #ifndef TWK_NS
@@ -110,24 +114,79 @@ static void pack_at_block(const float* xt, int64_t ldm, int64_t m0, int64_t mc,
   }
 }
 
-// x^T as float32, (k, m) row-major: columns [k0, k1) of x.
+#if defined(__AVX2__)
+// out[c * ldo + r] = in[r * ldi + c] for an 8 x 8 block (in: float32 or bfloat16).
+static inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+static inline __m256 load8(const uint16_t* p) {
+  const __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+}
 template <typename T>
-static void transpose_t(const TwProblem& p, int64_t k0, int64_t k1, float* xt) {
+static inline void transpose8x8(const T* in, int64_t ldi, float* out, int64_t ldo) {
+  __m256 r[8], t[8];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) r[i] = load8(in + i * ldi);
+#pragma GCC unroll 4
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+#pragma GCC unroll 2
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(out + i * ldo, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(out + (i + 4) * ldo, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+  }
+}
+#endif
+
+// x^T as float32, (k, ldt) row-major: rows [m0, m1), columns [k0, k1) of x. The handler hands
+// out blocks of a few dozen rows and columns, so the lines and pages of x and x^T touched at
+// once stay few. Within them, blocks of 8 rows x 16 columns (two 8 x 8 register transposes
+// with AVX2): each row's 16 values are one line of x, used whole (rows of x a multiple of
+// 4 KiB apart share an L1 set; they are not re-read), and the rows of x^T written do not
+// share a set (ldt is an odd number of lines, see the handler).
+template <typename T>
+static void transpose_t(const TwProblem& p, int64_t m0, int64_t m1, int64_t k0, int64_t k1,
+                        float* xt) {
   const T* x = static_cast<const T*>(p.x);
-  const int64_t m = p.m, k = p.k;
-  constexpr int64_t B = 16;
-  for (int64_t mb = 0; mb < m; mb += B) {
-    const int64_t me = mb + B < m ? mb + B : m;
-    for (int64_t kk = k0; kk < k1; ++kk)
-      for (int64_t i = mb; i < me; ++i) xt[kk * m + i] = to_f32(x[i * k + kk]);
+  const int64_t k = p.k, ldt = p.ldt;
+  constexpr int64_t BM = 8, BK = 16;
+  for (int64_t kb = k0; kb < k1; kb += BK) {
+    const int64_t ke = kb + BK < k1 ? kb + BK : k1;
+    for (int64_t mb = m0; mb < m1; mb += BM) {
+      const int64_t me = mb + BM < m1 ? mb + BM : m1;
+      if (me - mb == BM && ke - kb == BK) {
+#if defined(__AVX2__)
+        for (int64_t h = 0; h < BK; h += 8)
+          transpose8x8(x + mb * k + kb + h, k, xt + (kb + h) * ldt + mb, ldt);
+#else
+        float blk[BM][BK];
+        for (int64_t i = 0; i < BM; ++i)
+          for (int64_t kk = 0; kk < BK; ++kk) blk[i][kk] = to_f32(x[(mb + i) * k + kb + kk]);
+        for (int64_t kk = 0; kk < BK; ++kk)
+          for (int64_t i = 0; i < BM; ++i) xt[(kb + kk) * ldt + mb + i] = blk[i][kk];
+#endif
+      } else {
+        for (int64_t kk = kb; kk < ke; ++kk)
+          for (int64_t i = mb; i < me; ++i) xt[kk * ldt + i] = to_f32(x[i * k + kk]);
+      }
+    }
   }
 }
 
-static void transpose(const TwProblem& p, int64_t k0, int64_t k1, float* xt) {
+static void transpose(const TwProblem& p, int64_t m0, int64_t m1, int64_t k0, int64_t k1,
+                      float* xt) {
   if (p.dtype == DType::kF32)
-    transpose_t<float>(p, k0, k1, xt);
+    transpose_t<float>(p, m0, m1, k0, k1, xt);
   else
-    transpose_t<uint16_t>(p, k0, k1, xt);
+    transpose_t<uint16_t>(p, m0, m1, k0, k1, xt);
 }
 
 // The tile's first kt rows as Gp/NR panels, panel j = bp[j * kt * NR ...], row-major NR wide,
@@ -300,7 +359,7 @@ static void gemm(const TwProblem& p, int64_t tile, int64_t m0, int64_t m1, float
     for (int64_t k0 = 0; k0 < kt; k0 += kcb) {
       const int64_t kc = kt - k0 < kcb ? kt - k0 : kcb;
       if (p.xt) {
-        pack_at_block(p.xt, p.m, mb, mc, rows + k0, kc, ap);
+        pack_at_block(p.xt, p.ldt, mb, mc, rows + k0, kc, ap);
       } else {
         for (int64_t s = 0; s * MR < mc; ++s) {
           const int r = static_cast<int>(mc - s * MR < MR ? mc - s * MR : MR);
