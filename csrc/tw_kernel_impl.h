@@ -15,6 +15,7 @@
 // bf16) to the tile's output columns cols[t, :] (padding columns dropped).
 
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <utility>
 
@@ -39,6 +40,8 @@ constexpr int64_t MC = 144;                // rows of x per packed A block (mult
 constexpr int64_t KC = 256;                // compact rows per packed A block
 constexpr int64_t SMALL_M = 32;            // up to this many rows: weights read in place
 constexpr int GEMV_NV = 8;                 // vectors per GEMV column chunk
+constexpr int GEMV_STREAMS = 4;            // GEMV row segments read side by side
+constexpr int64_t GEMV_BLOCK = 2;          // GEMV steps per L1 block
 
 typedef float vf __attribute__((vector_size(VW * 4)));
 typedef float vfu __attribute__((vector_size(VW * 4), aligned(4)));
@@ -275,21 +278,48 @@ static void write_rows(const TwProblem& p, int64_t tile, int64_t m0, int64_t row
 }
 
 // ---- GEMV (one row of x) -------------------------------------------------------------------
-template <int NVEC, typename T>
-static void gemv_chunk(const T* w, int64_t g, const T* xr, const int32_t* rows, int64_t kt,
-                       float* out) {
+// Memory-bound: the tile's kt x G values are read once. One sequential stream per core reaches
+// about half of what the memory system gives several concurrent streams, so the kt rows are
+// split into GEMV_STREAMS contiguous segments read side by side: step i accumulates row i of
+// every segment. The steps run in blocks of GEMV_BLOCK that, across the column chunks of one
+// vector-register set each, stay in L1; the accumulators of each chunk live in `acc` (G
+// floats) between blocks. Rows past the last full step (kt % GEMV_STREAMS) form one stream.
+template <int NVEC, int S, typename T>
+static inline void gemv_steps(const T* w, int64_t g, const T* xr, const int32_t* rows,
+                              int64_t seg, int64_t i0, int64_t i1, float* acc_io) {
   vf acc[NVEC];
 #pragma GCC unroll 16
-  for (int v = 0; v < NVEC; ++v) acc[v] = vf{};
-  for (int64_t k = 0; k < kt; ++k) {
-    const vf a = bcast(to_f32(xr[rows[k]]));
-    const T* wr = w + k * g;
-    __builtin_prefetch(wr + 8 * g);
+  for (int v = 0; v < NVEC; ++v) acc[v] = load(acc_io + v * VW);
+  for (int64_t i = i0; i < i1; ++i) {
+#pragma GCC unroll 8
+    for (int s = 0; s < S; ++s) {
+      const int64_t k = s * seg + i;
+      const vf a = bcast(to_f32(xr[rows[k]]));
+      const T* wr = w + k * g;
 #pragma GCC unroll 16
-    for (int v = 0; v < NVEC; ++v) acc[v] += a * load(wr + v * VW);
+      for (int v = 0; v < NVEC; ++v) acc[v] += a * load(wr + v * VW);
+    }
   }
 #pragma GCC unroll 16
-  for (int v = 0; v < NVEC; ++v) store(out + v * VW, acc[v]);
+  for (int v = 0; v < NVEC; ++v) store(acc_io + v * VW, acc[v]);
+}
+
+template <int S, typename T>
+static void gemv_block(const T* w, int64_t g, const T* xr, const int32_t* rows, int64_t seg,
+                       int64_t i0, int64_t i1, float* acc) {
+  int64_t c0 = 0;
+  for (; c0 + GEMV_NV * VW <= g; c0 += GEMV_NV * VW)
+    gemv_steps<GEMV_NV, S>(w + c0, g, xr, rows, seg, i0, i1, acc + c0);
+  for (; c0 + VW <= g; c0 += VW) gemv_steps<1, S>(w + c0, g, xr, rows, seg, i0, i1, acc + c0);
+  for (; c0 < g; ++c0) {
+    float t = acc[c0];
+    for (int64_t i = i0; i < i1; ++i)
+      for (int s = 0; s < S; ++s) {
+        const int64_t k = s * seg + i;
+        t += to_f32(xr[rows[k]]) * to_f32(w[k * g + c0]);
+      }
+    acc[c0] = t;
+  }
 }
 
 template <typename T>
@@ -298,15 +328,12 @@ static void gemv(const TwProblem& p, int64_t tile, int64_t m, float* c) {
   const T* w = static_cast<const T*>(p.values) + tile * p.kp * g;
   const T* xr = static_cast<const T*>(p.x) + m * p.k;
   const int32_t* rows = p.rows + tile * p.kp;
-  int64_t c0 = 0;
-  for (; c0 + GEMV_NV * VW <= g; c0 += GEMV_NV * VW)
-    gemv_chunk<GEMV_NV>(w + c0, g, xr, rows, kt, c + c0);
-  for (; c0 + VW <= g; c0 += VW) gemv_chunk<1>(w + c0, g, xr, rows, kt, c + c0);
-  for (; c0 < g; ++c0) {
-    float s = 0.0f;
-    for (int64_t k = 0; k < kt; ++k) s += to_f32(xr[rows[k]]) * to_f32(w[k * g + c0]);
-    c[c0] = s;
-  }
+  std::memset(c, 0, sizeof(float) * g);
+  const int64_t seg = kt / GEMV_STREAMS;
+  for (int64_t i0 = 0; i0 < seg; i0 += GEMV_BLOCK)
+    gemv_block<GEMV_STREAMS>(w, g, xr, rows, seg, i0, std::min(seg, i0 + GEMV_BLOCK), c);
+  const int64_t done = seg * GEMV_STREAMS;  // the rest: one stream
+  gemv_block<1>(w + done * g, g, xr, rows + done, kt - done, 0, kt - done, c);
   write_rows<T>(p, tile, m, 1, c, g);
 }
 

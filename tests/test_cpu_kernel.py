@@ -98,6 +98,24 @@ def test_every_isa(isa):
         cpu_kernel.set_isa(None)
 
 
+@pytest.mark.parametrize("tile", [75, 168])
+def test_wide_tiles_every_column_path(tile):
+    """Tiles wider than one vector-register set (the kernel's column chunks of 64 / 128,
+    then single vectors, then scalar columns), M=1 (the GEMV with its row streams and a
+    remainder stream) and small M, on every instruction set this CPU runs."""
+    isas = cpu_kernel.report()["supported_isas"]
+    try:
+        for isa in isas:
+            cpu_kernel.set_isa(isa)
+            for dtype in (jnp.float32, jnp.bfloat16):
+                w = _awkward(k=203, n=700, tile=tile, dtype=dtype, seed=tile)
+                for m in (1, 2, 7):
+                    x = _x(m, w.shape[0], dtype, seed=m)
+                    _close(cpu_kernel.tw_matmul_cpu(x, w), _ref(x, w), dtype)
+    finally:
+        cpu_kernel.set_isa(None)
+
+
 def test_block_sparse_and_one_thread():
     rng = np.random.default_rng(5)
     wd = rng.standard_normal((260, 300)).astype(np.float32)
