@@ -10,16 +10,20 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
 def interleaved_medians(fns: Mapping[str, Callable[[], Any]], repeats: int = 5,
-                        warmup: int = 1, budget_s: float = 60.0) -> dict[str, float]:
+                        warmup: int = 1, budget_s: float = 60.0,
+                        between: Callable[[], Any] | None = None) -> dict[str, float]:
     """Median wall time (seconds) of each no-argument callable, measured round-robin.
 
     Every callable is compiled and warmed up first, then timed once per round, so load
-    changes on a shared machine hit all of them alike. Rounds stop early (after at least 2)
-    once ``budget_s`` is spent.
+    changes on a shared machine hit all of them alike. ``between`` (untimed, e.g.
+    :func:`cache_flusher`) runs before every timed call, so no callable inherits the cache
+    state the previous one left. Rounds stop early (after at least 2) once ``budget_s`` is
+    spent.
     """
     for f in fns.values():
         for _ in range(warmup + 1):
@@ -28,12 +32,26 @@ def interleaved_medians(fns: Mapping[str, Callable[[], Any]], repeats: int = 5,
     start = time.perf_counter()
     for r in range(repeats):
         for k, f in fns.items():
+            if between is not None:
+                jax.block_until_ready(between())
             t0 = time.perf_counter()
             jax.block_until_ready(f())
             times[k].append(time.perf_counter() - t0)
         if r >= 1 and time.perf_counter() - start > budget_s:
             break
     return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def cache_flusher(mib: int = 64) -> Callable[[], Any]:
+    """A callable that reads ``mib`` MiB (twice a large L3), for ``between=``: every timed
+    call then finds its operands out of cache, as a layer of a model does after the other
+    layers ran, whatever the previous callable read or wrote (a 17 MB TW weight read right
+    after the XLA TW path read it would hit L3; one read after a call that wrote 64 MB
+    would share the memory bus with their write-back)."""
+    buf = jnp.ones((mib << 20) // 4, jnp.float32)
+    read = jax.jit(jnp.sum)
+    jax.block_until_ready(read(buf))
+    return lambda: read(buf)
 
 
 def machine_info() -> dict[str, Any]:

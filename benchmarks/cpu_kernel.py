@@ -3,7 +3,8 @@
 ``python -m benchmarks.cpu_kernel [--quick] [--repeats R] [--out results]``: K = N = 4096
 float32 (``--dtype`` to change), TW 75% and 90% (magnitude masks of a random normal
 weight, tile 128), M in {1, 16, 512}. Every point times, round-robin
-(:func:`benchmarks._timing.interleaved_medians`): the dense baselines ``x @ W`` and
+(:func:`benchmarks._timing.interleaved_medians`, 64 MiB read between timed calls so every
+call starts with its operands out of cache): the dense baselines ``x @ W`` and
 ``(W^T x^T)^T`` (the faster is "dense"), the XLA TW path of :mod:`tvwjax.matmul` and the
 FFI kernel (:func:`tvwjax.cpu_kernel.tw_matmul_cpu`), all under ``jax.jit``. Writes
 ``<out>/bench_cpu_kernel.{json,md}`` with the issue-16 targets met or missed.
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks._timing import (
+    cache_flusher,
     interleaved_medians,
     machine_info,
     md_table,
@@ -75,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     wtxt = jax.jit(lambda x, w: (w.T @ x.T).T)
     xla = jax.jit(_xla_tw())
     ffi = jax.jit(cpu_kernel.tw_matmul_cpu)
+    flush = cache_flusher()
     records = []
     t0 = time.perf_counter()
     for s in cfg["sparsities"]:
@@ -86,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
             fns = {"dense_xW": lambda x=x: xw(x, wd), "dense_WtXt": lambda x=x: wtxt(x, wd),
                    "tw_xla": lambda x=x, cw=cw: xla(x, cw),
                    "tw_ffi": lambda x=x, cw=cw: ffi(x, cw)}
-            med = interleaved_medians(fns, repeats=repeats, budget_s=40.0)
+            med = interleaved_medians(fns, repeats=repeats, budget_s=40.0, between=flush)
             dense = min(med["dense_xW"], med["dense_WtXt"])
             target = TARGETS.get((s, m))
             rec = dict(K=k, N=n, M=m, sparsity=s, dtype=str(dtype),
@@ -120,7 +123,8 @@ def _markdown(records: list[dict], payload: dict) -> str:
             for r in records]
     head = (f"# CPU TW kernel (XLA FFI, {mach['kernel']['isa']}) vs dense and the XLA TW path"
             f" ({records[0]['dtype'] if records else ''})\n\n"
-            f"Medians of {payload['repeats']} interleaved runs, all under `jax.jit`; dense = "
+            f"Medians of {payload['repeats']} interleaved runs, all under `jax.jit`, each "
+            f"after a 64 MiB read (operands out of cache); dense = "
             f"the faster of `x @ W` and `(W^T x^T)^T`. jax {mach['jax']}, {mach['cpus']} CPUs,"
             f" load average {mach['loadavg_start']} at start, {mach.get('loadavg_end')} at "
             f"end, {payload['elapsed_s']} s.\n\n")

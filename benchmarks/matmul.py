@@ -1,7 +1,8 @@
 """Sparse matmul: dense vs BCOO/BCSR (unstructured), block 32x32, TW and TVW, same run.
 
 For every weight shape ``(K, N)``, batch ``M`` and sparsity, all methods are timed
-round-robin (``interleaved_medians``) and reported as speed-ups over the dense baseline:
+round-robin (``interleaved_medians``, a 64 MiB read before every timed call so each starts
+with its operands out of cache) and reported as speed-ups over the dense baseline:
 the faster of ``x @ W`` and ``(W^T x^T)^T``. Weights are random normal (magnitude masks).
 """
 
@@ -17,6 +18,7 @@ import numpy as np
 from jax.experimental import sparse as jsparse
 
 from benchmarks._timing import (
+    cache_flusher,
     interleaved_medians,
     machine_info,
     md_table,
@@ -82,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = QUICK if args.quick else FULL
     dtype = jnp.dtype(args.dtype)
     info = machine_info()
+    flush = cache_flusher()
     records = []
     t_start = time.perf_counter()
     for k, n in cfg["shapes"]:
@@ -93,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
             for m in cfg["ms"]:
                 x = jnp.asarray(np.random.default_rng(1).standard_normal((m, k)), dtype)
                 fns = _fns(ws, x)
-                med = interleaved_medians(fns, repeats=args.repeats, budget_s=30.0)
+                med = interleaved_medians(fns, repeats=args.repeats, budget_s=30.0,
+                                          between=flush)
                 dense = min(med["dense_xW"], med["dense_WtXt"])
                 for name, t in med.items():
                     key = name if not name.startswith("dense") else "dense"
@@ -127,7 +131,8 @@ def _markdown(records: list[dict], payload: dict) -> str:
     mach = payload["machine"]
     head = (f"# Sparse matmul on {mach['backend']} ({payload['dtype']})\n\n"
             f"Speed-up over the dense baseline (the faster of `x @ W` and `(W^T x^T)^T`), "
-            f"medians of interleaved runs. jax {mach['jax']}, {mach['cpus']} CPUs, load "
+            f"medians of interleaved runs, each after a 64 MiB read. jax {mach['jax']}, "
+            f"{mach['cpus']} CPUs, load "
             f"average {mach['loadavg_start']} at start, {mach.get('loadavg_end')} at end, "
             f"{payload['elapsed_s']} s.\n\n")
     st = sorted({(r["K"], r["N"], r["sparsity"], r["method"], r["storage_bytes"],
