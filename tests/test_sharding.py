@@ -73,14 +73,12 @@ def test_outputs_stay_sharded(report):
 def test_mask_update_memory_follows_the_sharding(full_report):
     """The compiled mask-update step of ``chain(sgd, prune(...))`` on 8 devices needs at
     most 1.5x the per-device parameter bytes of temporary memory (issue 19): no leaf is
-    gathered. TVW's bound is 2x in this small configuration: a leaf split along K is
-    resharded by whole tiles of columns (an all-to-all XLA holds in two or three pieces at
-    once), and with one tile per device it cannot be done a slice at a time (measured 1.56x
-    layer scope, 1.69x global scope; the issue's larger kernels measure 0.63x / 1.40x, see
-    ``results/mask_memory.md``)."""
+    gathered. Measured 2026-12-01 in this configuration: EW / TW / N:M 0.13x-0.14x, TVW
+    0.89x (layer scope) and 0.91x (global scope); TVW reshards a leaf split along K by whole
+    tiles of columns. Before the update step scored the weights entering it, TVW measured
+    1.56x / 1.69x here. The issue's larger kernels: ``results/mask_memory.md``."""
     mem = full_report["__memory__"]
     assert set(mem) == {"EW-layer", "EW-global", "TW-global", "NM-layer", "TVW-layer",
                         "TVW-global"}
-    tvw_bounds = {"TVW-layer": 2.0, "TVW-global": 2.0}
     for name, ratio in mem.items():
-        assert ratio <= tvw_bounds.get(name, 1.5), (name, ratio)
+        assert ratio <= 1.5, (name, ratio)
