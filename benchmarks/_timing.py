@@ -42,7 +42,11 @@ def interleaved_medians(fns: Mapping[str, Callable[[], Any]], repeats: int = 5,
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def cache_flusher(mib: int = 64) -> Callable[[], Any]:
+FLUSH_MIB = 64
+"""MiB that :func:`cache_flusher` reads by default (and the benchmark headers quote)."""
+
+
+def cache_flusher(mib: int = FLUSH_MIB) -> Callable[[], Any]:
     """A callable that reads ``mib`` MiB (twice a large L3), for ``between=``: every timed
     call then finds its operands out of cache, as a layer of a model does after the other
     layers ran, whatever the previous callable read or wrote (a 17 MB TW weight read right

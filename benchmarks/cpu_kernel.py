@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks._timing import (
+    FLUSH_MIB,
     cache_flusher,
     interleaved_medians,
     machine_info,
@@ -124,7 +125,7 @@ def _markdown(records: list[dict], payload: dict) -> str:
     head = (f"# CPU TW kernel (XLA FFI, {mach['kernel']['isa']}) vs dense and the XLA TW path"
             f" ({records[0]['dtype'] if records else ''})\n\n"
             f"Medians of {payload['repeats']} interleaved runs, all under `jax.jit`, each "
-            f"after a 64 MiB read (operands out of cache); dense = "
+            f"after a {FLUSH_MIB} MiB read (operands out of cache); dense = "
             f"the faster of `x @ W` and `(W^T x^T)^T`. jax {mach['jax']}, {mach['cpus']} CPUs,"
             f" load average {mach['loadavg_start']} at start, {mach.get('loadavg_end')} at "
             f"end, {payload['elapsed_s']} s.\n\n")

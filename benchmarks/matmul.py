@@ -18,6 +18,7 @@ import numpy as np
 from jax.experimental import sparse as jsparse
 
 from benchmarks._timing import (
+    FLUSH_MIB,
     cache_flusher,
     interleaved_medians,
     machine_info,
@@ -131,7 +132,7 @@ def _markdown(records: list[dict], payload: dict) -> str:
     mach = payload["machine"]
     head = (f"# Sparse matmul on {mach['backend']} ({payload['dtype']})\n\n"
             f"Speed-up over the dense baseline (the faster of `x @ W` and `(W^T x^T)^T`), "
-            f"medians of interleaved runs, each after a 64 MiB read. jax {mach['jax']}, "
+            f"medians of interleaved runs, each after a {FLUSH_MIB} MiB read. jax {mach['jax']}, "
             f"{mach['cpus']} CPUs, load "
             f"average {mach['loadavg_start']} at start, {mach.get('loadavg_end')} at end, "
             f"{payload['elapsed_s']} s.\n\n")

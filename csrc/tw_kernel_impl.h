@@ -14,8 +14,8 @@
 // Results land in a per-thread MC x Gp float scratch and are then written (and rounded for
 // bf16) to the tile's output columns cols[t, :] (padding columns dropped).
 
-#include <cstdint>
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <utility>
 
