@@ -186,3 +186,38 @@ def test_one_shot_selection_obs():
         one_shot(fn, v, pat, 0.5, [(x,) for x in xs], selection="hessian")
     with pytest.raises(ConfigError, match="score"):
         one_shot(fn, v, pat, 0.5, [(x,) for x in xs], selection="obs", score="magnitude")
+
+
+_TVW_REPEATS = """
+import numpy as np, jax, tvwjax
+from tvwjax.obs import obs_mask
+rng = np.random.default_rng(0)
+x = rng.standard_normal((1024, 384)).astype(np.float32)
+w = rng.standard_normal((384, 384)).astype(np.float32)
+g = x.T @ x
+for _ in range(40):
+    jax.block_until_ready(obs_mask(w, g, tvwjax.TVW(tile=64), 0.75, exchanges=0))
+print("done")
+"""
+
+
+def test_tvw_selection_does_not_deadlock_a_two_thread_pool():
+    """TVW's N:M stage runs batched LAPACK calls for all tiles of a chunk. On jaxlib 0.10,
+    two such calls that XLA:CPU runs at the same time each block a worker of the intra-op
+    pool waiting for batch tasks queued on that pool: with two threads the process hangs
+    (it did within a few calls of this loop, in about 1 of 10 calls). Run on two CPUs, so
+    that the pool has two threads whatever the machine."""
+    import os
+    import subprocess
+    import sys
+
+    cpus = sorted(os.sched_getaffinity(0))[:2] if hasattr(os, "sched_getaffinity") else None
+    env = dict(os.environ, TVWJAX_CPU_KERNEL="0")
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", _TVW_REPEATS], capture_output=True, text=True, env=env,
+            timeout=240, preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+    except subprocess.TimeoutExpired:
+        pytest.fail("obs_mask(TVW) hung: batched LAPACK calls ran concurrently")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("done")

@@ -98,12 +98,18 @@ def obs_sweep(w: Array, m: Array, h: Array, width: int,
     Returns:
       ``(weights, mask)``: the swept weights (zero where pruned) and the mask used.
     """
-    k, n = w.shape
+    k = w.shape[0]
     d = jax.lax.rsqrt(jnp.maximum(jnp.diag(h), 1e-30))  # Jacobi scaling
-    hs = h * d[:, None] * d[None, :]
-    ws = w / d[:, None]
-    lh = jnp.linalg.cholesky(hs)
+    lh = jnp.linalg.cholesky(h * d[:, None] * d[None, :])
     hinv = jax.scipy.linalg.cho_solve((lh, True), jnp.eye(k, dtype=jnp.float32))
+    return _sweep(w / d[:, None], m, hinv, d, width, choose)
+
+
+def _sweep(ws: Array, m: Array, hinv: Array, d: Array, width: int,
+           choose: ChooseFn) -> tuple[Array, Array]:
+    """:func:`obs_sweep` given the Jacobi scaling ``d``, the scaled weights ``ws = w / d``
+    and the scaled ``H^-1``."""
+    k, n = ws.shape
     u = jnp.linalg.cholesky(hinv).T  # upper: H^-1 = U^T U
     rows = jnp.arange(k)
     local = jnp.arange(width)
@@ -415,18 +421,28 @@ def _tile_nm(hs: Array, ws: Array, keep: Array, n: int, m: int,
              width: int) -> tuple[Array, Array]:
     """N:M mask of one tile inside its kept rows (compact order) by SparseGPT's sweep,
     starting from the least-squares weights of the kept rows; and the tile's output error
-    ``tr((w - w')^T H (w - w'))`` with the swept weights ``w'``."""
-    k = keep.shape[0]
+    ``tr((w - w')^T H (w - w'))`` with the swept weights ``w'``.
+
+    One Cholesky factor serves both the least-squares weights and ``H^-1`` (one solve with
+    both right-hand sides), so the LAPACK calls of the tiles batched by ``vmap`` form a
+    single chain. Two batched LAPACK calls that XLA:CPU may run at the same time deadlock
+    its intra-op thread pool when they occupy all of its threads (jaxlib 0.10: each blocks a
+    worker waiting for batch tasks queued on the same pool; seen on 2 cores).
+    """
+    k, g = ws.shape
+    kq = val.round_up(k, width)
     perm = jnp.argsort(~keep, stable=True)
     kp = keep[perm]
-    hp = hs[perm][:, perm]
     both = kp[:, None] & kp[None, :]
-    hp = jnp.where(both, hp, jnp.eye(k, dtype=jnp.float32))
-    rhs = jnp.where(kp[:, None], jnp.matmul(hs, ws, precision=_HI)[perm], 0.0)
-    lh = jnp.linalg.cholesky(hp)
-    w0 = jax.scipy.linalg.cho_solve((lh, True), rhs)
-    w0, hp, _ = _padded(w0, hp, width)
-    w1, mask = obs_sweep(w0, jnp.ones(w0.shape, bool), hp, width, _nm_choose(n, m))
+    eye = jnp.eye(kq, dtype=jnp.float32)
+    hp = eye.at[:k, :k].set(jnp.where(both, hs[perm][:, perm], eye[:k, :k]))
+    rhs = jnp.zeros((kq, g), jnp.float32).at[:k].set(
+        jnp.where(kp[:, None], jnp.matmul(hs, ws, precision=_HI)[perm], 0.0))
+    d = jax.lax.rsqrt(jnp.maximum(jnp.diag(hp), 1e-30))  # Jacobi scaling
+    lh = jnp.linalg.cholesky(hp * d[:, None] * d[None, :])
+    sol = jax.scipy.linalg.cho_solve((lh, True), jnp.concatenate([rhs * d[:, None], eye], 1))
+    w1, mask = _sweep(sol[:, :g], jnp.ones((kq, g), bool), sol[:, g:], d, width,
+                      _nm_choose(n, m))
     inv = jnp.argsort(perm)
     mask = (mask[:k] & kp[:, None])[inv]
     diff = ws - jnp.where(mask, w1[:k][inv], 0.0)
