@@ -75,10 +75,17 @@ def run(*, n_calib: int = 128, n_eval: int = 256, configs: Sequence[str] = CONFI
             log(f"eval {ev}: EW 50% magnitude cos {cos:.4f}")
         sents, dense = dense_cache[ev]
         calib = make_batches(tok, load(cal, n_calib, "train"), 32)
+        # one unrecorded run compiles the calibration passes both selections share, so the
+        # first row's seconds do not carry them
+        name, s = configs[0].split("@")
+        jax.block_until_ready(tvwjax.one_shot(
+            inputs_fn, params, pats[name], float(s), calib, row_mask=_row_mask,
+            where=is_linear_kernel, group_by=block_of, damping=damping)[0])
         for cfg in configs:
             name, s = cfg.split("@")
             pat, s = pats[name], float(s)
             for selection in selections:
+                load_1min = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
                 t = time.perf_counter()
                 p, mk, _ = tvwjax.one_shot(inputs_fn, params, pat, s, calib,
                                            row_mask=_row_mask, where=is_linear_kernel,
@@ -91,7 +98,7 @@ def run(*, n_calib: int = 128, n_eval: int = 256, configs: Sequence[str] = CONFI
                 cos = embedding_fidelity(encode(model, p, tok, sents), dense)
                 res["rows"].append({"eval": ev, "calib": cal, "pattern": name, "sparsity": s,
                                     "selection": selection, "damping": damping,
-                                    "cosine": cos, "seconds": dt})
+                                    "cosine": cos, "seconds": dt, "load": load_1min})
                 log(f"eval {ev:7s} calib {cal:7s} {name:>4} {s:.2f} {selection:5s} "
                     f"cos {cos:.4f} ({dt:.1f}s)")
                 res["total_seconds"] = time.perf_counter() - t0
@@ -123,6 +130,13 @@ def merge(paths: Sequence[str]) -> dict:
                     "seconds": part.get("total_seconds")}
                    for p, part in zip(paths, parts, strict=True)]
     return res
+
+
+def _load_range(rows: Sequence[dict]) -> str:
+    loads = [r["load"] for r in rows if np.isfinite(r.get("load", float("nan")))]
+    if not loads:
+        return " (load not recorded)"
+    return f" (1-minute load average {min(loads):.1f} to {max(loads):.1f} at the rows' starts)"
 
 
 def markdown(res: dict) -> str:
@@ -172,8 +186,7 @@ def markdown(res: dict) -> str:
         "",
         *head, *lines, "",
         "Seconds: wall time of the whole `one_shot` call (statistics, masks, sequential refit) "
-        "on 2 shared CPU cores; the load from other jobs varied between rows (load average 5 "
-        "to 9), so compare them loosely.",
+        f"on shared CPU cores{_load_range(rows)}; compare them loosely.",
         "",
     ]
     out += [f"Run: `{r['command']}` ({(r['seconds'] or 0) / 60:.0f} min)  " for r in

@@ -1,0 +1,41 @@
+"""The report of examples/minilm_obs.py: merged partial runs, every cell, the recorded load."""
+
+from __future__ import annotations
+
+import json
+
+
+def _row(ev, cal, pattern, s, selection, cos, sec, load):
+    return {"eval": ev, "calib": cal, "pattern": pattern, "sparsity": s,
+            "selection": selection, "damping": 0.01, "cosine": cos, "seconds": sec,
+            "load": load}
+
+
+def _run(rows, mags, tmp_path, name):
+    res = {"tile": 64, "calibration_sentences": 128, "heldout_sentences": 256,
+           "sources": {"pydoc": "P", "sklearn": "S"}, "rows": rows, "magnitude": mags,
+           "command": f"run {name}", "total_seconds": 60.0}
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(res))
+    return str(path)
+
+
+def test_merged_report_has_every_cell_and_the_load_range(tmp_path):
+    from examples import minilm_obs
+
+    a = _run([_row("pydoc", "sklearn", "TVW", 0.75, "score", 0.5784, 100.0, 1.2),
+              _row("pydoc", "sklearn", "TVW", 0.75, "obs", 0.6012, 190.0, 2.5)],
+             [{"eval": "pydoc", "pattern": "EW", "sparsity": 0.5, "cosine": 0.7247}],
+             tmp_path, "a")
+    b = _run([_row("pydoc", "pydoc", "TVW", 0.75, "score", 0.7092, 20.0, 0.4)],
+             [{"eval": "pydoc", "pattern": "EW", "sparsity": 0.5, "cosine": 0.7247}],
+             tmp_path, "b")
+    res = minilm_obs.merge([a, b])
+    assert len(res["rows"]) == 3 and len(res["magnitude"]) == 1
+    md = minilm_obs.markdown(res)
+    assert ("| TVW | 75% | pydoc | sklearn (other source) | 0.01 | 0.5784 | 0.6012 | +0.0228 "
+            "| 100 / 190 |") in md
+    assert "| TVW | 75% | pydoc | pydoc (in-domain) | 0.01 | 0.7092 | -- | -- | 20 / -- |" in md
+    assert "load average 0.4 to 2.5" in md
+    assert "EW 50% magnitude pruning, pydoc 0.7247" in md
+    assert "`run a`" in md and "`run b`" in md
