@@ -352,7 +352,8 @@ def _tile_exchange(hs: Array, wt: Array, keep: Array, iters: int, cands: int) ->
     largest add gain, pairs each with its best drop, and commits the best pair if it lowers
     the error (every ``r``, ``q`` pair if ``cands`` covers the pruned rows: a 1-swap local
     optimum). ``A`` and ``C = A H`` are kept up to date by rank-one updates (``O(K^2)`` per
-    round). Returns the new kept set (same size).
+    round). Rounds stop early when no exchange lowers the error. Returns the new kept set
+    (same size).
     """
     k, g = wt.shape
     eye = jnp.eye(k, dtype=jnp.float32)
@@ -407,8 +408,12 @@ def _tile_exchange(hs: Array, wt: Array, keep: Array, iters: int, cands: int) ->
 
     energy = jnp.sum(wt * b)
     res = b - jnp.matmul(hs, wstar, precision=_HI)
-    out = jax.lax.fori_loop(0, iters, body, (a, c, wstar, res, keep, jnp.asarray(False)))
-    return out[4]
+    # rounds stop once no exchange lowers the error (batched by vmap: once no tile of the
+    # chunk has one left)
+    out = jax.lax.while_loop(lambda cr: (cr[0] < iters) & ~cr[-1],
+                             lambda cr: (cr[0] + 1, *body(cr[0], cr[1:])),
+                             (0, a, c, wstar, res, keep, jnp.asarray(False)))
+    return out[5]
 
 
 @functools.partial(jax.jit, static_argnames=("iters", "cands"))
