@@ -189,6 +189,9 @@ def test_one_shot_selection_obs():
 
 
 _TVW_REPEATS = """
+import os, sys
+if sys.argv[1:]:  # pin to two CPUs before JAX sizes its thread pool
+    os.sched_setaffinity(0, [int(c) for c in sys.argv[1].split(",")])
 import numpy as np, jax, tvwjax
 from tvwjax.obs import obs_mask
 rng = np.random.default_rng(0)
@@ -211,12 +214,12 @@ def test_tvw_selection_does_not_deadlock_a_two_thread_pool():
     import subprocess
     import sys
 
-    cpus = sorted(os.sched_getaffinity(0))[:2] if hasattr(os, "sched_getaffinity") else None
+    cpus = sorted(os.sched_getaffinity(0))[:2] if hasattr(os, "sched_getaffinity") else []
     env = dict(os.environ, TVWJAX_CPU_KERNEL="0")
     try:
         out = subprocess.run(
-            [sys.executable, "-c", _TVW_REPEATS], capture_output=True, text=True, env=env,
-            timeout=240, preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+            [sys.executable, "-c", _TVW_REPEATS, *([",".join(map(str, cpus))] if cpus else [])],
+            capture_output=True, text=True, env=env, timeout=240)
     except subprocess.TimeoutExpired:
         pytest.fail("obs_mask(TVW) hung: batched LAPACK calls ran concurrently")
     assert out.returncode == 0, out.stderr[-2000:]
