@@ -98,10 +98,9 @@ def obs_sweep(w: Array, m: Array, h: Array, width: int,
     Returns:
       ``(weights, mask)``: the swept weights (zero where pruned) and the mask used.
     """
-    k = w.shape[0]
-    d = jax.lax.rsqrt(jnp.maximum(jnp.diag(h), 1e-30))  # Jacobi scaling
-    lh = jnp.linalg.cholesky(h * d[:, None] * d[None, :])
-    hinv = jax.scipy.linalg.cho_solve((lh, True), jnp.eye(k, dtype=jnp.float32))
+    hs, d = _scaled_h(h)
+    lh = jnp.linalg.cholesky(hs)
+    hinv = jax.scipy.linalg.cho_solve((lh, True), jnp.eye(w.shape[0], dtype=jnp.float32))
     return _sweep(w / d[:, None], m, hinv, d, width, choose)
 
 
@@ -293,8 +292,7 @@ def _segment_costs(order: Array, cost: Array, scale: Array, k: int) -> Array:
 
 def _scaled(w: Array, h: Array) -> tuple[Array, Array, Array]:
     """Jacobi-scaled ``(w, H^-1)`` and the layer's energy ``tr(w^T H w)``."""
-    d = jax.lax.rsqrt(jnp.maximum(jnp.diag(h), 1e-30))
-    hs = h * d[:, None] * d[None, :]
+    hs, d = _scaled_h(h)
     ws = w / d[:, None]
     lh = jnp.linalg.cholesky(hs)
     hinv = jax.scipy.linalg.cho_solve((lh, True), jnp.eye(h.shape[0], dtype=jnp.float32))
@@ -435,18 +433,17 @@ def _tile_nm(hs: Array, ws: Array, keep: Array, n: int, m: int,
     worker waiting for batch tasks queued on the same pool; seen on 2 cores).
     """
     k, g = ws.shape
-    kq = val.round_up(k, width)
     perm = jnp.argsort(~keep, stable=True)
     kp = keep[perm]
     both = kp[:, None] & kp[None, :]
-    eye = jnp.eye(kq, dtype=jnp.float32)
-    hp = eye.at[:k, :k].set(jnp.where(both, hs[perm][:, perm], eye[:k, :k]))
-    rhs = jnp.zeros((kq, g), jnp.float32).at[:k].set(
-        jnp.where(kp[:, None], jnp.matmul(hs, ws, precision=_HI)[perm], 0.0))
-    d = jax.lax.rsqrt(jnp.maximum(jnp.diag(hp), 1e-30))  # Jacobi scaling
-    lh = jnp.linalg.cholesky(hp * d[:, None] * d[None, :])
+    hp = jnp.where(both, hs[perm][:, perm], jnp.eye(k, dtype=jnp.float32))
+    rhs = jnp.where(kp[:, None], jnp.matmul(hs, ws, precision=_HI)[perm], 0.0)
+    rhs, hp, _ = _padded(rhs, hp, width)
+    hps, d = _scaled_h(hp)
+    lh = jnp.linalg.cholesky(hps)
+    eye = jnp.eye(hp.shape[0], dtype=jnp.float32)
     sol = jax.scipy.linalg.cho_solve((lh, True), jnp.concatenate([rhs * d[:, None], eye], 1))
-    w1, mask = _sweep(sol[:, :g], jnp.ones((kq, g), bool), sol[:, g:], d, width,
+    w1, mask = _sweep(sol[:, :g], jnp.ones(rhs.shape, bool), sol[:, g:], d, width,
                       _nm_choose(n, m))
     inv = jnp.argsort(perm)
     mask = (mask[:k] & kp[:, None])[inv]
