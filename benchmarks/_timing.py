@@ -43,19 +43,71 @@ def interleaved_medians(fns: Mapping[str, Callable[[], Any]], repeats: int = 5,
 
 
 FLUSH_MIB = 64
-"""MiB that :func:`cache_flusher` reads by default (and the benchmark headers quote)."""
+"""The least MiB that :func:`cache_flusher` reads (twice a typical server L3 slice)."""
+
+FLUSH_MAX_MIB = 1024
+"""The most MiB that :func:`cache_flusher` reads by default, whatever the L3 reports."""
 
 
-def cache_flusher(mib: int = FLUSH_MIB) -> Callable[[], Any]:
-    """A callable that reads ``mib`` MiB (twice a large L3), for ``between=``: every timed
-    call then finds its operands out of cache, as a layer of a model does after the other
-    layers ran, whatever the previous callable read or wrote (a 17 MB TW weight read right
-    after the XLA TW path read it would hit L3; one read after a call that wrote 64 MB
-    would share the memory bus with their write-back)."""
+def last_level_cache_mib(base: str = "/sys/devices/system/cpu/cpu0/cache") -> float | None:
+    """The largest CPU cache this machine reports (Linux sysfs ``base``), in MiB; ``None``
+    when unknown."""
+    sizes = []
+    try:
+        for entry in os.listdir(base):
+            try:
+                with open(os.path.join(base, entry, "size")) as f:
+                    text = f.read().strip().upper()
+            except OSError:
+                continue
+            mult = {"K": 1 / 1024, "M": 1.0, "G": 1024.0}.get(text[-1:], None)
+            if mult is None or not text[:-1].isdigit():
+                continue
+            sizes.append(int(text[:-1]) * mult)
+    except OSError:
+        return None
+    return max(sizes) if sizes else None
+
+
+def default_flush_mib() -> int:
+    """MiB :func:`cache_flusher` reads by default: twice the last-level cache (so no operand
+    survives in it), at least :data:`FLUSH_MIB`, at most :data:`FLUSH_MAX_MIB`."""
+    llc = last_level_cache_mib()
+    want = FLUSH_MIB if llc is None else int(2 * llc + 0.5)
+    return max(FLUSH_MIB, min(FLUSH_MAX_MIB, want))
+
+
+def cache_flusher(mib: int | None = None) -> Callable[[], Any]:
+    """A callable that reads ``mib`` MiB (default :func:`default_flush_mib`: twice the L3),
+    for ``between=``: every timed call then finds its operands out of cache, as a layer of a
+    model does after the other layers ran, whatever the previous callable read or wrote (a
+    17 MB TW weight read right after the XLA TW path read it would hit L3; one read after a
+    call that wrote 64 MB would share the memory bus with their write-back). The size read
+    is the callable's ``mib`` attribute, for the reports."""
+    mib = default_flush_mib() if mib is None else int(mib)
     buf = jnp.ones((mib << 20) // 4, jnp.float32)
     read = jax.jit(jnp.sum)
     jax.block_until_ready(read(buf))
-    return lambda: read(buf)
+
+    def flush() -> Any:
+        return read(buf)
+
+    flush.mib = mib  # type: ignore[attr-defined]
+    return flush
+
+
+def linear_layer(product: Callable[[Any, Any], Any]) -> Callable[[Any, Any, Any], Any]:
+    """``jit(lambda x, w, b: product(x, w) + b)``: how every variant is timed.
+
+    A jitted program holding nothing but a custom call (the CPU TW kernel) is one that XLA
+    counts as 0 FLOPs, and XLA:CPU runs programs under 1000 FLOPs synchronously on the
+    calling Python thread instead of its executor thread; the kernel's helper thread then
+    competes with the caller for a core (on 2-CPU VMs the caller is often parked for a
+    whole scheduler tick). A layer of a model never runs that way. Timing every variant,
+    dense included, as the layer it stands for (product plus bias, ``b`` a runtime
+    argument) measures each the way a model runs it.
+    """
+    return jax.jit(lambda x, w, b: product(x, w) + b)
 
 
 def machine_info() -> dict[str, Any]:

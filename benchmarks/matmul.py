@@ -1,9 +1,11 @@
 """Sparse matmul: dense vs BCOO/BCSR (unstructured), block 32x32, TW and TVW, same run.
 
 For every weight shape ``(K, N)``, batch ``M`` and sparsity, all methods are timed
-round-robin (``interleaved_medians``, a 64 MiB read before every timed call so each starts
-with its operands out of cache) and reported as speed-ups over the dense baseline:
-the faster of ``x @ W`` and ``(W^T x^T)^T``. Weights are random normal (magnitude masks).
+round-robin (``interleaved_medians``, twice the L3 read before every timed call so each
+starts with its operands out of cache), each as the linear layer it stands for
+(``product(x, W) + b`` under ``jax.jit``, see :func:`benchmarks._timing.linear_layer`),
+and reported as speed-ups over the dense baseline: the faster of ``x @ W`` and
+``(W^T x^T)^T``. Weights are random normal (magnitude masks).
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import numpy as np
 from jax.experimental import sparse as jsparse
 
 from benchmarks._timing import (
-    FLUSH_MIB,
     cache_flusher,
     interleaved_medians,
+    linear_layer,
     machine_info,
     md_table,
     record_end_load,
@@ -66,17 +68,18 @@ def _weights(k: int, n: int, s: float, dtype, unstructured: bool, seed: int = 0)
 
 
 def _fns(ws: dict[str, Any], x: jax.Array) -> dict[str, Any]:
-    xw = jax.jit(lambda x, w: x @ w)
-    wtxt = jax.jit(lambda x, w: (w.T @ x.T).T)
-    spmm = jax.jit(lambda wt, x: (wt @ x.T).T)
-    mm = jax.jit(matmul)
-    f = {"dense_xW": lambda: xw(x, ws["dense"]), "dense_WtXt": lambda: wtxt(x, ws["dense"])}
+    xw = linear_layer(lambda x, w: x @ w)
+    wtxt = linear_layer(lambda x, w: (w.T @ x.T).T)
+    spmm = linear_layer(lambda x, wt: (wt @ x.T).T)
+    mm = linear_layer(matmul)
+    b = jnp.zeros((ws["dense"].shape[1],), x.dtype)
+    f = {"dense_xW": lambda: xw(x, ws["dense"], b), "dense_WtXt": lambda: wtxt(x, ws["dense"], b)}
     for k in ("bcoo", "bcsr"):
         if k in ws:
-            f[k] = (lambda wt: (lambda: spmm(wt, x)))(ws[k])
+            f[k] = (lambda wt: (lambda: spmm(x, wt, b)))(ws[k])
     for k in ("block32", "tw", "tvw", "tvw_cpu"):
         if k in ws:
-            f[k] = (lambda cw: (lambda: mm(x, cw)))(ws[k])
+            f[k] = (lambda cw: (lambda: mm(x, cw, b)))(ws[k])
     return f
 
 
@@ -86,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     dtype = jnp.dtype(args.dtype)
     info = machine_info()
     flush = cache_flusher()
+    info["flush_mib"] = flush.mib
     records = []
     t_start = time.perf_counter()
     for k, n in cfg["shapes"]:
@@ -132,7 +136,9 @@ def _markdown(records: list[dict], payload: dict) -> str:
     mach = payload["machine"]
     head = (f"# Sparse matmul on {mach['backend']} ({payload['dtype']})\n\n"
             f"Speed-up over the dense baseline (the faster of `x @ W` and `(W^T x^T)^T`), "
-            f"medians of interleaved runs, each after a {FLUSH_MIB} MiB read. jax {mach['jax']}, "
+            f"medians of interleaved runs, each timed as a linear layer (`product(x, W) + b` "
+            f"under `jax.jit`) after a {mach.get('flush_mib', '?')} MiB read (twice the L3). "
+            f"jax {mach['jax']}, "
             f"{mach['cpus']} CPUs, load "
             f"average {mach['loadavg_start']} at start, {mach.get('loadavg_end')} at end, "
             f"{payload['elapsed_s']} s.\n\n")

@@ -6,11 +6,13 @@
 // Per tile t (k_t kept rows, G columns) and a range of rows of x:
 //   * M == 1: a GEMV streaming the tile's compact rows once, each row's x value read
 //     through the row table and broadcast (memory-bound: reads k_t x G values once);
-//   * otherwise a register-blocked GEMM (BLIS-style): the activation slivers
-//     A[k][r] = x[m0 + r, rows[t, k]] are gathered *while packing* (no gathered copy of x
-//     exists beyond one MC x KC block in cache), the weight panels are read in place
-//     (f32, few rows of x) or packed into NR-wide panels (bf16 -> f32, or many rows), and an
-//     MR x NR micro-kernel accumulates in registers (float32 accumulation for bf16 too).
+//   * otherwise a register-blocked GEMM (BLIS-style) whose MR x NR micro-kernel accumulates
+//     in registers (float32 accumulation for bf16 too). The activations of compact row k
+//     are x[m0:m0+MR, rows[t, k]]: for few rows of x they are gathered *while packing* MR-row
+//     slivers (no gathered copy of x beyond one MC x KC block in cache) and the weight
+//     panels are read in place (f32); for many rows (x^T given, see TwProblem::xt) the
+//     micro-kernel reads them straight from x^T, where they are MR contiguous floats of row
+//     rows[t, k] (nothing packed), against the tile's weights packed into NR-wide panels.
 // Results land in a per-thread MC x Gp float scratch and are then written (and rounded for
 // bf16) to the tile's output columns cols[t, :] (padding columns dropped).
 
@@ -90,30 +92,6 @@ static void pack_a(const T* x, int64_t ldx, int64_t m0, int r, const int32_t* ro
     const T* xr = x + (m0 + i) * ldx;
     float* out = ap + i;
     for (int64_t k = 0; k < kc; ++k) out[k * r] = to_f32(xr[rows[k]]);
-  }
-}
-
-// The same from x^T (float32, (k, ldm)) for a whole block of mc rows at once: per compact
-// row one contiguous run of mc values, spread over the slivers (full slivers of MR rows, the
-// last one of mc % MR). Runs are read in order with the next rows prefetched.
-static void pack_at_block(const float* xt, int64_t ldm, int64_t m0, int64_t mc,
-                          const int32_t* rows, int64_t kc, float* ap) {
-  const int64_t full = mc / MR, tail = mc - full * MR;
-  for (int64_t k = 0; k < kc; ++k) {
-    if (k + 4 < kc) {
-      const float* nxt = xt + rows[k + 4] * ldm + m0;
-      for (int64_t o = 0; o < mc; o += 16) __builtin_prefetch(nxt + o);
-    }
-    const float* src = xt + rows[k] * ldm + m0;
-    for (int64_t s = 0; s < full; ++s) {
-      float* out = ap + s * MR * kc + k * MR;
-#pragma GCC unroll 16
-      for (int i = 0; i < MR; ++i) out[i] = src[s * MR + i];
-    }
-    if (tail) {
-      float* out = ap + full * MR * kc + k * tail;
-      for (int64_t i = 0; i < tail; ++i) out[i] = src[full * MR + i];
-    }
   }
 }
 
@@ -246,13 +224,52 @@ static void micro(int64_t kc, const float* __restrict a, const float* __restrict
 
 typedef void (*MicroFn)(int64_t, const float*, const float*, int64_t, float*, int64_t, bool);
 
+// The same with the activations read straight from x^T through the row table (no packed A):
+// row k of the sliver is xt[rows[k] * ldt + 0:R], R contiguous floats.
+template <int R>
+static void micro_t(int64_t kc, const float* __restrict xt, int64_t ldt,
+                    const int32_t* __restrict rows, const float* __restrict b, float* __restrict c,
+                    int64_t ldc, bool accumulate) {
+  vf acc[R][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) acc[i][v] = accumulate ? load(c + i * ldc + v * VW) : vf{};
+  for (int64_t k = 0; k < kc; ++k) {
+    const float* a = xt + static_cast<int64_t>(rows[k]) * ldt;
+    if (k + 8 < kc) __builtin_prefetch(xt + static_cast<int64_t>(rows[k + 8]) * ldt);
+    vf bv[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) bv[v] = load(b + v * VW);
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i) {
+      const vf av = bcast(a[i]);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) acc[i][v] += av * bv[v];
+    }
+    b += NR;
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) store(c + i * ldc + v * VW, acc[i][v]);
+}
+
+typedef void (*MicroTFn)(int64_t, const float*, int64_t, const int32_t*, const float*, float*,
+                         int64_t, bool);
+
 #if TWK_VW == 16
 static constexpr MicroFn kMicro[MR + 1] = {nullptr,    &micro<1>,  &micro<2>, &micro<3>, &micro<4>,
                                            &micro<5>,  &micro<6>,  &micro<7>, &micro<8>, &micro<9>,
                                            &micro<10>, &micro<11>, &micro<12>};
+static constexpr MicroTFn kMicroT[MR + 1] = {
+    nullptr,      &micro_t<1>, &micro_t<2>,  &micro_t<3>,  &micro_t<4>,  &micro_t<5>, &micro_t<6>,
+    &micro_t<7>,  &micro_t<8>, &micro_t<9>,  &micro_t<10>, &micro_t<11>, &micro_t<12>};
 #else
 static constexpr MicroFn kMicro[MR + 1] = {nullptr,   &micro<1>, &micro<2>, &micro<3>,
                                            &micro<4>, &micro<5>, &micro<6>};
+static constexpr MicroTFn kMicroT[MR + 1] = {nullptr,     &micro_t<1>, &micro_t<2>, &micro_t<3>,
+                                             &micro_t<4>, &micro_t<5>, &micro_t<6>};
 #endif
 
 // ---- output --------------------------------------------------------------------------------
@@ -359,7 +376,7 @@ static Layout layout(const TwProblem& p, int64_t rows) {
   Layout l;
   l.c = 0;
   l.a = round_up(mcp * gp, 16);
-  l.b = round_up(l.a + mcp * kc, 16);
+  l.b = round_up(l.a + (p.xt ? 0 : mcp * kc), 16);  // no A block when reading x^T
   l.total = l.b + (weights_in_place(p, rows) ? 0 : p.kp * gp) + 16;
   return l;
 }
@@ -385,13 +402,18 @@ static void gemm(const TwProblem& p, int64_t tile, int64_t m0, int64_t m1, float
     const int64_t mc = m1 - mb < MC ? m1 - mb : MC;
     for (int64_t k0 = 0; k0 < kt; k0 += kcb) {
       const int64_t kc = kt - k0 < kcb ? kt - k0 : kcb;
-      if (p.xt) {
-        pack_at_block(p.xt, p.ldt, mb, mc, rows + k0, kc, ap);
-      } else {
+      if (p.xt) {  // activations read from x^T through the row table: nothing to pack
         for (int64_t s = 0; s * MR < mc; ++s) {
           const int r = static_cast<int>(mc - s * MR < MR ? mc - s * MR : MR);
-          pack_a<T>(x, p.k, mb + s * MR, r, rows + k0, kc, ap + s * MR * kc);
+          for (int64_t j = 0; j < panels; ++j)
+            kMicroT[r](kc, p.xt + mb + s * MR, p.ldt, rows + k0, bp + j * kt * NR + k0 * NR,
+                       c + s * MR * gp + j * NR, gp, k0 > 0);
         }
+        continue;
+      }
+      for (int64_t s = 0; s * MR < mc; ++s) {
+        const int r = static_cast<int>(mc - s * MR < MR ? mc - s * MR : MR);
+        pack_a<T>(x, p.k, mb + s * MR, r, rows + k0, kc, ap + s * MR * kc);
       }
       for (int64_t j = 0; j < panels; ++j) {
         const float* b;

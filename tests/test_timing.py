@@ -4,8 +4,10 @@ call, and the cache flusher the matmul benchmarks pass to it."""
 import time
 
 import jax.numpy as jnp
+import numpy as np
 
-from benchmarks._timing import cache_flusher, interleaved_medians
+from benchmarks import _timing
+from benchmarks._timing import cache_flusher, interleaved_medians, linear_layer
 
 
 def test_between_runs_before_every_timed_call_and_is_not_timed():
@@ -34,3 +36,25 @@ def test_between_runs_before_every_timed_call_and_is_not_timed():
 def test_cache_flusher_reads_the_requested_size():
     flush = cache_flusher(mib=1)
     assert float(flush()) == (1 << 20) // 4
+
+
+def test_flush_size_is_twice_the_last_level_cache(tmp_path, monkeypatch):
+    for i, size in enumerate(["48K", "2048K", "491520K", "junk"]):
+        (tmp_path / f"index{i}").mkdir()
+        (tmp_path / f"index{i}" / "size").write_text(size + "\n")
+    (tmp_path / "uevent").write_text("")
+    assert _timing.last_level_cache_mib(str(tmp_path)) == 480.0
+    assert _timing.last_level_cache_mib(str(tmp_path / "missing")) is None
+    for llc, want in [(480.0, 960), (16.0, _timing.FLUSH_MIB), (4096.0, _timing.FLUSH_MAX_MIB),
+                      (None, _timing.FLUSH_MIB)]:
+        monkeypatch.setattr(_timing, "last_level_cache_mib", lambda llc=llc: llc)
+        assert _timing.default_flush_mib() == want
+    assert cache_flusher(mib=2).mib == 2
+
+
+def test_linear_layer_is_the_product_plus_bias():
+    rng = np.random.default_rng(0)
+    x, w, b = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in [(3, 5), (5, 4), (4,)])
+    y = linear_layer(lambda x, w: x @ w)(x, w, b)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(x) @ np.asarray(w) + np.asarray(b),
+                               rtol=1e-5, atol=1e-5)

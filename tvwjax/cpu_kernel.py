@@ -16,6 +16,14 @@ rows once (a GEMV, memory-bound).
 * :func:`unsupported` -- why a given product cannot run on the kernel (``None`` if it can).
 
 Set ``TVWJAX_CPU_KERNEL=0`` in the environment to disable the kernel (XLA path everywhere).
+
+Threads: a call splits its tiles between the thread XLA runs it on and tasks on XLA's
+intra-op pool. XLA counts a custom call as 0 FLOPs and runs a jitted program of under 1000
+FLOPs synchronously on the calling Python thread, so ``jax.jit(tw_matmul_cpu)`` alone runs
+there; on a small VM the pool thread it wakes can land on the caller's core and the two then
+share it (measured on a 2-vCPU VM: about 2x slower at M = 1). Anything else in the program (a
+bias, an activation: every layer of a model) makes XLA run it on its executor thread, where
+the call uses every core.
 """
 
 from __future__ import annotations
