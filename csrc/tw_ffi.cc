@@ -50,6 +50,14 @@ std::vector<const TwKernel*> Supported() {
 
 constexpr int64_t kTransposeMinM = 48;
 constexpr int64_t kTransposeBlock = 64;  // rows and columns of x per transpose item
+// A call's single-thread time is estimated from the bytes of weights it streams and its
+// FLOPs at these rates (one core, conservative); under kMinParallelUs it runs on the calling
+// thread alone. Waking an idle pool thread takes 20-40 us on the 2-vCPU VMs measured, but
+// inside a model the pool's threads are often still spinning from the previous op: MiniLM's
+// 384 x 384 layers at 32 tokens (about 30 us) ran faster with a helper than without.
+constexpr double kStreamBytesPerUs = 16e3;  // 16 GB/s
+constexpr double kFlopsPerUs = 100e3;       // 100 GFLOP/s
+constexpr double kMinParallelUs = 10.0;
 std::atomic<const TwKernel*> g_kernel{nullptr};
 std::atomic<int> g_max_threads{0};  // 0: the pool's size
 std::atomic<int64_t> g_pool_threads{-1};  // what the last call's pool reported
@@ -101,10 +109,23 @@ struct Shared {
   std::atomic<int64_t> done{0};
   std::atomic<int64_t> transposed{0};
   std::atomic<int64_t> helper_items{0};
-  std::atomic<bool> failed{false};
+  std::atomic<bool> ready{false};     // items built (helpers are scheduled before that)
+  std::atomic<bool> failed{false};    // scratch allocation failed
+  std::atomic<bool> bad_rows{false};  // a tile's row table points outside [0, K)
 };
 
+// Whether tile t's first counts[t] row indices lie in [0, K); checked by the item that
+// computes the tile, before any of them is used (no serial pass over the whole table).
+bool RowsValid(const TwProblem& p, int64_t t) {
+  const int32_t* rows = p.rows + t * p.kp;
+  const int64_t kt = p.counts[t];
+  bool ok = true;
+  for (int64_t r = 0; r < kt; ++r) ok &= rows[r] >= 0 && rows[r] < p.k;
+  return ok;
+}
+
 void Work(Shared& s, bool helper) {
+  while (!s.ready.load(std::memory_order_acquire)) std::this_thread::yield();
   const int64_t n = static_cast<int64_t>(s.items.size());
   float* scratch = nullptr;
   for (int64_t i; (i = s.next.fetch_add(1, std::memory_order_relaxed)) < n;) {
@@ -117,8 +138,12 @@ void Work(Shared& s, bool helper) {
         // Items are taken in order, so every transpose item is already being run.
         while (s.transposed.load(std::memory_order_acquire) < s.n_transpose)
           std::this_thread::yield();
-        if (!scratch) scratch = ThreadScratch(s.scratch);
-        s.kernel->item(s.p, it.tile, it.m0, it.m1, scratch);
+        if (!RowsValid(s.p, it.tile)) {
+          s.bad_rows.store(true, std::memory_order_relaxed);
+        } else {
+          if (!scratch) scratch = ThreadScratch(s.scratch);
+          s.kernel->item(s.p, it.tile, it.m0, it.m1, scratch);
+        }
       }
     } catch (...) {
       s.failed.store(true, std::memory_order_relaxed);
@@ -166,15 +191,13 @@ ffi::Error TwMatmulImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer v
   p.y = y->untyped_data();
   if (p.m == 0 || p.n == 0) return ffi::Error::Success();
 
-  // Tables: indices in range (O(T * Kp), negligible next to the product).
-  int64_t covered = 0;
+  // Tables: counts and output columns here (O(T * G)); each tile's row indices are checked
+  // by the item that computes it, in parallel and before use (RowsValid).
+  int64_t covered = 0, kept = 0;
   for (int64_t t = 0; t < p.t; ++t) {
     const int32_t kt = p.counts[t];
     if (kt < 0 || kt > p.kp) return Check(false, "counts out of [0, Kp]");
-    for (int64_t r = 0; r < kt; ++r) {
-      const int32_t row = p.rows[t * p.kp + r];
-      if (row < 0 || row >= p.k) return Check(false, "rows out of [0, K)");
-    }
+    kept += kt;
     for (int64_t g = 0; g < p.g; ++g) {
       const int32_t c = p.cols[t * p.g + g];
       if (c < 0 || c > p.n) return Check(false, "cols out of [0, N]");
@@ -186,15 +209,52 @@ ffi::Error TwMatmulImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer v
   if (p.t == 0) return ffi::Error::Success();
 
   auto s = std::make_shared<Shared>();
+  s->kernel = Kernel();
+  const int64_t pool_threads = pool.num_threads();
+  g_pool_threads.store(pool_threads, std::memory_order_relaxed);
+  int64_t threads = std::max<int64_t>(1, pool_threads);
+  if (const int cap = g_max_threads.load(std::memory_order_relaxed); cap > 0)
+    threads = std::min<int64_t>(threads, cap);
+
+  // Items: tiles, split along M when there are too few tiles to keep every thread busy;
+  // for large M, transposes of x first.
+  const int64_t mr = s->kernel->mr;
+  int64_t chunks = 1;
+  if (p.m > mr && p.t < 4 * threads)
+    chunks = std::min<int64_t>((4 * threads + p.t - 1) / p.t, (p.m + mr - 1) / mr);
+  const int64_t step = (p.m + chunks - 1) / chunks;
+  const int64_t rows_per_item = p.m == 1 ? 1 : (step + mr - 1) / mr * mr;
+  const bool transpose = p.m >= kTransposeMinM;
+  const int64_t n_items =
+      p.t * ((p.m + rows_per_item - 1) / rows_per_item) +
+      (transpose ? ((p.m + kTransposeBlock - 1) / kTransposeBlock) *
+                       ((p.k + kTransposeBlock - 1) / kTransposeBlock)
+                 : 0);
+
+  // Helpers are scheduled before the items are built, so waking them overlaps that work;
+  // a call too small to repay a wake-up runs on the calling thread alone.
+  const double work_us = static_cast<double>(kept) * p.g * esize / kStreamBytesPerUs +
+                         2.0 * static_cast<double>(p.m) * kept * p.g / kFlopsPerUs;
+  const int64_t helpers =
+      work_us < kMinParallelUs ? 0 : std::min<int64_t>(threads, n_items) - 1;
+  for (int64_t h = 0; h < helpers; ++h) pool.Schedule([s] { Work(*s, true); });
+
   p.xt = nullptr;
   p.ldt = 0;
-  if (p.m >= kTransposeMinM) {
-    // Large M: x^T (float32) first, in parallel; packing then copies contiguous runs.
-    // Row stride: an odd number of 64-byte lines, so consecutive rows of x^T fall in
-    // different L1 sets (a stride of 4 KiB multiples put them all in one).
+  s->items.reserve(static_cast<size_t>(n_items));
+  if (transpose) {
+    // Large M: x^T (float32) first, in parallel; the micro-kernel then reads each compact
+    // row's activations as contiguous runs of x^T. Row stride: an odd number of 64-byte
+    // lines, so consecutive rows of x^T fall in different L1 sets (a stride of 4 KiB
+    // multiples put them all in one).
     p.ldt = ((p.m + 15) / 16) | 1;
     p.ldt *= 16;
-    s->xt = ThreadScratch(static_cast<size_t>(p.ldt * p.k), 1);
+    try {
+      s->xt = ThreadScratch(static_cast<size_t>(p.ldt * p.k), 1);
+    } catch (...) {
+      s->ready.store(true, std::memory_order_release);  // let the helpers return
+      return ffi::Error::Internal("tw_matmul_cpu: out of memory for x^T");
+    }
     p.xt = s->xt;
     for (int64_t m0 = 0; m0 < p.m; m0 += kTransposeBlock)
       for (int64_t k0 = 0; k0 < p.k; k0 += kTransposeBlock)
@@ -203,20 +263,6 @@ ffi::Error TwMatmulImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer v
     s->n_transpose = static_cast<int64_t>(s->items.size());
   }
   s->p = p;
-  s->kernel = Kernel();
-  const int64_t pool_threads = pool.num_threads();
-  g_pool_threads.store(pool_threads, std::memory_order_relaxed);
-  int64_t threads = std::max<int64_t>(1, pool_threads);
-  if (const int cap = g_max_threads.load(std::memory_order_relaxed); cap > 0)
-    threads = std::min<int64_t>(threads, cap);
-
-  // Items: tiles, split along M when there are too few tiles to keep every thread busy.
-  const int64_t mr = s->kernel->mr;
-  int64_t chunks = 1;
-  if (p.m > mr && p.t < 4 * threads)
-    chunks = std::min<int64_t>((4 * threads + p.t - 1) / p.t, (p.m + mr - 1) / mr);
-  const int64_t step = (p.m + chunks - 1) / chunks;
-  const int64_t rows_per_item = p.m == 1 ? 1 : (step + mr - 1) / mr * mr;
   std::vector<int64_t> order(p.t);
   for (int64_t t = 0; t < p.t; ++t) order[t] = t;
   std::stable_sort(order.begin(), order.end(),
@@ -225,14 +271,14 @@ ffi::Error TwMatmulImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer v
     for (int64_t m0 = 0; m0 < p.m; m0 += rows_per_item)
       s->items.push_back({t, m0, std::min(p.m, m0 + rows_per_item)});
   s->scratch = s->kernel->scratch_floats(p, std::min(p.m, rows_per_item));
+  s->ready.store(true, std::memory_order_release);
 
-  const int64_t helpers = std::min<int64_t>(threads, static_cast<int64_t>(s->items.size())) - 1;
-  for (int64_t h = 0; h < helpers; ++h) pool.Schedule([s] { Work(*s, true); });
   Work(*s, false);
   const int64_t n = static_cast<int64_t>(s->items.size());
   while (s->done.load(std::memory_order_acquire) < n) std::this_thread::yield();
   g_helper_items.store(s->helper_items.load(), std::memory_order_relaxed);
   g_workers.store(helpers + 1, std::memory_order_relaxed);
+  if (s->bad_rows.load()) return Check(false, "rows out of [0, K)");
   if (s->failed.load()) return ffi::Error::Internal("tw_matmul_cpu: out of memory for scratch");
   return ffi::Error::Success();
 }

@@ -244,3 +244,33 @@ def test_flax_modules_run_the_kernel(dtype):
     for y in (linen({"params": {"kernel": w}}, x), nnx_apply(state, x)):
         assert y.dtype == dtype
         _close(y, _ref(x, w), dtype)
+
+
+@pytest.mark.parametrize("m", [1, 5, 60])
+@pytest.mark.parametrize("table", ["rows_high", "rows_negative", "counts", "cols"])
+def test_the_kernel_rejects_tables_out_of_range(table, m):
+    """The kernel's own second look at the index tables (the formats checked them already):
+    an index out of range is an error naming the table, never a read out of bounds. Rows are
+    checked per tile by the worker that computes it, so a bad row in any tile is found, at
+    M = 1, small M and the x^T path alike."""
+    from tvwjax.formats import StaticArray
+
+    w = _awkward()
+    rows = np.array(w.static_table("rows").array)
+    cols = np.array(w.static_table("cols").array)
+    counts = np.array(w.static_table("counts").array)
+    last = int(np.flatnonzero(counts)[-1])
+    if table == "rows_high":
+        rows[last, counts[last] - 1] = w.shape[0]
+    elif table == "rows_negative":
+        rows[0, 0] = -1
+    elif table == "counts":
+        counts[-1] = rows.shape[1] + 1
+    else:
+        cols[1, 0] = w.shape[1] + 1
+    spec = cpu_kernel._Spec(StaticArray(rows), StaticArray(cols), StaticArray(counts),
+                            *w.shape)
+    x = _x(m, w.shape[0], jnp.float32)
+    what = {"rows_high": "rows", "rows_negative": "rows"}.get(table, table)
+    with pytest.raises(Exception, match=rf"{what} out of \[0, "):
+        jax.block_until_ready(cpu_kernel._ffi(spec, x, w.compact_values()))
