@@ -14,11 +14,13 @@
 //     micro-kernel reads them straight from x^T, where they are MR contiguous floats of row
 //     rows[t, k] (nothing packed), against the tile's weights packed into NR-wide panels.
 // Results land in a per-thread MC x Gp float scratch and are then written (and rounded for
-// bf16) to the tile's output columns cols[t, :] (padding columns dropped).
+// bf16) to the tile's output columns cols[t, :] (padding columns dropped); a float32 tile
+// of whole NR-wide panels over contiguous output columns accumulates straight into y.
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 #if defined(__AVX2__)
@@ -394,12 +396,18 @@ static void gemm(const TwProblem& p, int64_t tile, int64_t m0, int64_t m1, float
   const bool in_place = weights_in_place(p, m1 - m0);
   const int64_t kcb = k_block(p, m1 - m0, kt);
   const Layout l = layout(p, m1 - m0);
-  float* c = scratch + l.c;
+  // float32 output and a tile of whole register panels over one contiguous run of real
+  // output columns: the micro-kernel accumulates straight into y (no scratch, no copy).
+  const int32_t* cols = p.cols + tile * g;
+  const bool direct = std::is_same<T, float>::value && g % NR == 0 && cols[g - 1] < p.n &&
+                      cols[g - 1] - cols[0] == g - 1;
+  const int64_t ldc = direct ? p.n : gp;
   float* ap = scratch + l.a;
   float* bp = scratch + l.b;
   if (!in_place) pack_b<T>(w, g, kt, bp);
   for (int64_t mb = m0; mb < m1; mb += MC) {
     const int64_t mc = m1 - mb < MC ? m1 - mb : MC;
+    float* c = direct ? static_cast<float*>(p.y) + mb * p.n + cols[0] : scratch + l.c;
     for (int64_t k0 = 0; k0 < kt; k0 += kcb) {
       const int64_t kc = kt - k0 < kcb ? kt - k0 : kcb;
       if (p.xt) {  // activations read from x^T through the row table: nothing to pack
@@ -407,7 +415,7 @@ static void gemm(const TwProblem& p, int64_t tile, int64_t m0, int64_t m1, float
           const int r = static_cast<int>(mc - s * MR < MR ? mc - s * MR : MR);
           for (int64_t j = 0; j < panels; ++j)
             kMicroT[r](kc, p.xt + mb + s * MR, p.ldt, rows + k0, bp + j * kt * NR + k0 * NR,
-                       c + s * MR * gp + j * NR, gp, k0 > 0);
+                       c + s * MR * ldc + j * NR, ldc, k0 > 0);
         }
         continue;
       }
@@ -427,11 +435,11 @@ static void gemm(const TwProblem& p, int64_t tile, int64_t m0, int64_t m1, float
         }
         for (int64_t s = 0; s * MR < mc; ++s) {
           const int r = static_cast<int>(mc - s * MR < MR ? mc - s * MR : MR);
-          kMicro[r](kc, ap + s * MR * kc, b, ldb, c + s * MR * gp + j * NR, gp, k0 > 0);
+          kMicro[r](kc, ap + s * MR * kc, b, ldb, c + s * MR * ldc + j * NR, ldc, k0 > 0);
         }
       }
     }
-    write_rows<T>(p, tile, mb, mc, c, gp);
+    if (!direct) write_rows<T>(p, tile, mb, mc, c, gp);
   }
 }
 
