@@ -60,7 +60,10 @@ def run(*, n_calib: int = 128, n_eval: int = 256, configs: Sequence[str] = CONFI
                  "damping": damping, "scope": scope, "sources": {
                      "pydoc": "Python Language Reference (pydoc_data.topics), examples/corpus.py",
                      "sklearn": "scikit-learn docstrings + bundled dataset descriptions, "
-                                "examples/minilm_sources.py"},
+                                "examples/minilm_sources.py",
+                     "numpy": "NumPy public API docstrings, examples/minilm_sources.py",
+                     "scipy": "SciPy public API docstrings, examples/minilm_sources.py",
+                     "a+b": "a mixture: the sources' sentences interleaved round-robin"},
                  "rows": [], "magnitude": []}
     dense_cache: dict[str, tuple[list[str], np.ndarray]] = {}
     for ev, cal in pairs:
@@ -161,7 +164,8 @@ def markdown(res: dict) -> str:
             diff = f"{b['cosine'] - a['cosine']:+.4f}" if a and b else "--"
             ta = f"{a['seconds']:.0f}" if a else "--"
             tb = f"{b['seconds']:.0f}" if b else "--"
-            where = "in-domain" if ev == cal else "other source"
+            where = ("in-domain" if ev == cal else "includes the evaluation's source"
+                     if ev in cal.split("+") else "other source")
             lines.append(f"| {name} | {int(round(s * 100))}% | {ev} | {cal} ({where}) | {dmp:g} "
                          f"| {fa} | {fb} | {diff} | {ta} / {tb} |")
     out = [
