@@ -110,6 +110,7 @@ struct Shared {
   std::atomic<int64_t> transposed{0};
   std::atomic<int64_t> helper_items{0};
   std::atomic<bool> ready{false};     // items built (helpers are scheduled before that)
+  std::thread::id caller;             // the thread that runs the call
   std::atomic<bool> failed{false};    // scratch allocation failed
   std::atomic<bool> bad_rows{false};  // a tile's row table points outside [0, K)
 };
@@ -125,6 +126,11 @@ bool RowsValid(const TwProblem& p, int64_t t) {
 }
 
 void Work(Shared& s, bool helper) {
+  // A pool may run a scheduled task inline, on the caller's thread, before the items exist
+  // (the caller then does the work itself); a helper on another thread waits for them.
+  if (helper && !s.ready.load(std::memory_order_acquire) &&
+      std::this_thread::get_id() == s.caller)
+    return;
   while (!s.ready.load(std::memory_order_acquire)) std::this_thread::yield();
   const int64_t n = static_cast<int64_t>(s.items.size());
   float* scratch = nullptr;
@@ -209,6 +215,7 @@ ffi::Error TwMatmulImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer v
   if (p.t == 0) return ffi::Error::Success();
 
   auto s = std::make_shared<Shared>();
+  s->caller = std::this_thread::get_id();
   s->kernel = Kernel();
   const int64_t pool_threads = pool.num_threads();
   g_pool_threads.store(pool_threads, std::memory_order_relaxed);
