@@ -87,10 +87,10 @@ def keep_faster(params: PyTree, compressed: PyTree, rows: int, *, repeats: int =
 
     Every :class:`~tvwjax.formats.CompressedWeight` leaf of ``compressed`` is timed with
     :func:`tvwjax.matmul` on a random ``(rows, K)`` input against the dense ``(K, N)`` form
-    of the same weight (both ``jax.jit``-compiled, medians of ``repeats`` interleaved calls
-    after a warm-up). Where the dense form is not slower, the leaf is replaced by
-    ``decompress(w)`` reshaped to the leaf of ``params`` at the same path (a conv kernel
-    gets its 4-D shape back; pruned weights stay exactly zero).
+    of the same weight, each as a layer with a bias (both ``jax.jit``-compiled, medians of
+    ``repeats`` interleaved calls after a warm-up). Where the dense form is not slower, the
+    leaf is replaced by ``decompress(w)`` reshaped to the leaf of ``params`` at the same
+    path (a conv kernel gets its 4-D shape back; pruned weights stay exactly zero).
 
     Args:
       params: the dense params the compressed tree was made from (for the leaves' shapes
@@ -129,7 +129,10 @@ def keep_faster(params: PyTree, compressed: PyTree, rows: int, *, repeats: int =
         missing, extra = path_difference(list(dense_by_path), [p for p, _ in flat])
         raise TreeMismatchError(f"keep_faster: compressed must have the structure of params: "
                                 f"missing {missing}, unexpected {extra}")
-    mm = jax.jit(lambda x, w: matmul(x, w, backend=backend))
+    # Timed as a layer (product plus a runtime bias), as it runs in a model: XLA runs a jitted
+    # program of under 1000 FLOPs, such as a lone CPU-kernel custom call (counted as 0),
+    # synchronously on the calling thread, which on small machines halves its threads.
+    mm = jax.jit(lambda x, w, b: matmul(x, w, backend=backend) + b)
     key = jax.random.key(seed)
     out, choices = [], []
     for path, leaf in flat:
@@ -144,7 +147,8 @@ def keep_faster(params: PyTree, compressed: PyTree, rows: int, *, repeats: int =
         dense = decompress(leaf).astype(jnp.asarray(ref).dtype)
         key, sub = jax.random.split(key)
         x = jax.random.normal(sub, (rows, k), leaf.dtype)
-        t_dense, t_comp = _median_ms([mm, mm], [(x, dense), (x, leaf)], repeats)
+        b = jnp.zeros((n,), leaf.dtype)
+        t_dense, t_comp = _median_ms([mm, mm], [(x, dense, b), (x, leaf, b)], repeats)
         faster = t_comp < t_dense
         choices.append(LayerChoice(path, (k, n), type(leaf).__name__, t_dense, t_comp,
                                    "compressed" if faster else "dense"))
