@@ -100,6 +100,7 @@ def run(*, n_calib: int = 128, n_eval: int = 256, configs: Sequence[str] = CONFI
                 tvwjax.check_tree(mk, pat, s if scope == "layer" else None)
                 cos = embedding_fidelity(encode(model, p, tok, sents), dense)
                 res["rows"].append({"eval": ev, "calib": cal, "pattern": name, "sparsity": s,
+                                    "calib_sentences": n_calib,
                                     "selection": selection, "damping": damping,
                                     "cosine": cos, "seconds": dt, "load": load_1min})
                 log(f"eval {ev:7s} calib {cal:7s} {name:>4} {s:.2f} {selection:5s} "
@@ -117,11 +118,12 @@ def _write_json(res: dict, out: str) -> None:
 
 
 def merge(paths: Sequence[str]) -> dict:
-    """One result dict from the JSON files of several (partial) runs: their rows and
-    magnitude references concatenated, the first file's settings."""
+    """One result dict from the JSON files of several (partial) runs: their rows, sources and
+    magnitude references together, the first file's other settings."""
     parts = [json.load(open(p)) for p in paths]
     res = dict(parts[0])
     res["rows"] = [r for part in parts for r in part["rows"]]
+    res["sources"] = {k: v for part in parts for k, v in part.get("sources", {}).items()}
     seen, mags = set(), []
     for part in parts:
         for m in part["magnitude"]:
@@ -146,17 +148,21 @@ def markdown(res: dict) -> str:
     """The results as a Markdown report (house style of ``results/minilm.md``)."""
     mag = {m["eval"]: m["cosine"] for m in res["magnitude"]}
     rows = res["rows"]
+    n_default = res["calibration_sentences"]
     keys = list(dict.fromkeys((r["pattern"], r["sparsity"]) for r in rows))
-    pairs = list(dict.fromkeys((r["eval"], r["calib"], r.get("damping", 0.01)) for r in rows))
-    cell = {(r["eval"], r["calib"], r.get("damping", 0.01), r["pattern"], r["sparsity"],
-             r["selection"]): r for r in rows}
-    head = ["| pattern | sparsity | eval | calibration | damping | score (today) | obs | "
-            "obs - score | seconds score / obs |", "|---|---|---|---|---|---|---|---|---|"]
+    pairs = list(dict.fromkeys((r["eval"], r["calib"], r.get("calib_sentences", n_default),
+                                r.get("damping", 0.01)) for r in rows))
+    cell = {(r["eval"], r["calib"], r.get("calib_sentences", n_default),
+             r.get("damping", 0.01), r["pattern"], r["sparsity"], r["selection"]): r
+            for r in rows}
+    head = ["| pattern | sparsity | eval | calibration | sentences | damping | score (today) "
+            "| obs | obs - score | seconds score / obs |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     lines = []
     for name, s in keys:
-        for ev, cal, dmp in pairs:
-            a = cell.get((ev, cal, dmp, name, s, "score"))
-            b = cell.get((ev, cal, dmp, name, s, "obs"))
+        for ev, cal, n_cal, dmp in pairs:
+            a = cell.get((ev, cal, n_cal, dmp, name, s, "score"))
+            b = cell.get((ev, cal, n_cal, dmp, name, s, "obs"))
             if a is None and b is None:
                 continue
             fa = f"{a['cosine']:.4f}" if a else "--"
@@ -166,24 +172,25 @@ def markdown(res: dict) -> str:
             tb = f"{b['seconds']:.0f}" if b else "--"
             where = ("in-domain" if ev == cal else "includes the evaluation's source"
                      if ev in cal.split("+") else "other source")
-            lines.append(f"| {name} | {int(round(s * 100))}% | {ev} | {cal} ({where}) | {dmp:g} "
-                         f"| {fa} | {fb} | {diff} | {ta} / {tb} |")
+            lines.append(f"| {name} | {int(round(s * 100))}% | {ev} | {cal} ({where}) | "
+                         f"{n_cal} | {dmp:g} | {fa} | {fb} | {diff} | {ta} / {tb} |")
     out = [
         "# all-MiniLM-L6-v2: second-order (OBS) vs activation-score mask selection, and the "
         "calibration source",
         "",
         f"Mean cosine of sentence embeddings to the dense model's on {res['heldout_sentences']} "
         "held-out sentences of the evaluation source, after `tvwjax.one_shot` (masks, then the "
-        "sequential refit, one calibration pass per transformer block) on "
-        f"{res['calibration_sentences']} train sentences of the calibration source. 36 linear "
+        "sequential refit, one calibration pass per transformer block) on the train "
+        "sentences of the calibration source (how many: the `sentences` column). 36 linear "
         f"matrices; TW / TVW are the 1-D variants with tiles of {res['tile']} columns; layer "
         "scope. `score` = today's method (`selection=\"score\"`: Wanda scores "
         "|w| * ||x_k||, the pattern's mask); `obs` = `selection=\"obs\"` (tvwjax.obs: "
         "group-OBS removal paths per TW tile with exact add/drop exchanges; SparseGPT for EW, "
         "2:4 and TVW's 2:4 part). Both get the same refit.",
         "",
-        "Sources (both offline): `pydoc` = " + res["sources"]["pydoc"] + "; `sklearn` = "
-        + res["sources"]["sklearn"] + ".",
+        "Sources (all offline): " + "; ".join(f"`{k}` = {v}" for k, v in res["sources"].items()
+                                              if any(k in (r["eval"], *r["calib"].split("+"))
+                                                     for r in rows) or k == "a+b") + ".",
         "",
         "Reference (no data): EW 50% magnitude pruning, "
         + ", ".join(f"{k} {v:.4f}" for k, v in mag.items()) + ".",

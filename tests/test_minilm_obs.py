@@ -33,9 +33,25 @@ def test_merged_report_has_every_cell_and_the_load_range(tmp_path):
     res = minilm_obs.merge([a, b])
     assert len(res["rows"]) == 3 and len(res["magnitude"]) == 1
     md = minilm_obs.markdown(res)
-    assert ("| TVW | 75% | pydoc | sklearn (other source) | 0.01 | 0.5784 | 0.6012 | +0.0228 "
-            "| 100 / 190 |") in md
-    assert "| TVW | 75% | pydoc | pydoc (in-domain) | 0.01 | 0.7092 | -- | -- | 20 / -- |" in md
+    assert ("| TVW | 75% | pydoc | sklearn (other source) | 128 | 0.01 | 0.5784 | 0.6012 | "
+            "+0.0228 | 100 / 190 |") in md
+    assert ("| TVW | 75% | pydoc | pydoc (in-domain) | 128 | 0.01 | 0.7092 | -- | -- | 20 / -- |"
+            in md)
     assert "load average 0.4 to 2.5" in md
     assert "EW 50% magnitude pruning, pydoc 0.7247" in md
     assert "`run a`" in md and "`run b`" in md
+
+
+def test_rows_of_other_calibration_sizes_and_mixtures_get_their_own_lines(tmp_path):
+    from examples import minilm_obs
+
+    big = dict(_row("pydoc", "sklearn+numpy", "TW", 0.5, "obs", 0.7578, 70.0, 1.0),
+               calib_sentences=1024)
+    mixed = dict(_row("pydoc", "pydoc+numpy", "TW", 0.5, "obs", 0.8, 70.0, 1.0))
+    a = _run([_row("pydoc", "sklearn+numpy", "TW", 0.5, "obs", 0.6933, 69.0, 1.0), big, mixed],
+             [{"eval": "pydoc", "pattern": "EW", "sparsity": 0.5, "cosine": 0.7247}],
+             tmp_path, "a")
+    md = minilm_obs.markdown(minilm_obs.merge([a]))
+    assert "| sklearn+numpy (other source) | 128 | 0.01 | -- | 0.6933 |" in md
+    assert "| sklearn+numpy (other source) | 1024 | 0.01 | -- | 0.7578 |" in md
+    assert "| pydoc+numpy (includes the evaluation's source) | 128 |" in md
