@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -248,3 +250,34 @@ def test_nnx_one_shot():
     assert e_rec < e_plain
     k = np.asarray(pruned.a.kernel[...])
     assert np.all(k[~np.asarray(mk["a"]["kernel"])] == 0.0)
+
+
+def test_few_calibration_rows_per_input_warn_and_the_report_counts_them():
+    """The refit needs many more calibration rows than inputs; below MIN_ROWS_PER_INPUT per
+    input feature reconstruct says so, naming the worst layer, and the report carries the
+    counts either way."""
+    from tvwjax.calibration import linen_inputs
+    from tvwjax.errors import CalibrationWarning
+    from tvwjax.reconstruction import MIN_ROWS_PER_INPUT
+
+    class Two(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(8, name="wide")(nn.relu(nn.Dense(64, name="narrow")(x)))
+
+    model = Two()
+    k = 16
+    few = jax.random.normal(jax.random.key(0), (MIN_ROWS_PER_INPUT * k, k))
+    variables = model.init(jax.random.key(1), few)
+    pat = tvwjax.TW(tile=4, column_share=0.0)
+    # narrow: 128 rows for 16 inputs (8 per input: enough); wide: 128 rows for 64 inputs.
+    with pytest.warns(CalibrationWarning, match=r"1 of 2 layers .*'params/wide/kernel', "
+                                                 r"128 rows for 64 inputs, 2\.0 per input"):
+        _, _, report = tvwjax.one_shot(linen_inputs(model), variables, pat, 0.5, [(few,)])
+    assert report["params/narrow/kernel"]["rows"] == 128.0
+    assert report["params/narrow/kernel"]["inputs"] == k
+    assert report["params/wide/kernel"]["inputs"] == 64
+    many = jax.random.normal(jax.random.key(2), (MIN_ROWS_PER_INPUT * 64, k))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CalibrationWarning)
+        tvwjax.one_shot(linen_inputs(model), variables, pat, 0.5, [(many,)])

@@ -28,6 +28,7 @@ from tvwjax import (
 from tvwjax._tree import as_matrix, path_str
 from tvwjax.check import check, check_tree
 from tvwjax.errors import (
+    CalibrationWarning,
     ConfigError,
     DTypeError,
     FormatError,
@@ -64,7 +65,8 @@ __all__ = [
     # patterns
     "BW", "EW", "NM", "TEW", "TVW", "TW", "VW", "Pattern",
     # errors
-    "ConfigError", "DTypeError", "FormatError", "PatternViolationError", "PruneOrderWarning",
+    "CalibrationWarning", "ConfigError", "DTypeError", "FormatError", "PatternViolationError",
+    "PruneOrderWarning",
     "ScoreError", "ShapeError",
     "TreeMismatchError", "TvwError", "errors",
     # masks and scores

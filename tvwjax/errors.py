@@ -61,12 +61,18 @@ class PruneOrderWarning(UserWarning):
     optimizer instead of after it."""
 
 
+class CalibrationWarning(UserWarning):
+    """A one-shot refit ran on too few calibration rows (tokens) for its layers' input width:
+    it then fits the calibration text more than the layer."""
+
+
 __all__ = [
     "ConfigError",
     "DTypeError",
     "FormatError",
     "PatternViolationError",
     "PruneOrderWarning",
+    "CalibrationWarning",
     "ScoreError",
     "ShapeError",
     "TreeMismatchError",
