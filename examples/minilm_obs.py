@@ -122,7 +122,9 @@ def merge(paths: Sequence[str]) -> dict:
     magnitude references together, the first file's other settings."""
     parts = [json.load(open(p)) for p in paths]
     res = dict(parts[0])
-    res["rows"] = [r for part in parts for r in part["rows"]]
+    # rows of runs before rows recorded their calibration size take their run's
+    res["rows"] = [{"calib_sentences": part.get("calibration_sentences"), **r}
+                   for part in parts for r in part["rows"]]
     res["sources"] = {k: v for part in parts for k, v in part.get("sources", {}).items()}
     seen, mags = set(), []
     for part in parts:
@@ -131,9 +133,9 @@ def merge(paths: Sequence[str]) -> dict:
                 seen.add(m["eval"])
                 mags.append(m)
     res["magnitude"] = mags
-    res["runs"] = [{"file": p, "command": part.get("command", ""),
-                    "seconds": part.get("total_seconds")}
-                   for p, part in zip(paths, parts, strict=True)]
+    res["runs"] = [run for p, part in zip(paths, parts, strict=True)
+                   for run in part.get("runs") or [{"file": p, "command": part.get("command", ""),
+                                                    "seconds": part.get("total_seconds")}]]
     return res
 
 

@@ -51,7 +51,13 @@ def test_rows_of_other_calibration_sizes_and_mixtures_get_their_own_lines(tmp_pa
     a = _run([_row("pydoc", "sklearn+numpy", "TW", 0.5, "obs", 0.6933, 69.0, 1.0), big, mixed],
              [{"eval": "pydoc", "pattern": "EW", "sparsity": 0.5, "cosine": 0.7247}],
              tmp_path, "a")
-    md = minilm_obs.markdown(minilm_obs.merge([a]))
+    old = json.loads(open(a).read())
+    old["calibration_sentences"] = 3000
+    old["rows"] = [_row("pydoc", "sklearn+numpy", "TW", 0.5, "obs", 0.7627, 99.0, 1.0)]
+    b = tmp_path / "b.json"
+    b.write_text(json.dumps(old))
+    md = minilm_obs.markdown(minilm_obs.merge([a, str(b)]))
+    assert "| sklearn+numpy (other source) | 3000 | 0.01 | -- | 0.7627 |" in md
     assert "| sklearn+numpy (other source) | 128 | 0.01 | -- | 0.6933 |" in md
     assert "| sklearn+numpy (other source) | 1024 | 0.01 | -- | 0.7578 |" in md
     assert "| pydoc+numpy (includes the evaluation's source) | 128 |" in md
