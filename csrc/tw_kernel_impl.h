@@ -195,27 +195,48 @@ static void pack_b(const T* w, int64_t g, int64_t kt, float* bp) {
 }
 
 // ---- the micro-kernel ----------------------------------------------------------------------
-// c[i, 0:NR] (+)= sum_k a[k * R + i] * b[k * ldb + 0:NR], i < R.
-template <int R>
-static void micro(int64_t kc, const float* __restrict a, const float* __restrict b, int64_t ldb,
-                  float* __restrict c, int64_t ldc, bool accumulate) {
+// c[i, 0:NR] (+)= sum_k A_k[i] * b[k * ldb + 0:NR], i < R, where A_k (R floats) is step k's
+// activations: a packed sliver (PackedA) or a run of x^T found through the row table
+// (RowsOfXt). One body for both, so the two stay the same register-blocked loop.
+struct PackedA {  // ap[k * R + i]
+  const float* ap;
+  int r;
+  const float* at(int64_t k) const { return ap + k * r; }
+  void prefetch(int64_t) const {}
+};
+
+struct RowsOfXt {  // xt[rows[k] * ldt + i]: the activations of compact row k, contiguous in i
+  const float* xt;
+  int64_t ldt;
+  const int32_t* rows;
+  int64_t kc;
+  const float* at(int64_t k) const { return xt + static_cast<int64_t>(rows[k]) * ldt; }
+  void prefetch(int64_t k) const {
+    if (k + 8 < kc) __builtin_prefetch(at(k + 8));
+  }
+};
+
+template <int R, typename A>
+static inline void micro_body(int64_t kc, const A& a, const float* __restrict b, int64_t ldb,
+                              float* __restrict c, int64_t ldc, bool accumulate) {
   vf acc[R][NV];
 #pragma GCC unroll 16
   for (int i = 0; i < R; ++i)
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) acc[i][v] = accumulate ? load(c + i * ldc + v * VW) : vf{};
   for (int64_t k = 0; k < kc; ++k) {
+    const float* __restrict ak = a.at(k);
+    a.prefetch(k);
     vf bv[NV];
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) bv[v] = load(b + v * VW);
     if (ldb != NR) __builtin_prefetch(b + 8 * ldb);
 #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
-      const vf av = bcast(a[i]);
+      const vf av = bcast(ak[i]);
 #pragma GCC unroll 2
       for (int v = 0; v < NV; ++v) acc[i][v] += av * bv[v];
     }
-    a += R;
     b += ldb;
   }
 #pragma GCC unroll 16
@@ -224,37 +245,22 @@ static void micro(int64_t kc, const float* __restrict a, const float* __restrict
     for (int v = 0; v < NV; ++v) store(c + i * ldc + v * VW, acc[i][v]);
 }
 
+// A packed sliver ap (kc x R) against b (row stride ldb).
+template <int R>
+static void micro(int64_t kc, const float* __restrict a, const float* __restrict b, int64_t ldb,
+                  float* __restrict c, int64_t ldc, bool accumulate) {
+  micro_body<R>(kc, PackedA{a, R}, b, ldb, c, ldc, accumulate);
+}
+
 typedef void (*MicroFn)(int64_t, const float*, const float*, int64_t, float*, int64_t, bool);
 
-// The same with the activations read straight from x^T through the row table (no packed A):
-// row k of the sliver is xt[rows[k] * ldt + 0:R], R contiguous floats.
+// Activations read straight from x^T through the row table (nothing packed) against a
+// packed NR-wide panel b.
 template <int R>
 static void micro_t(int64_t kc, const float* __restrict xt, int64_t ldt,
                     const int32_t* __restrict rows, const float* __restrict b, float* __restrict c,
                     int64_t ldc, bool accumulate) {
-  vf acc[R][NV];
-#pragma GCC unroll 16
-  for (int i = 0; i < R; ++i)
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) acc[i][v] = accumulate ? load(c + i * ldc + v * VW) : vf{};
-  for (int64_t k = 0; k < kc; ++k) {
-    const float* a = xt + static_cast<int64_t>(rows[k]) * ldt;
-    if (k + 8 < kc) __builtin_prefetch(xt + static_cast<int64_t>(rows[k + 8]) * ldt);
-    vf bv[NV];
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) bv[v] = load(b + v * VW);
-#pragma GCC unroll 16
-    for (int i = 0; i < R; ++i) {
-      const vf av = bcast(a[i]);
-#pragma GCC unroll 2
-      for (int v = 0; v < NV; ++v) acc[i][v] += av * bv[v];
-    }
-    b += NR;
-  }
-#pragma GCC unroll 16
-  for (int i = 0; i < R; ++i)
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) store(c + i * ldc + v * VW, acc[i][v]);
+  micro_body<R>(kc, RowsOfXt{xt, ldt, rows, kc}, b, NR, c, ldc, accumulate);
 }
 
 typedef void (*MicroTFn)(int64_t, const float*, int64_t, const int32_t*, const float*, float*,
