@@ -102,8 +102,8 @@ def linear_layer(product: Callable[[Any, Any], Any]) -> Callable[[Any, Any, Any]
     A jitted program holding nothing but a custom call (the CPU TW kernel) is one that XLA
     counts as 0 FLOPs, and XLA:CPU runs programs under 1000 FLOPs synchronously on the
     calling Python thread instead of its executor thread; the kernel's helper thread then
-    competes with the caller for a core (on 2-CPU VMs the caller is often parked for a
-    whole scheduler tick). A layer of a model never runs that way. Timing every variant,
+    competes with the caller for a core (on a 2-vCPU VM the caller was parked for about
+    a millisecond per call). A layer of a model never runs that way. Timing every variant,
     dense included, as the layer it stands for (product plus bias, ``b`` a runtime
     argument) measures each the way a model runs it.
     """
