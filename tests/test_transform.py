@@ -255,7 +255,11 @@ def test_eager_and_jitted_updates_are_identical(pattern):
         for a, b in zip(jax.tree.leaves((params_e, state_e)),
                         jax.tree.leaves((params_j, state_j)), strict=True):
             assert a.dtype == b.dtype
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+            # float32 rounding, compounded over the steps: XLA fuses Adam's arithmetic under
+            # jit (FMA contraction, vector sqrt/div on AVX-512) and not eagerly; 1e-7 absolute
+            # is below one ulp of a weight near 1 and failed on an AVX-512 Xeon (1.6e-7).
+            # The masks below must still match exactly.
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
         for m_e, m_j in zip(jax.tree.leaves(get_masks(state_e)),
                             jax.tree.leaves(get_masks(state_j)), strict=True):
             np.testing.assert_array_equal(m_e, m_j)
