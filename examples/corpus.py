@@ -65,6 +65,15 @@ def _extract(text: str) -> list[str]:
     return out
 
 
+def split_sentences(sentences: list[str]) -> dict[str, tuple[str, ...]]:
+    """The fixed hash split of a sentence list: distinct sentences in hash order, a third
+    ``"heldout"``, the rest ``"train"``, and ``"all"``."""
+    unique = sorted(dict.fromkeys(sentences), key=_sentence_hash)
+    heldout = tuple(s for s in unique if _sentence_hash(s) % 3 == 0)
+    train = tuple(s for s in unique if _sentence_hash(s) % 3 != 0)
+    return {"train": train, "heldout": heldout, "all": tuple(unique)}
+
+
 @functools.cache
 def _corpus() -> dict[str, tuple[str, ...]]:
     from pydoc_data.topics import topics
@@ -72,10 +81,7 @@ def _corpus() -> dict[str, tuple[str, ...]]:
     sentences: list[str] = []
     for key in sorted(topics):
         sentences.extend(_extract(topics[key]))
-    unique = sorted(dict.fromkeys(sentences), key=_sentence_hash)
-    heldout = tuple(s for s in unique if _sentence_hash(s) % 3 == 0)
-    train = tuple(s for s in unique if _sentence_hash(s) % 3 != 0)
-    return {"train": train, "heldout": heldout, "all": tuple(unique)}
+    return split_sentences(sentences)
 
 
 def load_sentences(n: int | None = None, split: str = "train") -> list[str]:

@@ -54,6 +54,8 @@ def run(*, n_calib: int = 128, n_eval: int = 256, configs: Sequence[str] = CONFI
     ``passes``: one sequential calibration pass per transformer ``"block"`` (as SparseGPT and
     Wanda) or per ``"group"`` of layers that share an input (each refit on the outputs of
     the block's already-refit layers; more passes)."""
+    if passes not in ("block", "group"):
+        raise ValueError(f"passes must be 'block' or 'group', got {passes!r}")
     group_by = block_of if passes == "block" else None
     t0 = time.perf_counter()
     model, params, tok = load_minilm()
@@ -154,13 +156,11 @@ def markdown(res: dict) -> str:
     """The results as a Markdown report (house style of ``results/minilm.md``)."""
     mag = {m["eval"]: m["cosine"] for m in res["magnitude"]}
     rows = res["rows"]
-    n_default = res["calibration_sentences"]
     keys = list(dict.fromkeys((r["pattern"], r["sparsity"]) for r in rows))
-    pairs = list(dict.fromkeys((r["eval"], r["calib"], r.get("calib_sentences", n_default),
+    pairs = list(dict.fromkeys((r["eval"], r["calib"], r["calib_sentences"],
                                 r.get("damping", 0.01)) for r in rows))
-    cell = {(r["eval"], r["calib"], r.get("calib_sentences", n_default),
-             r.get("damping", 0.01), r["pattern"], r["sparsity"], r["selection"]): r
-            for r in rows}
+    cell = {(r["eval"], r["calib"], r["calib_sentences"], r.get("damping", 0.01),
+             r["pattern"], r["sparsity"], r["selection"]): r for r in rows}
     head = ["| pattern | sparsity | eval | calibration | sentences | damping | score (today) "
             "| obs | obs - score | seconds score / obs |",
             "|---|---|---|---|---|---|---|---|---|---|"]

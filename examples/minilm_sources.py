@@ -7,9 +7,10 @@
   (``sklearn/datasets/descr/*.rst``): machine-learning and statistics prose, written by
   other authors for another purpose.
 * ``"numpy"``, ``"scipy"`` -- the docstrings of NumPy's and SciPy's public API (the names
-  in ``__all__`` of the package and of its public subpackages): numerical-computing prose.
+  in ``__all__`` of NumPy and its public subpackages; of SciPy's public subpackages):
+  numerical-computing prose.
 
-Nothing is downloaded (all three packages are dependencies of the project's test extra).
+Nothing is downloaded (the three packages come with the project's test extra).
 Every source goes through the same sentence extraction and the same hash split (train /
 held-out) as :mod:`examples.corpus`, so ``load(source, n, split)`` is deterministic and the
 splits of a source are disjoint. A mixture ``"a+b+..."`` interleaves its sources' splits
@@ -27,7 +28,7 @@ import pkgutil
 import warnings
 from pathlib import Path
 
-from examples.corpus import _extract, _sentence_hash, load_sentences
+from examples.corpus import _extract, load_sentences, split_sentences
 from tvwjax.errors import ConfigError
 
 SOURCES = ("pydoc", "sklearn", "numpy", "scipy")
@@ -63,13 +64,6 @@ def _api_docstrings(package: str, top_level: bool) -> list[str]:
     return sentences
 
 
-def _split(sentences: list[str]) -> dict[str, tuple[str, ...]]:
-    unique = sorted(dict.fromkeys(sentences), key=_sentence_hash)
-    heldout = tuple(s for s in unique if _sentence_hash(s) % 3 == 0)
-    train = tuple(s for s in unique if _sentence_hash(s) % 3 != 0)
-    return {"train": train, "heldout": heldout, "all": tuple(unique)}
-
-
 @functools.cache
 def _corpus(source: str) -> dict[str, tuple[str, ...]]:
     sentences = _api_docstrings(source, top_level=source == "numpy")
@@ -79,7 +73,7 @@ def _corpus(source: str) -> dict[str, tuple[str, ...]]:
         descr = Path(sklearn.__file__).parent / "datasets" / "descr"
         for f in sorted(descr.glob("*.rst")):
             sentences.extend(_extract(f.read_text(encoding="utf-8")))
-    return _split(sentences)
+    return split_sentences(sentences)
 
 
 def _pool(source: str, split: str) -> tuple[str, ...]:

@@ -99,9 +99,7 @@ def obs_sweep(w: Array, m: Array, h: Array, width: int,
       ``(weights, mask)``: the swept weights (zero where pruned) and the mask used.
     """
     hs, d = _scaled_h(h)
-    lh = jnp.linalg.cholesky(hs)
-    hinv = jax.scipy.linalg.cho_solve((lh, True), jnp.eye(w.shape[0], dtype=jnp.float32))
-    return _sweep(w / d[:, None], m, hinv, d, width, choose)
+    return _sweep(w / d[:, None], m, _inverse(hs), d, width, choose)
 
 
 def _sweep(ws: Array, m: Array, hinv: Array, d: Array, width: int,
@@ -294,10 +292,8 @@ def _scaled(w: Array, h: Array) -> tuple[Array, Array, Array]:
     """Jacobi-scaled ``(w, H^-1)`` and the layer's energy ``tr(w^T H w)``."""
     hs, d = _scaled_h(h)
     ws = w / d[:, None]
-    lh = jnp.linalg.cholesky(hs)
-    hinv = jax.scipy.linalg.cho_solve((lh, True), jnp.eye(h.shape[0], dtype=jnp.float32))
     energy = jnp.sum(ws * jnp.matmul(hs, ws, precision=_HI))
-    return ws, hinv, energy
+    return ws, _inverse(hs), energy
 
 
 _scaled_jit = jax.jit(_scaled)
@@ -460,6 +456,12 @@ def _tiles_nm(hs: Array, wts: Array, keeps: Array, n: int, m: int,
 def _scaled_h(h: Array) -> tuple[Array, Array]:
     d = jax.lax.rsqrt(jnp.maximum(jnp.diag(h), 1e-30))
     return h * d[:, None] * d[None, :], d
+
+
+def _inverse(hs: Array) -> Array:
+    """``hs^-1`` of a (Jacobi-scaled) positive definite matrix, by Cholesky."""
+    lh = jnp.linalg.cholesky(hs)
+    return jax.scipy.linalg.cho_solve((lh, True), jnp.eye(hs.shape[0], dtype=jnp.float32))
 
 
 # -- one layer ---------------------------------------------------------------------------------
