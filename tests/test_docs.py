@@ -28,7 +28,8 @@ def test_docstring_examples(name):
 def test_the_main_public_functions_have_examples():
     main = [tvwjax.masks, tvwjax.prune, tvwjax.fixed_masks, tvwjax.compress, tvwjax.check,
             tvwjax.summary, tvwjax.apply_masks, tvwjax.matmul, tvwjax.Pattern.mask,
-            tvwjax.nn.compress_params, tvwjax.one_shot]
+            tvwjax.nn.compress_params, tvwjax.one_shot, tvwjax.layer_sensitivity,
+            tvwjax.plan_sparsity]
     missing = [f.__qualname__ for f in main if ">>>" not in (f.__doc__ or "")]
     assert not missing, f"public functions without a runnable example: {missing}"
 

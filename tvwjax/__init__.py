@@ -13,7 +13,9 @@ The flat public API:
   :class:`TileWise`, :class:`TileVectorWise`, :class:`NMSparse`, :class:`BlockSparse`, and the
   Flax modules in :mod:`tvwjax.nn`;
 * one-shot pruning -- :func:`one_shot`, :func:`reconstruct`, :func:`reconstruct_layer` with
-  the statistics of :mod:`tvwjax.calibration` and the scores of :mod:`tvwjax.data_aware`.
+  the statistics of :mod:`tvwjax.calibration` and the scores of :mod:`tvwjax.data_aware`;
+  per-layer sparsities from measured sensitivity: :func:`layer_sensitivity`,
+  :func:`plan_sparsity` (:mod:`tvwjax.sensitivity`).
 """
 
 from tvwjax import (
@@ -23,6 +25,7 @@ from tvwjax import (
     errors,
     nn,
     schedules,
+    sensitivity,
     transform,
 )
 from tvwjax._tree import as_matrix, path_str
@@ -55,6 +58,7 @@ from tvwjax.plot import plot_mask, plot_masks
 from tvwjax.reconstruction import one_shot, reconstruct, reconstruct_layer
 from tvwjax.schedules import OneShot, Polynomial, Schedule, Staged
 from tvwjax.scores import magnitude, taylor_accumulate, taylor_init, taylor_scores
+from tvwjax.sensitivity import SparsityPlan, layer_sensitivity, plan_sparsity
 from tvwjax.summary import format_summary, summary
 from tvwjax.transform import PruneState, fixed_masks, get_masks, prune, pruned
 from tvwjax.views import gemm_views
@@ -83,4 +87,5 @@ __all__ = [
     "backends", "decompress", "matmul", "nn",
     # data-aware one-shot pruning and checkpoints
     "calibration", "checkpoint", "data_aware", "one_shot", "reconstruct", "reconstruct_layer",
+    "SparsityPlan", "layer_sensitivity", "plan_sparsity", "sensitivity",
 ]

@@ -1,0 +1,217 @@
+"""Per-layer sparsity plans from measured sensitivity (tvwjax.sensitivity)."""
+
+from __future__ import annotations
+
+import itertools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tvwjax
+from tvwjax import sensitivity as sens
+from tvwjax.calibration import linen_inputs
+from tvwjax.errors import ConfigError, TreeMismatchError
+
+
+def _brute_force(curves, sizes, target):
+    total = sum(sizes.values())
+    best = None
+    for combo in itertools.product(*[list(c.items()) for c in curves.values()]):
+        s = sum(lv * sizes[k] for (lv, _), k in zip(combo, curves, strict=True)) / total
+        if s >= target - 1e-12:
+            cost = sum(c for _, c in combo)
+            best = cost if best is None else min(best, cost)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_plan_is_the_exact_optimum(seed):
+    rng = np.random.default_rng(seed)
+    levels = [0.0, 0.25, 0.5, 0.625, 0.75, 0.875]
+    for _ in range(40):
+        n = int(rng.integers(1, 5))
+        params = {f"l{i}": {"kernel": np.zeros((int(rng.integers(1, 9)) * 8,
+                                                int(rng.integers(1, 9)) * 3))}
+                  for i in range(n)}
+        curves = {f"l{i}/kernel": {float(s): float(rng.random() * s) for s in rng.choice(
+            levels, size=int(rng.integers(1, 5)), replace=False)} for i in range(n)}
+        sizes = {f"l{i}/kernel": params[f"l{i}"]["kernel"].size for i in range(n)}
+        target = float(rng.choice([0.3, 0.5, 0.6]))
+        best = _brute_force(curves, sizes, target)
+        if best is None:
+            with pytest.raises(ConfigError, match="out of reach"):
+                sens.plan_sparsity(curves, params, target)
+            continue
+        plan = sens.plan_sparsity(curves, params, target)
+        assert plan.predicted == pytest.approx(best, abs=1e-12)
+        assert plan.sparsity >= target - 1e-12
+        assert all(plan.sparsities[k] in curves[k] for k in curves)
+        total = sum(sizes.values())
+        assert plan.sparsity == pytest.approx(
+            sum(plan.sparsities[k] * sizes[k] for k in curves) / total)
+
+
+def test_plan_on_coarse_cells_still_reaches_the_target(monkeypatch):
+    monkeypatch.setattr(sens, "MAX_CELLS", 7)
+    rng = np.random.default_rng(0)
+    params = {f"l{i}": np.zeros((13 * (i + 1), 7)) for i in range(5)}
+    curves = {f"l{i}": {s: float(rng.random() * s) for s in (0.0, 0.3, 0.55, 0.8)}
+              for i in range(5)}
+    for target in (0.2, 0.41, 0.5, 0.7):
+        plan = sens.plan_sparsity(curves, params, target)
+        assert plan.sparsity >= target
+        assert plan.predicted >= _brute_force(curves, {k: v.size for k, v in params.items()},
+                                              target) - 1e-12
+
+
+def test_plan_uniform_and_bounds():
+    params = {"a": np.zeros((4, 4)), "b": np.zeros((4, 12))}
+    curves = {"a": {0.25: 0.1, 0.5: 0.2, 0.75: 0.9}, "b": {0.25: 0.0, 0.5: 0.01, 0.75: 0.05}}
+    plan = sens.plan_sparsity(curves, params, 0.5)
+    assert plan.sparsities == {"a": 0.25, "b": 0.75}
+    assert plan.uniform == pytest.approx(0.21)
+    assert plan.predicted == pytest.approx(0.15)
+    bounded = sens.plan_sparsity(curves, params, 0.5, layer_bounds=(0.5, 0.5))
+    assert bounded.sparsities == {"a": 0.5, "b": 0.5}
+    # a target that no measured level of one layer matches: no uniform figure
+    assert sens.plan_sparsity(curves, params, 0.4).uniform is None
+
+
+def test_plan_errors_name_the_problem():
+    params = {"a": np.zeros((4, 4))}
+    with pytest.raises(ConfigError, match="out of reach.*0.5"):
+        sens.plan_sparsity({"a": {0.25: 0.0, 0.5: 1.0}}, params, 0.6)
+    with pytest.raises(TreeMismatchError, match="'b'"):
+        sens.plan_sparsity({"b": {0.5: 0.0}}, params, 0.5)
+    with pytest.raises(ConfigError, match=r"curves\['a'\]\[0.5\] is not finite"):
+        sens.plan_sparsity({"a": {0.5: float("nan")}}, params, 0.5)
+    with pytest.raises(ConfigError, match="no measured level within layer_bounds"):
+        sens.plan_sparsity({"a": {0.5: 0.0}}, params, 0.1, layer_bounds=(0.6, 0.9))
+    with pytest.raises(ConfigError, match="layer_bounds"):
+        sens.plan_sparsity({"a": {0.5: 0.0}}, params, 0.5, layer_bounds=(0.9, 0.1))
+    with pytest.raises(ConfigError, match="plan_sparsity: sparsity"):
+        sens.plan_sparsity({"a": {0.5: 0.0}}, params, "0.5")
+    with pytest.raises(ConfigError, match="plan_sparsity: sparsity"):
+        sens.plan_sparsity({"a": {0.5: 0.0}}, params, np.float32(1.5))
+    with pytest.raises(ConfigError, match="non-empty mapping"):
+        sens.plan_sparsity({}, params, 0.5)
+    with pytest.raises(ConfigError, match=r"curves\['a'\] must map"):
+        sens.plan_sparsity({"a": [0.5]}, params, 0.5)
+
+
+def test_overrides_reproduce_the_plan_in_masks():
+    """Paths with glob characters are matched exactly; level 0 leaves the layer dense."""
+    key = jax.random.key(0)
+    params = {"blk[0]": {"kernel": jax.random.normal(key, (64, 32))},
+              "blk[1]": {"kernel": jax.random.normal(key, (64, 32))},
+              "head*": {"kernel": jax.random.normal(key, (64, 16))}}
+    curves = {"blk[0]/kernel": {0.0: 0.0, 0.75: 0.1}, "blk[1]/kernel": {0.0: 0.0, 0.75: 0.5},
+              "head*/kernel": {0.0: 0.0, 0.5: 0.01, 0.75: 0.02}}
+    plan = sens.plan_sparsity(curves, params, 0.4)
+    assert plan.sparsities == {"blk[0]/kernel": 0.75, "blk[1]/kernel": 0.0,
+                               "head*/kernel": 0.5}
+    m = tvwjax.masks(params, tvwjax.TW(tile=8), 0.5, overrides=plan.overrides)
+    assert m["blk[1]"]["kernel"] is None
+    assert float(1 - m["blk[0]"]["kernel"].mean()) == 0.75
+    assert float(1 - m["head*"]["kernel"].mean()) == 0.5
+
+
+class _TwoBranches(nn.Module):
+    """y = A(x) + 0.02 * B(x): pruning B costs the output far less than pruning A."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.relu(nn.Dense(64, name="inner")(x))
+        return nn.Dense(16, name="A")(h) + 0.02 * nn.Dense(16, name="B")(h)
+
+
+@pytest.fixture(scope="module")
+def two_branches():
+    model = _TwoBranches()
+    x = jax.random.normal(jax.random.key(0), (1024, 48))
+    params = model.init(jax.random.key(1), x)
+    heldout = jax.random.normal(jax.random.key(2), (256, 48))
+    measure = sens.output_error(lambda p, b: model.apply(p, b), params, [heldout])
+    return model, params, x, measure
+
+
+def test_output_error(two_branches):
+    model, params, x, measure = two_branches
+    assert measure(params) == 0.0
+    half = jax.tree.map(lambda v: 0.5 * v, params)
+    heldout = jax.random.normal(jax.random.key(2), (256, 48))
+    out, out_half = model.apply(params, heldout), model.apply(half, heldout)
+    want = float(jnp.sum((out_half - out) ** 2) / jnp.sum(out ** 2))
+    assert measure(half) == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ConfigError, match="batches is empty"):
+        sens.output_error(lambda p, b: model.apply(p, b), params, [])
+    with pytest.raises(ConfigError, match="all zero"):
+        sens.output_error(lambda p, b: 0.0 * model.apply(p, b), params, [x])
+
+
+@pytest.mark.parametrize("selection", ["score", "obs"])
+def test_sensitivity_ranks_layers_and_the_plan_beats_uniform(two_branches, selection):
+    model, params, x, measure = two_branches
+    pattern = tvwjax.TW(tile=8)
+    curves = sens.layer_sensitivity(linen_inputs(model), params, pattern, [(x,)], measure,
+                              levels=(0.0, 0.25, 0.5, 0.75), selection=selection)
+    assert sorted(curves) == ["params/A/kernel", "params/B/kernel", "params/inner/kernel"]
+    for row in curves.values():
+        assert sorted(row) == [0.0, 0.25, 0.5, 0.75]
+        assert row[0.0] == 0.0
+        assert row[0.75] > row[0.25] > 0.0
+    for s in (0.25, 0.5, 0.75):  # the 0.02-scaled branch is far cheaper to prune
+        assert curves["params/B/kernel"][s] < 0.05 * curves["params/A/kernel"][s]
+    plan = sens.plan_sparsity(curves, params, 0.5)
+    assert plan.sparsities["params/B/kernel"] == 0.75
+    assert plan.predicted < plan.uniform
+    inputs_fn = linen_inputs(model)
+    uniform, _, _ = tvwjax.one_shot(inputs_fn, params, pattern, 0.5, [(x,)],
+                                    selection=selection)
+    planned, m, _ = tvwjax.one_shot(inputs_fn, params, pattern, 0.5, [(x,)],
+                                    overrides=plan.overrides, selection=selection)
+    kept = sum(int(v.sum()) for v in jax.tree.leaves(m))
+    total = sum(v.size for v in jax.tree.leaves(m))
+    dense_left = sum(params["params"][n]["kernel"].size for n in ("A", "B", "inner")
+                     if plan.sparsities[f"params/{n}/kernel"] == 0.0)
+    assert 1 - kept / (total + dense_left) == pytest.approx(plan.sparsity)
+    assert measure(planned) < measure(uniform)
+
+
+def test_sensitivity_without_refit_prunes_only_the_masked_weights(two_branches):
+    model, params, x, measure = two_branches
+    curves = sens.layer_sensitivity(linen_inputs(model), params, tvwjax.TW(tile=8), [(x,)], measure,
+                              levels=(0.5,), refit=False, where=lambda p, _: p.endswith("A/kernel"))
+    refit = sens.layer_sensitivity(linen_inputs(model), params, tvwjax.TW(tile=8), [(x,)], measure,
+                             levels=(0.5,), where=lambda p, _: p.endswith("A/kernel"))
+    assert list(curves) == ["params/A/kernel"]
+    assert refit["params/A/kernel"][0.5] < curves["params/A/kernel"][0.5]
+
+
+def test_sensitivity_errors(two_branches):
+    model, params, x, measure = two_branches
+    fn = linen_inputs(model)
+    with pytest.raises(ConfigError, match="selection must be"):
+        sens.layer_sensitivity(fn, params, tvwjax.EW(), [(x,)], measure, selection="hessian")
+    with pytest.raises(ConfigError, match="measure must be callable"):
+        sens.layer_sensitivity(fn, params, tvwjax.EW(), [(x,)], 0.5)
+    with pytest.raises(ConfigError, match=r"levels\[1\]"):
+        sens.layer_sensitivity(fn, params, tvwjax.NM(2, 4), [(x,)], measure, levels=(0.0, 0.3))
+    with pytest.raises(ConfigError, match="duplicates"):
+        sens.layer_sensitivity(fn, params, tvwjax.EW(), [(x,)], measure, levels=(0.5, 0.5))
+    with pytest.raises(ConfigError, match="non-empty sequence"):
+        sens.layer_sensitivity(fn, params, tvwjax.EW(), [(x,)], measure, levels=0.5)
+    with pytest.raises(ConfigError, match="no leaf is selected"):
+        sens.layer_sensitivity(fn, params, tvwjax.EW(), [(x,)], measure,
+                         where=lambda p, _: False)
+    with pytest.raises(ConfigError, match="not finite.*params/A/kernel"):
+        sens.layer_sensitivity(fn, params, tvwjax.EW(), [(x,)],
+                         lambda p: 0.0 if p is params else float("nan"), levels=(0.5,))
+
+
+def test_default_levels_follow_the_pattern():
+    assert sens._levels(tvwjax.NM(2, 4), None) == [0.0, 0.5]
+    assert sens._levels(tvwjax.EW(), None) == list(sens.DEFAULT_LEVELS)
