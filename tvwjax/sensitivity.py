@@ -56,8 +56,10 @@ from tvwjax.reconstruction import reconstruct_layer
 PyTree = Any
 Measure = Callable[[PyTree], float]
 
-#: Candidate sparsities :func:`layer_sensitivity` measures when none are given (those the pattern
-#: accepts); ``0`` (the layer left dense) costs nothing to measure.
+#: Candidate sparsities :func:`layer_sensitivity` measures when none are given: those the
+#: pattern accepts, and ``0`` (the layer left dense, free to measure) only for patterns whose
+#: :attr:`~tvwjax.Pattern.floor` is 0 (EW, TW): a TVW or 2:4 plan keeps every layer in the
+#: pattern unless ``0`` is asked for.
 DEFAULT_LEVELS = (0.0, 0.25, 0.375, 0.5, 0.625, 0.75, 0.8125, 0.875, 0.9375)
 
 #: :func:`plan_sparsity` solves its knapsack exactly on at most this many budget cells and
@@ -123,6 +125,8 @@ def _levels(pattern: Pattern, levels: Sequence[float] | None) -> list[float]:
     if levels is None:
         out = []
         for s in DEFAULT_LEVELS:
+            if 0.0 < s < pattern.floor or (s == 0.0 and pattern.floor > 0.0):
+                continue
             try:
                 out.append(pattern.validate_sparsity(s))
             except ConfigError:
