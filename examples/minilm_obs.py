@@ -136,11 +136,11 @@ def run(*, n_calib: int = 128, n_eval: int = 256, configs: Sequence[str] = CONFI
 
 
 def plan_levels(pattern: tvwjax.Pattern, sparsity: float) -> list[float]:
-    """Candidate sparsities measured per layer for a target: the target +- 1/8 and 1/4 that
-    the pattern accepts below 1, and 0 (dense, free to measure) for patterns whose floor is
-    0 (EW, TW; a TVW or 2:4 layer stays in its pattern)."""
+    """Candidate sparsities measured per layer for a target: the target, -1/4, -1/8, +1/16,
+    +1/8 and +1/4 that the pattern accepts below 1, and 0 (dense, free to measure) for
+    patterns whose floor is 0 (EW, TW; a TVW or 2:4 layer stays in its pattern)."""
     out = []
-    for v in (0.0, *(sparsity + d for d in (-0.25, -0.125, 0.0, 0.125, 0.25))):
+    for v in (0.0, *(sparsity + d for d in (-0.25, -0.125, 0.0, 0.0625, 0.125, 0.25))):
         if (pattern.floor == 0.0 or v >= pattern.floor) and 0.0 <= v < 1.0:
             try:
                 out.append(pattern.validate_sparsity(round(v, 6)))
@@ -263,8 +263,8 @@ def markdown(res: dict) -> str:
         "2:4 and TVW's 2:4 part). Both get the same refit. Allocation `uniform`: every "
         "layer at the target; `planned`: per-layer sparsities with the same overall sparsity "
         "from `tvwjax.plan_sparsity` on curves measured by `tvwjax.layer_sensitivity` (each "
-        "layer pruned alone, score selection and refit, at the target +- 1/8 and 1/4 and "
-        "dense; cost = 1 - cosine to dense on "
+        "layer pruned alone, score selection and refit, at the target, -1/4, -1/8, +1/16, "
+        "+1/8 and +1/4, and dense for EW / TW; cost = 1 - cosine to dense on "
         f"{res.get('measure_sentences', 128)} held-out sentences of the *calibration* "
         "source), measured once per pattern and sparsity and used by both selections.",
         "",

@@ -81,8 +81,8 @@ def test_plan_levels_follow_the_target_and_the_pattern():
     import tvwjax
     from examples import minilm_obs
 
-    assert minilm_obs.plan_levels(tvwjax.TW(tile=64), 0.5) == [0.0, 0.25, 0.375, 0.5, 0.625,
-                                                                0.75]
+    assert minilm_obs.plan_levels(tvwjax.TW(tile=64), 0.5) == [0.0, 0.25, 0.375, 0.5, 0.5625,
+                                                                0.625, 0.75]
     tvw = tvwjax.TVW(tile=64, column_share=0.0)
-    assert minilm_obs.plan_levels(tvw, 0.75) == [0.5, 0.625, 0.75, 0.875]
+    assert minilm_obs.plan_levels(tvw, 0.75) == [0.5, 0.625, 0.75, 0.8125, 0.875]
     assert minilm_obs.plan_levels(tvwjax.NM(2, 4), 0.5) == [0.5]

@@ -67,6 +67,18 @@ def test_plan_on_coarse_cells_still_reaches_the_target(monkeypatch):
                                               target) - 1e-12
 
 
+def test_plan_reads_numbers_of_any_type_alike():
+    params = {"a": np.zeros((4, 4)), "b": np.zeros((4, 12))}
+    curves = {"a": {0.25: 0.1, 0.5: 0.2, 0.75: 0.9}, "b": {0.25: 0.0, 0.5: 0.01, 0.75: 0.05}}
+    want = sens.plan_sparsity(curves, params, 0.5, layer_bounds=(0.25, 0.75))
+    for t, b in [(np.float32(0.5), (np.float32(0.25), np.float64(0.75))),
+                 (jnp.float32(0.5), [0.25, jnp.float32(0.75)]), (np.float64(0.5), None)]:
+        assert sens.plan_sparsity(curves, params, t, layer_bounds=b) == want
+    np_curves = {k: {np.float32(s): np.float64(c) for s, c in v.items()}
+                 for k, v in curves.items()}
+    assert sens.plan_sparsity(np_curves, params, 0.5).sparsities == want.sparsities
+
+
 def test_plan_uniform_and_bounds():
     params = {"a": np.zeros((4, 4)), "b": np.zeros((4, 12))}
     curves = {"a": {0.25: 0.1, 0.5: 0.2, 0.75: 0.9}, "b": {0.25: 0.0, 0.5: 0.01, 0.75: 0.05}}
@@ -96,6 +108,8 @@ def test_plan_errors_name_the_problem():
         sens.plan_sparsity({"a": {0.5: 0.0}}, params, "0.5")
     with pytest.raises(ConfigError, match="plan_sparsity: sparsity"):
         sens.plan_sparsity({"a": {0.5: 0.0}}, params, np.float32(1.5))
+    with pytest.raises(ConfigError, match="layer_bounds"):
+        sens.plan_sparsity({"a": {0.5: 0.0}}, params, 0.5, layer_bounds=0.5)
     with pytest.raises(ConfigError, match="non-empty mapping"):
         sens.plan_sparsity({}, params, 0.5)
     with pytest.raises(ConfigError, match=r"curves\['a'\] must map"):

@@ -47,7 +47,7 @@ from tvwjax._tree import path_str
 from tvwjax.calibration import Batch, InputsFn, RowMaskFn, collect
 from tvwjax.data_aware import data_scores, wanda
 from tvwjax.errors import ConfigError, TreeMismatchError
-from tvwjax.masking import masks
+from tvwjax.masking import _layer_bounds, masks
 from tvwjax.masking import selection as select
 from tvwjax.obs import obs_masks
 from tvwjax.patterns import Pattern
@@ -320,10 +320,7 @@ def plan_sparsity(curves: Mapping[str, Mapping[float, float]], params: PyTree,
     ({'a': 0.25, 'b': 0.75}, 0.625)
     """
     target = val.sparsity(sparsity, "plan_sparsity: sparsity")
-    lo, hi = (0.0, 1.0) if layer_bounds is None else layer_bounds
-    if not (isinstance(lo, int | float) and isinstance(hi, int | float) and 0 <= lo <= hi <= 1):
-        raise ConfigError(f"plan_sparsity: layer_bounds must be (min, max) with "
-                          f"0 <= min <= max <= 1, got {layer_bounds!r}")
+    lo, hi = _layer_bounds(layer_bounds)
     if not isinstance(curves, Mapping) or not curves:
         raise ConfigError("plan_sparsity: curves must be a non-empty mapping "
                           "{path: {level: cost}} (see layer_sensitivity)")
