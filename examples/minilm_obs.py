@@ -106,7 +106,8 @@ def run(*, n_calib: int = 128, n_eval: int = 256, configs: Sequence[str] = CONFI
             overrides, plan_info = None, {}
             if allocation == "planned":
                 overrides, plan_info = _plan(model, params, tok, inputs_fn, pat, s, calib,
-                                             cal, n_measure, damping, log)
+                                             measure_sentences(ev, cal, n_calib, n_measure),
+                                             damping, log)
             for selection in selections:
                 load_1min = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
                 t = time.perf_counter()
@@ -149,11 +150,19 @@ def plan_levels(pattern: tvwjax.Pattern, sparsity: float) -> list[float]:
     return sorted(set(out))
 
 
-def _plan(model, params, tok, inputs_fn, pattern, sparsity, calib, cal, n_measure, damping,
+def measure_sentences(ev: str, cal: str, n_calib: int, n_measure: int) -> list[str]:
+    """The sentences a plan is measured on: held-out sentences of the calibration source,
+    or, when that source includes the evaluation's (whose held-out split is the evaluation
+    set), the train sentences after the first ``n_calib`` (never the evaluation's)."""
+    if ev not in cal.split("+"):
+        return load(cal, n_measure, "heldout")
+    return load(cal, n_calib + n_measure, "train")[n_calib:]
+
+
+def _plan(model, params, tok, inputs_fn, pattern, sparsity, calib, sents, damping,
           log) -> tuple[dict, dict]:
-    """Measure the per-layer curves on held-out sentences of the calibration source and plan
-    the per-layer sparsities; returns ``(overrides, row fields)``."""
-    sents = load(cal, n_measure, "heldout")
+    """Measure the per-layer curves on ``sents`` (never evaluation sentences) and plan the
+    per-layer sparsities; returns ``(overrides, row fields)``."""
     ref = encode(model, params, tok, sents)
     t = time.perf_counter()
     curves = tvwjax.layer_sensitivity(
@@ -266,7 +275,8 @@ def markdown(res: dict) -> str:
         "layer pruned alone, score selection and refit, at the target, -1/4, -1/8, +1/16, "
         "+1/8 and +1/4, and dense for EW / TW; cost = 1 - cosine to dense on "
         f"{res.get('measure_sentences', 128)} held-out sentences of the *calibration* "
-        "source), measured once per pattern and sparsity and used by both selections.",
+        "source, or, in-domain, train sentences after the calibration ones: never the "
+        "evaluation's), measured once per pattern and sparsity and used by both selections.",
         "",
         "Sources (all offline): " + "; ".join(f"`{k}` = {v}" for k, v in res["sources"].items()
                                               if any(k in (r["eval"], *r["calib"].split("+"))

@@ -86,3 +86,15 @@ def test_plan_levels_follow_the_target_and_the_pattern():
     tvw = tvwjax.TVW(tile=64, column_share=0.0)
     assert minilm_obs.plan_levels(tvw, 0.75) == [0.5, 0.625, 0.75, 0.8125, 0.875]
     assert minilm_obs.plan_levels(tvwjax.NM(2, 4), 0.5) == [0.5]
+
+
+def test_plans_are_never_measured_on_evaluation_or_calibration_sentences():
+    from examples import minilm_obs
+    from examples.minilm_sources import load
+
+    ev = set(load("pydoc", 256, "heldout"))
+    for cal in ("pydoc", "pydoc+sklearn", "sklearn"):
+        calib = set(load(cal, 128, "train"))
+        got = minilm_obs.measure_sentences("pydoc", cal, 128, 64)
+        assert len(got) == 64
+        assert not (set(got) & ev) and not (set(got) & calib)
