@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tvwjax import _validate as val
-from tvwjax._tree import path_str
+from tvwjax._tree import is_none, leaves_with_paths
 from tvwjax.calibration import Batch, InputsFn, RowMaskFn, collect
 from tvwjax.data_aware import data_scores, wanda
 from tvwjax.errors import ConfigError, TreeMismatchError
@@ -209,8 +209,8 @@ def layer_sensitivity(inputs_fn: InputsFn, params: PyTree, pattern: Pattern,
                           f"{type(measure).__name__}")
     lv = _levels(pattern, levels)
     batches = list(batches)
-    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-    paths = [path_str(kp) for kp, _ in flat]
+    flat, treedef = leaves_with_paths(params)
+    paths = [p for p, _ in flat]
     leaves = [v for _, v in flat]
     # the leaves one_shot prunes (where, views, the pattern's shapes), as masks() decides
     top = max(lv)
@@ -245,7 +245,7 @@ def layer_sensitivity(inputs_fn: InputsFn, params: PyTree, pattern: Pattern,
             else:
                 mk = obs_masks(params, stats, pattern, s, where=only, views=views,
                                damping=damping)
-            m = jax.tree.leaves(mk, is_leaf=lambda x: x is None)[i]
+            m = jax.tree.leaves(mk, is_leaf=is_none)[i]
             if refit:
                 new = reconstruct_layer(w, m, stats[path].gram, damping=damping, name=path)
                 new = new.astype(jnp.asarray(w).dtype)
@@ -324,8 +324,7 @@ def plan_sparsity(curves: Mapping[str, Mapping[float, float]], params: PyTree,
     if not isinstance(curves, Mapping) or not curves:
         raise ConfigError("plan_sparsity: curves must be a non-empty mapping "
                           "{path: {level: cost}} (see layer_sensitivity)")
-    sizes_all = {path_str(kp): int(np.size(v))
-                 for kp, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+    sizes_all = {p: int(np.size(v)) for p, v in leaves_with_paths(params)[0]}
     paths = list(curves)
     options: list[list[tuple[float, float]]] = []
     for p in paths:
