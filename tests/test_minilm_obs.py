@@ -74,7 +74,24 @@ def test_planned_rows_get_their_own_lines_with_the_plan_seconds(tmp_path):
              tmp_path, "a")
     md = minilm_obs.markdown(minilm_obs.merge([a]))
     assert "| 128 | 0.01 | uniform | 0.7428 | -- | -- | 20 / -- |" in md
-    assert "| 128 | 0.01 | planned | 0.8099 | 0.8258 | +0.0159 | 21 / 90 (+ 150) |" in md
+    # rows from before anchors: every level measured
+    assert ("| 128 | 0.01 | planned (all levels) | 0.8099 | 0.8258 | +0.0159 | 21 / 90 (+ 150) |"
+            in md)
+    anchored = {"allocation": "planned", "plan_seconds": 40.0, "plan_measured": "anchor 0.625"}
+    b = _run([dict(_row("pydoc", "sklearn", "TW", 0.5, "score", 0.8011, 22.0, 1.0),
+                   **anchored)], [], tmp_path, "b")
+    md = minilm_obs.markdown(minilm_obs.merge([a, b]))
+    assert "| planned (all levels) | 0.8099 | 0.8258 |" in md
+    assert "| planned (anchor 0.625) | 0.8011 | -- | -- | 22 / -- (+ 40) |" in md
+
+
+def test_plan_anchor_is_the_level_nearest_an_eighth_above_the_target():
+    from examples import minilm_obs
+
+    assert minilm_obs.plan_anchor([0.0, 0.25, 0.375, 0.5, 0.5625, 0.625, 0.75], 0.5) == 0.625
+    assert minilm_obs.plan_anchor([0.5, 0.625, 0.75, 0.8125, 0.875], 0.75) == 0.875
+    assert minilm_obs.plan_anchor([0.5, 0.625, 0.75, 0.8125], 0.75) == 0.8125
+    assert minilm_obs.plan_anchor([0.0, 0.5], 0.5) == 0.5
 
 
 def test_plan_levels_follow_the_target_and_the_pattern():

@@ -232,3 +232,105 @@ def test_default_levels_follow_the_pattern():
     assert sens._levels(tvwjax.TW(tile=8), None)[0] == 0.0
     assert sens._levels(tvwjax.TVW(tile=8), None)[0] == 0.5  # dense only when asked for
     assert sens._levels(tvwjax.TVW(tile=8), (0.0, 0.75)) == [0.0, 0.75]
+
+
+class _OneLayer(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(24, name="only")(x)
+
+
+def test_anchored_curves_equal_measured_ones_when_the_metric_is_the_layer_error():
+    """One linear layer measured on its own calibration inputs: the metric *is* the layer's
+    calibration error (up to the constant ``||X W + b||^2``), so the anchored estimate
+    must reproduce every measured level."""
+    model = _OneLayer()
+    x = jax.random.normal(jax.random.key(3), (512, 40)) * jnp.linspace(0.2, 3.0, 40)
+    params = model.init(jax.random.key(4), x)
+    measure = sens.output_error(lambda p, b: model.apply(p, b), params, [x])
+    fn, pattern, levels = linen_inputs(model), tvwjax.TW(tile=8), (0.25, 0.5, 0.625, 0.75)
+    full = sens.layer_sensitivity(fn, params, pattern, [(x,)], measure, levels=levels)
+    for anchors in [(0.5,), (0.25, 0.75), levels]:
+        est = sens.layer_sensitivity(fn, params, pattern, [(x,)], measure, levels=levels,
+                                     anchors=anchors)
+        for s in levels:
+            assert est["params/only/kernel"][s] == pytest.approx(
+                full["params/only/kernel"][s], rel=2e-3)
+
+
+def test_anchors_measure_once_per_layer_and_scale_the_layer_error(two_branches):
+    model, params, x, measure = two_branches
+    calls = []
+
+    def counted(p):
+        calls.append(1)
+        return measure(p)
+
+    fn, pattern, levels = linen_inputs(model), tvwjax.TW(tile=8), (0.0, 0.25, 0.5, 0.75)
+    est = sens.layer_sensitivity(fn, params, pattern, [(x,)], counted, levels=levels,
+                                 anchors=(0.5,))
+    assert len(calls) == 1 + 3  # the dense value, then one anchor per layer
+    full = sens.layer_sensitivity(fn, params, pattern, [(x,)], measure, levels=levels)
+    stats = tvwjax.calibration.collect(fn, params, [(x,)], gram=True)
+    scores = tvwjax.data_aware.data_scores(params, stats, tvwjax.data_aware.wanda)
+    for path, row in est.items():
+        assert row[0.0] == 0.0
+        assert row[0.5] == pytest.approx(full[path][0.5], rel=1e-6)  # measured
+        name = path.split("/")[1]
+        w = params["params"][name]["kernel"]
+        gram = stats[path].gram
+        local = {}
+        for s in (0.25, 0.5, 0.75):  # an independent layer error of the same masks + refit
+            m = tvwjax.masks(params, pattern, s, scores=scores,
+                             where=lambda p, _x, _path=path: p == _path)
+            new = tvwjax.reconstruct_layer(w, m["params"][name]["kernel"], gram)
+            d = np.asarray(w - new, np.float64)
+            local[s] = float(np.sum(d * (np.asarray(gram, np.float64) @ d)))
+        for s in (0.25, 0.75):
+            assert row[s] == pytest.approx(row[0.5] * local[s] / local[0.5], rel=1e-3)
+    # the estimate keeps the ranking and the plan of the measured curves
+    assert sens.plan_sparsity(est, params, 0.5).sparsities == sens.plan_sparsity(
+        full, params, 0.5).sparsities
+
+
+def test_anchors_interpolate_between_anchors_and_hold_beyond():
+    assert sens._interpolate([(0.5, 2.0)], 0.25) == 2.0
+    assert sens._interpolate([(0.25, 1.0), (0.75, 3.0)], 0.5) == 2.0
+    assert sens._interpolate([(0.25, 1.0), (0.75, 3.0)], 0.875) == 3.0
+    assert sens._interpolate([(0.25, 1.0), (0.75, 3.0)], 0.125) == 1.0
+
+
+def test_a_layer_its_anchors_leave_unchanged_is_measured_at_every_level(two_branches):
+    """A kernel whose inputs are all zero has no calibration error to scale: measured."""
+    model, params, x, measure = two_branches
+    calls = []
+
+    def counted(p):
+        calls.append(1)
+        return measure(p)
+
+    zero_x = jnp.zeros_like(x)
+    curves = sens.layer_sensitivity(linen_inputs(model), params, tvwjax.TW(tile=8),
+                                    [(zero_x,)], counted, levels=(0.25, 0.5),
+                                    anchors=(0.5,), refit=False,
+                                    where=lambda p, _: p.endswith("inner/kernel"))
+    assert len(calls) == 1 + 2
+    assert curves["params/inner/kernel"][0.25] > 0.0
+
+
+def test_anchor_errors(two_branches):
+    model, params, x, measure = two_branches
+    fn = linen_inputs(model)
+    run = lambda **kw: sens.layer_sensitivity(fn, params, tvwjax.TW(tile=8), [(x,)],  # noqa: E731
+                                              measure, levels=(0.0, 0.5, 0.75), **kw)
+    with pytest.raises(ConfigError, match=r"anchors\[0\] = 0.625 is not one of"):
+        run(anchors=(0.625,))
+    with pytest.raises(ConfigError, match=r"anchors\[1\] = 0 is not one of"):
+        run(anchors=(0.5, 0.0))
+    with pytest.raises(ConfigError, match="anchors must be a non-empty sequence"):
+        run(anchors=())
+    with pytest.raises(ConfigError, match="anchors must be a non-empty sequence"):
+        run(anchors=0.5)
+    with pytest.raises(ConfigError, match=r"anchors\[0\]"):
+        run(anchors=("0.5",))
+    assert run(anchors=(np.float32(0.5),)) == run(anchors=(0.5,))

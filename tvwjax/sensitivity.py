@@ -21,8 +21,11 @@ and plans per-layer sparsities with the same overall sparsity:
    :func:`tvwjax.one_shot` (or :func:`tvwjax.masks`, :func:`tvwjax.prune`).
 
 The measurement costs ``layers x candidates`` evaluations of ``measure`` (36 x 6 on MiniLM:
-about 3 minutes on two CPU cores with 128 held-out sentences); use the cheap
-``selection="score"`` for it even when the final masks use ``selection="obs"``.
+about 3 minutes on two CPU cores with 128 held-out sentences), or ``layers x anchors`` with
+``anchors``: the other levels are then estimated from each layer's calibration output error
+(its shape over the levels), scaled by the measured increase at the anchors (how much of
+that layer's error reaches the metric). Use the cheap ``selection="score"`` for it even
+when the final masks use ``selection="obs"``.
 
 References:
   E. Frantar and D. Alistarh, "Optimal Brain Compression: A Framework for Accurate
@@ -51,7 +54,7 @@ from tvwjax.masking import _layer_bounds, masks
 from tvwjax.masking import selection as select
 from tvwjax.obs import obs_masks
 from tvwjax.patterns import Pattern
-from tvwjax.reconstruction import reconstruct_layer
+from tvwjax.reconstruction import layer_error, reconstruct_layer
 
 PyTree = Any
 Measure = Callable[[PyTree], float]
@@ -142,6 +145,30 @@ def _levels(pattern: Pattern, levels: Sequence[float] | None) -> list[float]:
     return sorted(out)
 
 
+def _anchors(pattern: Pattern, anchors: Sequence[float] | None,
+             lv: list[float]) -> list[float] | None:
+    if anchors is None:
+        return None
+    if isinstance(anchors, str) or not isinstance(anchors, Sequence) or not anchors:
+        raise ConfigError(f"layer_sensitivity: anchors must be a non-empty sequence of "
+                          f"sparsities among the levels, got {anchors!r}")
+    out = []
+    for i, a in enumerate(anchors):
+        a = pattern.validate_sparsity(a, f"layer_sensitivity: anchors[{i}]")
+        match = [s for s in lv if math.isclose(s, a, abs_tol=1e-9)]
+        if not match or match[0] == 0.0:
+            raise ConfigError(f"layer_sensitivity: anchors[{i}] = {a:g} is not one of the "
+                              f"non-zero levels {[s for s in lv if s > 0]}")
+        out.append(match[0])
+    return sorted(set(out))
+
+
+def _interpolate(ratios: list[tuple[float, float]], s: float) -> float:
+    """Piecewise-linear in the level through ``(anchor, ratio)`` points, constant beyond."""
+    xs, ys = zip(*ratios, strict=True)
+    return float(np.interp(s, xs, ys))
+
+
 def _replace(leaves: list[Any], treedef: Any, i: int, value: Any) -> PyTree:
     new = list(leaves)
     new[i] = value
@@ -151,6 +178,7 @@ def _replace(leaves: list[Any], treedef: Any, i: int, value: Any) -> PyTree:
 def layer_sensitivity(inputs_fn: InputsFn, params: PyTree, pattern: Pattern,
                 batches: Iterable[Batch], measure: Measure, *,
                 levels: Sequence[float] | None = None,
+                anchors: Sequence[float] | None = None,
                 where: Callable[[str, Any], bool] | None = None,
                 views: Mapping[str, int] | None = None, row_mask: RowMaskFn | None = None,
                 selection: str = "score", refit: bool = True, damping: float = 0.01,
@@ -162,7 +190,11 @@ def layer_sensitivity(inputs_fn: InputsFn, params: PyTree, pattern: Pattern,
     mask; ``"obs"``: :func:`tvwjax.obs.obs_masks`) from the dense model's calibration
     statistics, refit (:func:`tvwjax.reconstruct_layer`, if ``refit``), and
     ``measure(params with that leaf replaced) - measure(params)`` is recorded. Level ``0``
-    (left dense) is recorded as 0 without a measurement.
+    (left dense) is recorded as 0 without a measurement. With ``anchors``, ``measure`` runs
+    only at those levels and the rest are estimated from the layer's own calibration error
+    (see below): on all-MiniLM-L6-v2 (TVW 75%, eight levels) a plan from one anchor at
+    87.5% lost 0.004 of summed cost against every level measured (uniform: 0.43, planned
+    0.314 measured, 0.318 anchored) for an eighth of the ``measure`` calls.
 
     Args:
       inputs_fn: inputs function of the model (:mod:`tvwjax.calibration`).
@@ -173,6 +205,16 @@ def layer_sensitivity(inputs_fn: InputsFn, params: PyTree, pattern: Pattern,
         held-out batches, or the model's own loss).
       levels: candidate sparsities (each validated by the pattern); default: those of
         :data:`DEFAULT_LEVELS` the pattern accepts.
+      anchors: measure only at these levels (each one of the non-zero ``levels``) and
+        estimate the others: the layer's calibration output error after the same masks and
+        refit, ``||X W - X W'||^2`` (:func:`tvwjax.reconstruction.layer_error`, from the
+        Gram matrix: no forward pass), times the layer's ratio of measured increase to that
+        error at the anchors (piecewise linear between anchors, constant beyond). The
+        ratio carries how much of a layer's error reaches the metric, which varies by
+        orders of magnitude between layers; the local error carries the shape of the
+        curve. One anchor evaluates ``measure`` once per layer instead of once per level;
+        a layer whose anchors leave its outputs unchanged is measured at every level.
+        Default ``None``: every level is measured.
       where, views, row_mask, damping: as :func:`tvwjax.one_shot`.
       selection: ``"score"`` (fast, default) or ``"obs"``.
       refit: refit the kept weights, as ``one_shot(refit=True)``.
@@ -182,7 +224,8 @@ def layer_sensitivity(inputs_fn: InputsFn, params: PyTree, pattern: Pattern,
       ``{path: {level: increase of measure}}`` for :func:`plan_sparsity`.
 
     Raises:
-      ConfigError: bad ``levels`` or ``selection``, no leaf selected, a non-finite measure.
+      ConfigError: bad ``levels``, ``anchors`` or ``selection``, no leaf selected, a
+        non-finite measure.
 
     >>> import jax, flax.linen as nn, tvwjax
     >>> from tvwjax.calibration import linen_inputs
@@ -208,6 +251,7 @@ def layer_sensitivity(inputs_fn: InputsFn, params: PyTree, pattern: Pattern,
         raise ConfigError(f"layer_sensitivity: measure must be callable, got "
                           f"{type(measure).__name__}")
     lv = _levels(pattern, levels)
+    anchor_levels = _anchors(pattern, anchors, lv)
     batches = list(batches)
     flat, treedef = leaves_with_paths(params)
     paths = [p for p, _ in flat]
@@ -219,7 +263,7 @@ def layer_sensitivity(inputs_fn: InputsFn, params: PyTree, pattern: Pattern,
     if not chosen:
         raise ConfigError("layer_sensitivity: no leaf is selected for pruning (check where / "
                           "views)")
-    need_gram = refit or selection == "obs"
+    need_gram = refit or selection == "obs" or anchor_levels is not None
     stats = collect(inputs_fn, params, batches, row_mask=row_mask, gram=need_gram)
     missing = [p for p in chosen if p not in stats]
     if missing:
@@ -235,27 +279,42 @@ def layer_sensitivity(inputs_fn: InputsFn, params: PyTree, pattern: Pattern,
         i = paths.index(path)
         w = leaves[i]
         only = (lambda p, _x, _path=path: p == _path)
-        row: dict[float, float] = {}
-        for s in lv:
-            if s == 0.0:
-                row[s] = 0.0
-                continue
+
+        def pruned(s, _w=w, _i=i, _only=only, _path=path):
             if selection == "score":
-                mk = masks(params, pattern, s, scores=scores, where=only, views=views)
+                mk = masks(params, pattern, s, scores=scores, where=_only, views=views)
             else:
-                mk = obs_masks(params, stats, pattern, s, where=only, views=views,
+                mk = obs_masks(params, stats, pattern, s, where=_only, views=views,
                                damping=damping)
-            m = jax.tree.leaves(mk, is_leaf=is_none)[i]
+            m = jax.tree.leaves(mk, is_leaf=is_none)[_i]
             if refit:
-                new = reconstruct_layer(w, m, stats[path].gram, damping=damping, name=path)
-                new = new.astype(jnp.asarray(w).dtype)
-            else:
-                new = jnp.where(m, w, jnp.zeros((), jnp.asarray(w).dtype))
-            value = float(measure(_replace(leaves, treedef, i, new)))
+                new = reconstruct_layer(_w, m, stats[_path].gram, damping=damping, name=_path)
+                return new.astype(jnp.asarray(_w).dtype)
+            return jnp.where(m, _w, jnp.zeros((), jnp.asarray(_w).dtype))
+
+        def cost(s, new, _i=i, _path=path):
+            value = float(measure(_replace(leaves, treedef, _i, new)))
             if not math.isfinite(value):
-                raise ConfigError(f"layer_sensitivity: measure is not finite ({value}) with {path} "
-                                  f"at sparsity {s:g}")
-            row[s] = value - base
+                raise ConfigError(f"layer_sensitivity: measure is not finite ({value}) with "
+                                  f"{_path} at sparsity {s:g}")
+            return value - base
+
+        news = {s: pruned(s) for s in lv if s != 0.0}
+        if anchor_levels is None:
+            measured = {s: cost(s, new) for s, new in news.items()}
+        else:
+            g = stats[path].gram
+            local = {s: float(layer_error(w, new, g)) for s, new in news.items()}
+            measured = {a: cost(a, news[a]) for a in anchor_levels}
+            ratios = [(a, measured[a] / local[a]) for a in anchor_levels if local[a] > 0]
+            for s, new in news.items():
+                if s in measured:
+                    continue
+                if ratios:
+                    measured[s] = local[s] * _interpolate(ratios, s)
+                else:  # the anchors left the layer's outputs unchanged: nothing to scale
+                    measured[s] = cost(s, new)
+        row = {s: (0.0 if s == 0.0 else measured[s]) for s in lv}
         out[path] = row
         if progress is not None:
             progress(f"{path}: " + ", ".join(f"{s:g}: {v:.4g}" for s, v in row.items()))
