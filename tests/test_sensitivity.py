@@ -334,3 +334,41 @@ def test_anchor_errors(two_branches):
     with pytest.raises(ConfigError, match=r"anchors\[0\]"):
         run(anchors=("0.5",))
     assert run(anchors=(np.float32(0.5),)) == run(anchors=(0.5,))
+
+
+def test_estimated_levels_use_the_refit_of_evenly_spaced_columns(two_branches):
+    """``estimate_columns`` samples the GEMM view's output columns; the estimate is the
+    anchor's measured cost times the ratio of the sampled columns' refit errors."""
+    model, params, x, measure = two_branches
+    fn, pattern = linen_inputs(model), tvwjax.TVW(tile=8)
+    levels = (0.5, 0.625, 0.75, 0.875)
+    path = "params/inner/kernel"  # (48, 64): 64 output columns, 8 sampled
+    est = sens.layer_sensitivity(fn, params, pattern, [(x,)], measure, levels=levels,
+                                 anchors=(0.75,), estimate_columns=8,
+                                 where=lambda p, _: p == path)[path]
+    full = sens.layer_sensitivity(fn, params, pattern, [(x,)], measure, levels=(0.75,),
+                                  where=lambda p, _: p == path)[path]
+    assert est[0.75] == pytest.approx(full[0.75], rel=1e-6)
+    stats = tvwjax.calibration.collect(fn, params, [(x,)], gram=True)
+    scores = tvwjax.data_aware.data_scores(params, stats, tvwjax.data_aware.wanda)
+    w = np.asarray(params["params"]["inner"]["kernel"])
+    g = np.asarray(stats[path].gram, np.float64)
+    cols = [0, 9, 18, 27, 36, 45, 54, 63]
+    local = {}
+    for s in levels:
+        m = tvwjax.masks(params, pattern, s, scores=scores, where=lambda p, _: p == path)
+        m = np.asarray(m["params"]["inner"]["kernel"])[:, cols]
+        new = np.asarray(tvwjax.reconstruct_layer(w[:, cols], m, stats[path].gram),
+                         np.float64)
+        d = w[:, cols] - new
+        local[s] = float(np.sum(d * (g @ d)))
+    for s in (0.5, 0.625, 0.875):
+        assert est[s] == pytest.approx(est[0.75] * local[s] / local[0.75], rel=1e-3)
+    # every column: a different (the full-layer) estimate
+    every = sens.layer_sensitivity(fn, params, pattern, [(x,)], measure, levels=levels,
+                                   anchors=(0.75,), estimate_columns=None,
+                                   where=lambda p, _: p == path)[path]
+    assert every[0.75] == est[0.75] and every[0.5] != est[0.5]
+    with pytest.raises(ConfigError, match="estimate_columns"):
+        sens.layer_sensitivity(fn, params, pattern, [(x,)], measure, levels=levels,
+                               anchors=(0.75,), estimate_columns=0)

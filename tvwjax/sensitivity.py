@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tvwjax import _validate as val
-from tvwjax._tree import is_none, leaves_with_paths
+from tvwjax._tree import as_matrix, is_none, leaves_with_paths, n_in_for
 from tvwjax.calibration import Batch, InputsFn, RowMaskFn, collect
 from tvwjax.data_aware import data_scores, wanda
 from tvwjax.errors import ConfigError, TreeMismatchError
@@ -163,6 +163,23 @@ def _anchors(pattern: Pattern, anchors: Sequence[float] | None,
     return sorted(set(out))
 
 
+def _columns(x: Any, gram: Any, cols: np.ndarray | None) -> Any:
+    """The GEMM view ``(K, N)`` of a kernel (``K`` from its Gram matrix), those columns."""
+    k = jnp.shape(gram)[0]
+    x2 = as_matrix(x, n_in_for(tuple(jnp.shape(x)), k) or jnp.ndim(x) - 1)
+    return x2 if cols is None else x2[:, cols]
+
+
+def _sample_columns(w: Any, gram: Any, limit: int | None) -> tuple[Any, np.ndarray | None]:
+    """The kernel's GEMM view on at most ``limit`` evenly spaced output columns (they span
+    every tile), and those columns (``None``: all)."""
+    n = _columns(w, gram, None).shape[1]
+    cols = None
+    if limit is not None and n > limit:
+        cols = np.unique(np.linspace(0, n - 1, limit).round().astype(np.int64))
+    return _columns(jnp.asarray(w, jnp.float32), gram, cols), cols
+
+
 def _interpolate(ratios: list[tuple[float, float]], s: float) -> float:
     """Piecewise-linear in the level through ``(anchor, ratio)`` points, constant beyond."""
     xs, ys = zip(*ratios, strict=True)
@@ -178,7 +195,7 @@ def _replace(leaves: list[Any], treedef: Any, i: int, value: Any) -> PyTree:
 def layer_sensitivity(inputs_fn: InputsFn, params: PyTree, pattern: Pattern,
                 batches: Iterable[Batch], measure: Measure, *,
                 levels: Sequence[float] | None = None,
-                anchors: Sequence[float] | None = None,
+                anchors: Sequence[float] | None = None, estimate_columns: int | None = 128,
                 where: Callable[[str, Any], bool] | None = None,
                 views: Mapping[str, int] | None = None, row_mask: RowMaskFn | None = None,
                 selection: str = "score", refit: bool = True, damping: float = 0.01,
@@ -215,6 +232,10 @@ def layer_sensitivity(inputs_fn: InputsFn, params: PyTree, pattern: Pattern,
         curve. One anchor evaluates ``measure`` once per layer instead of once per level;
         a layer whose anchors leave its outputs unchanged is measured at every level.
         Default ``None``: every level is measured.
+      estimate_columns: with ``anchors``, the calibration errors are computed on at most
+        this many evenly spaced output columns of the layer's GEMM view (the refit of
+        columns is independent, and the ratio to the measured cost is taken on the same
+        columns), so an estimated level costs a fraction of a refit; ``None``: all columns.
       where, views, row_mask, damping: as :func:`tvwjax.one_shot`.
       selection: ``"score"`` (fast, default) or ``"obs"``.
       refit: refit the kept weights, as ``one_shot(refit=True)``.
@@ -252,6 +273,9 @@ def layer_sensitivity(inputs_fn: InputsFn, params: PyTree, pattern: Pattern,
                           f"{type(measure).__name__}")
     lv = _levels(pattern, levels)
     anchor_levels = _anchors(pattern, anchors, lv)
+    if estimate_columns is not None:
+        estimate_columns = val.positive_int(estimate_columns,
+                                            "layer_sensitivity: estimate_columns")
     batches = list(batches)
     flat, treedef = leaves_with_paths(params)
     paths = [p for p, _ in flat]
@@ -280,40 +304,53 @@ def layer_sensitivity(inputs_fn: InputsFn, params: PyTree, pattern: Pattern,
         w = leaves[i]
         only = (lambda p, _x, _path=path: p == _path)
 
-        def pruned(s, _w=w, _i=i, _only=only, _path=path):
+        def mask_of(s, _i=i, _only=only):
             if selection == "score":
                 mk = masks(params, pattern, s, scores=scores, where=_only, views=views)
             else:
                 mk = obs_masks(params, stats, pattern, s, where=_only, views=views,
                                damping=damping)
-            m = jax.tree.leaves(mk, is_leaf=is_none)[_i]
-            if refit:
-                new = reconstruct_layer(_w, m, stats[_path].gram, damping=damping, name=_path)
-                return new.astype(jnp.asarray(_w).dtype)
-            return jnp.where(m, _w, jnp.zeros((), jnp.asarray(_w).dtype))
+            return jax.tree.leaves(mk, is_leaf=is_none)[_i]
 
-        def cost(s, new, _i=i, _path=path):
+        def pruned(w_, m, _path=path):
+            """The one-shot layer: masked, refit if ``refit`` (float32)."""
+            if refit:
+                return reconstruct_layer(w_, m, stats[_path].gram, damping=damping,
+                                         name=_path)
+            return jnp.where(m, jnp.asarray(w_, jnp.float32), 0.0)
+
+        def cost(s, new, _w=w, _i=i, _path=path):
+            new = new.astype(jnp.asarray(_w).dtype)
             value = float(measure(_replace(leaves, treedef, _i, new)))
             if not math.isfinite(value):
                 raise ConfigError(f"layer_sensitivity: measure is not finite ({value}) with "
                                   f"{_path} at sparsity {s:g}")
             return value - base
 
-        news = {s: pruned(s) for s in lv if s != 0.0}
+        nonzero = [s for s in lv if s != 0.0]
         if anchor_levels is None:
-            measured = {s: cost(s, new) for s, new in news.items()}
+            measured = {s: cost(s, pruned(w, mask_of(s))) for s in nonzero}
         else:
             g = stats[path].gram
-            local = {s: float(layer_error(w, new, g)) for s, new in news.items()}
-            measured = {a: cost(a, news[a]) for a in anchor_levels}
+            w2, cols = _sample_columns(w, g, estimate_columns)
+            measured, local = {}, {}
+            for a in anchor_levels:
+                new = pruned(w, mask_of(a))
+                measured[a] = cost(a, new)
+                if cols is None:
+                    local[a] = float(layer_error(w2, _columns(new, g, None), g))
+            for s in nonzero:  # the same refit on the sampled columns alone
+                if s not in local:
+                    m2 = _columns(mask_of(s), g, cols)
+                    local[s] = float(layer_error(w2, pruned(w2, m2), g))
             ratios = [(a, measured[a] / local[a]) for a in anchor_levels if local[a] > 0]
-            for s, new in news.items():
+            for s in nonzero:
                 if s in measured:
                     continue
                 if ratios:
                     measured[s] = local[s] * _interpolate(ratios, s)
                 else:  # the anchors left the layer's outputs unchanged: nothing to scale
-                    measured[s] = cost(s, new)
+                    measured[s] = cost(s, pruned(w, mask_of(s)))
         row = {s: (0.0 if s == 0.0 else measured[s]) for s in lv}
         out[path] = row
         if progress is not None:
