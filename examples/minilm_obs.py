@@ -49,7 +49,8 @@ def run(*, n_calib: int = 128, n_eval: int = 256, configs: Sequence[str] = CONFI
                                             ("pydoc", "pydoc"), ("sklearn", "sklearn")),
         selections: Sequence[str] = SELECTIONS, scope: str = "layer", damping: float = 0.01,
         passes: str = "block", allocation: str = "uniform", n_measure: int = 128,
-        measured: str = "anchor", out: str | None = None, log=print) -> dict:
+        measured: str = "anchor", warmup: bool = True, out: str | None = None,
+        log=print) -> dict:
     """Run the grid (``pairs`` = ``(eval source, calibration source)``) and return a dict;
     with ``out`` the JSON is rewritten after every row (a partial run keeps its rows).
     ``passes``: one sequential calibration pass per transformer ``"block"`` (as SparseGPT and
@@ -60,7 +61,11 @@ def run(*, n_calib: int = 128, n_eval: int = 256, configs: Sequence[str] = CONFI
     sentences of the *calibration* source; see :func:`plan_levels`), the same overall
     sparsity; ``"uniform"``: every layer at the target. ``measured``: ``"anchor"`` measures
     each layer once (at :func:`plan_anchor`) and estimates its other levels from its
-    calibration error (``layer_sensitivity(anchors=...)``); ``"all"`` measures every level."""
+    calibration error (``layer_sensitivity(anchors=...)``); ``"all"`` measures every level.
+    A planned row's ``one_shot`` reuses the dense statistics the plan collected (its
+    ``plan_seconds`` include them). ``warmup``: one unrecorded ``one_shot`` first, so that
+    the first row's seconds do not carry the compilation of the shared calibration passes;
+    without it every row's seconds are a cold start's (run one row per process)."""
     if passes not in ("block", "group"):
         raise ValueError(f"passes must be 'block' or 'group', got {passes!r}")
     if allocation not in ("uniform", "planned"):
@@ -98,20 +103,19 @@ def run(*, n_calib: int = 128, n_eval: int = 256, configs: Sequence[str] = CONFI
             log(f"eval {ev}: EW 50% magnitude cos {cos:.4f}")
         sents, dense = dense_cache[ev]
         calib = make_batches(tok, load(cal, n_calib, "train"), 32)
-        # one unrecorded run compiles the calibration passes both selections share, so the
-        # first row's seconds do not carry them
-        name, s = configs[0].split("@")
-        jax.block_until_ready(tvwjax.one_shot(
-            inputs_fn, params, pats[name], float(s), calib, row_mask=_row_mask,
-            where=is_linear_kernel, group_by=group_by, damping=damping)[0])
+        if warmup:  # one unrecorded run compiles the calibration passes both selections
+            name, s = configs[0].split("@")  # share, so the first row's seconds do not
+            jax.block_until_ready(tvwjax.one_shot(  # carry them
+                inputs_fn, params, pats[name], float(s), calib, row_mask=_row_mask,
+                where=is_linear_kernel, group_by=group_by, damping=damping)[0])
         for cfg in configs:
             name, s = cfg.split("@")
             pat, s = pats[name], float(s)
-            overrides, plan_info = None, {}
+            overrides, plan_info, stats = None, {}, None
             if allocation == "planned" and len(plan_levels(pat, s)) > 1:
-                overrides, plan_info = _plan(model, params, tok, inputs_fn, pat, s, calib,
-                                             measure_sentences(ev, cal, n_calib, n_measure),
-                                             damping, measured, log)
+                overrides, plan_info, stats = _plan(
+                    model, params, tok, inputs_fn, pat, s, calib,
+                    measure_sentences(ev, cal, n_calib, n_measure), damping, measured, log)
             elif allocation == "planned":  # one level (2:4, TVW at its floor): uniform
                 plan_info = {"plan_seconds": 0.0, "plan_measured": "none (one level)"}
             for selection in selections:
@@ -122,7 +126,7 @@ def run(*, n_calib: int = 128, n_eval: int = 256, configs: Sequence[str] = CONFI
                                            group_by=group_by, scope=scope,
                                            layer_bounds=(s / 2, 0.95) if scope == "global"
                                            else None, selection=selection, damping=damping,
-                                           overrides=overrides)
+                                           overrides=overrides, stats=stats)
                 jax.block_until_ready(p)
                 dt = time.perf_counter() - t
                 tvwjax.check_tree(mk, pat, s if scope == "layer" and overrides is None
@@ -133,7 +137,8 @@ def run(*, n_calib: int = 128, n_eval: int = 256, configs: Sequence[str] = CONFI
                                     "selection": selection, "damping": damping,
                                     "allocation": allocation, **plan_info,
                                     "mask_sparsity": _sparsity(params, mk),
-                                    "cosine": cos, "seconds": dt, "load": load_1min})
+                                    "cosine": cos, "seconds": dt, "load": load_1min,
+                                    "warmup": warmup})
                 log(f"eval {ev:7s} calib {cal:7s} {name:>4} {s:.2f} {selection:5s} "
                     f"cos {cos:.4f} ({dt:.1f}s)")
                 res["total_seconds"] = time.perf_counter() - t0
@@ -174,18 +179,20 @@ def measure_sentences(ev: str, cal: str, n_calib: int, n_measure: int) -> list[s
 
 
 def _plan(model, params, tok, inputs_fn, pattern, sparsity, calib, sents, damping, measured,
-          log) -> tuple[dict, dict]:
+          log) -> tuple[dict, dict, dict]:
     """Measure the per-layer curves on ``sents`` (never evaluation sentences) and plan the
-    per-layer sparsities; returns ``(overrides, row fields)``."""
+    per-layer sparsities; returns ``(overrides, row fields, the dense calibration statistics
+    for one_shot)``; the seconds count the statistics, the curves and the plan."""
     ref = encode(model, params, tok, sents)
     t = time.perf_counter()
+    stats = tvwjax.calibration.collect(inputs_fn, params, calib, row_mask=_row_mask, gram=True)
     levels = plan_levels(pattern, sparsity)
     anchors = (plan_anchor(levels, sparsity),) if measured == "anchor" else None
     curves = tvwjax.layer_sensitivity(
         inputs_fn, params, pattern, calib,
         lambda p: 1.0 - embedding_fidelity(encode(model, p, tok, sents), ref),
         levels=levels, anchors=anchors, where=is_linear_kernel, row_mask=_row_mask,
-        damping=damping)
+        damping=damping, stats=stats)
     plan = tvwjax.plan_sparsity(curves, params, sparsity)
     dt = time.perf_counter() - t
     counts = {v: list(plan.sparsities.values()).count(v) for v in sorted(
@@ -195,7 +202,7 @@ def _plan(model, params, tok, inputs_fn, pattern, sparsity, calib, sents, dampin
     how = "all levels" if anchors is None else f"anchor {anchors[0]:g}"
     return plan.overrides, {"plan_seconds": dt, "plan_measured": how,
                             "plan_predicted": plan.predicted,
-                            "plan_uniform": plan.uniform, "plan": plan.sparsities}
+                            "plan_uniform": plan.uniform, "plan": plan.sparsities}, stats
 
 
 def _sparsity(params, mk) -> float:
@@ -244,11 +251,12 @@ def _load_range(rows: Sequence[dict]) -> str:
 
 def _allocation(row: dict) -> str:
     """A row's allocation label: ``uniform``, or ``planned (how the curves were
-    measured)`` (rows from before anchors measured every level)."""
+    measured)`` (rows from before anchors measured every level); rows of a run without the
+    warm-up add ``, cold start``."""
     alloc = row.get("allocation", "uniform")
     if alloc == "planned":
-        return f"planned ({row.get('plan_measured', 'all levels')})"
-    return alloc
+        alloc = f"planned ({row.get('plan_measured', 'all levels')})"
+    return alloc + ("" if row.get("warmup", True) else ", cold start")
 
 
 def markdown(res: dict) -> str:
@@ -348,6 +356,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--measured", choices=("anchor", "all"), default="anchor",
                     help="plan curves: measure each layer once and estimate its other levels "
                          "from its calibration error, or measure every level")
+    ap.add_argument("--no-warmup", dest="warmup", action="store_false",
+                    help="no unrecorded compile run first: the seconds of a cold start")
     ap.add_argument("--merge", nargs="+", default=None,
                     help="write OUT.json / OUT.md from these runs' JSON files (no pruning)")
     a = ap.parse_args(argv)
@@ -364,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
               pairs=[tuple(p.split(":")) for p in a.pairs.split(",")],
               selections=a.selections.split(","), scope=a.scope, damping=a.damping,
               passes=a.passes, allocation=a.allocation, n_measure=a.measure,
-              measured=a.measured, out=a.out,
+              measured=a.measured, warmup=a.warmup, out=a.out,
               log=lambda s: print(s, flush=True))
     res["date"] = datetime.date.today().isoformat()
     res["machine"] = (f"{platform.machine()} {os.cpu_count()} CPU cores (shared), "

@@ -83,6 +83,10 @@ def test_planned_rows_get_their_own_lines_with_the_plan_seconds(tmp_path):
     md = minilm_obs.markdown(minilm_obs.merge([a, b]))
     assert "| planned (all levels) | 0.8099 | 0.8258 |" in md
     assert "| planned (anchor 0.625) | 0.8011 | -- | -- | 22 / -- (+ 40) |" in md
+    cold = dict(_row("pydoc", "sklearn", "TW", 0.5, "score", 0.7428, 80.0, 1.0), warmup=False)
+    md = minilm_obs.markdown(minilm_obs.merge([a, b, _run([cold], [], tmp_path, "c")]))
+    assert "| uniform | 0.7428 | -- | -- | 20 / -- |" in md
+    assert "| uniform, cold start | 0.7428 | -- | -- | 80 / -- |" in md
 
 
 def test_plan_anchor_is_the_level_nearest_an_eighth_above_the_target():

@@ -221,6 +221,30 @@ def test_one_shot_and_errors():
         reconstruct(only_q, v, mk, batches)
 
 
+def test_one_shot_reuses_given_statistics():
+    """Statistics collected once (with Gram matrices) serve both selections and give the
+    same result as one_shot collecting its own; wrong ones are named."""
+    model, v, batches = _net_setup()
+    inputs_fn = cal.linen_inputs(model)
+    stats = cal.collect(inputs_fn, v, batches, gram=True)
+    for selection, pattern in (("score", tvwjax.TVW(tile=4)),
+                               ("obs", tvwjax.TW(tile=4, column_share=0.0))):
+        want, want_m, _ = one_shot(inputs_fn, v, pattern, 0.75, batches, selection=selection)
+        got, got_m, _ = one_shot(inputs_fn, v, pattern, 0.75, batches, selection=selection,
+                                 stats=stats)
+        for a, b in zip(jax.tree.leaves(want_m), jax.tree.leaves(got_m), strict=True):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    no_gram = cal.collect(inputs_fn, v, batches, gram=False)
+    with pytest.raises(ConfigError, match="no Gram matrix"):
+        one_shot(inputs_fn, v, tvwjax.EW(), 0.5, batches, selection="obs", stats=no_gram)
+    with pytest.raises(ConfigError, match="one_shot: stats must be a mapping"):
+        one_shot(inputs_fn, v, tvwjax.EW(), 0.5, batches, stats=[stats])
+    with pytest.raises(ConfigError, match="no calibration statistics"):
+        one_shot(inputs_fn, v, tvwjax.EW(), 0.5, batches, stats={})
+
+
 def test_nnx_one_shot():
     from flax import nnx
 

@@ -372,3 +372,21 @@ def test_estimated_levels_use_the_refit_of_evenly_spaced_columns(two_branches):
     with pytest.raises(ConfigError, match="estimate_columns"):
         sens.layer_sensitivity(fn, params, pattern, [(x,)], measure, levels=levels,
                                anchors=(0.75,), estimate_columns=0)
+
+
+def test_sensitivity_reuses_given_statistics(two_branches):
+    model, params, x, measure = two_branches
+    fn, pattern = linen_inputs(model), tvwjax.TW(tile=8)
+    stats = tvwjax.calibration.collect(fn, params, [(x,)], gram=True)
+    kw = dict(levels=(0.25, 0.5, 0.75), anchors=(0.5,))
+    want = sens.layer_sensitivity(fn, params, pattern, [(x,)], measure, **kw)
+    assert sens.layer_sensitivity(fn, params, pattern, [(x,)], measure, stats=stats,
+                                  **kw) == want
+    with pytest.raises(ConfigError, match="stats has no entry for params/A/kernel"):
+        sens.layer_sensitivity(fn, params, pattern, [(x,)], measure, stats={
+            k: v for k, v in stats.items() if k != "params/A/kernel"}, **kw)
+    no_gram = tvwjax.calibration.collect(fn, params, [(x,)], gram=False)
+    with pytest.raises(ConfigError, match=r"stats\['params/.*'\] has no Gram matrix"):
+        sens.layer_sensitivity(fn, params, pattern, [(x,)], measure, stats=no_gram, **kw)
+    with pytest.raises(ConfigError, match="stats must be a mapping"):
+        sens.layer_sensitivity(fn, params, pattern, [(x,)], measure, stats=3, **kw)

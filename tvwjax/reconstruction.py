@@ -57,6 +57,7 @@ from tvwjax._tree import as_matrix, n_in_for, path_str
 from tvwjax.calibration import (
     Batch,
     InputsFn,
+    LayerStats,
     RowMaskFn,
     collect,
     collect_pair,
@@ -471,7 +472,8 @@ def one_shot(inputs_fn: InputsFn, params: PyTree, pattern: Pattern, sparsity: fl
              group_by: Callable[[str], Any] | None = None,
              progress: Callable[[str], None] | None = None,
              views: Mapping[str, int] | None = None,
-             selection: str = "score") -> tuple[PyTree, PyTree, dict]:
+             selection: str = "score",
+             stats: Mapping[str, LayerStats] | None = None) -> tuple[PyTree, PyTree, dict]:
     """One-shot pruning of a pretrained model: data-aware masks, then optional refit.
 
     1. Calibration statistics of every captured layer on the dense model
@@ -500,6 +502,11 @@ def one_shot(inputs_fn: InputsFn, params: PyTree, pattern: Pattern, sparsity: fl
         captures their inputs in the same view).
       selection: ``"score"`` or ``"obs"`` (patterns ``EW``, ``NM``, ``TW`` / ``TVW`` with
         ``column_share=0``).
+      stats: the dense model's statistics on ``batches`` to reuse instead of collecting them
+        (step 1): ``tvwjax.calibration.collect(inputs_fn, params, batches,
+        row_mask=row_mask, gram=True)`` serves both selections (``"score"`` reads only the
+        sums of squares), e.g. the ones a :func:`tvwjax.layer_sensitivity` plan was
+        measured with. They must come from these ``params`` and ``batches``.
 
     Returns:
       ``(params, masks, report)``: pruned (and refit) parameters, the masks, and the
@@ -526,11 +533,15 @@ def one_shot(inputs_fn: InputsFn, params: PyTree, pattern: Pattern, sparsity: fl
     batches = list(batches)
     if selection not in ("score", "obs"):
         raise ConfigError(f"one_shot: selection must be 'score' or 'obs', got {selection!r}")
+    if stats is not None and not isinstance(stats, Mapping):
+        raise ConfigError(f"one_shot: stats must be a mapping {{path: LayerStats}} from "
+                          f"tvwjax.calibration.collect, got {type(stats).__name__}")
     if selection == "obs":
         if score != "activation":
             raise ConfigError(f"one_shot: score={score!r} applies to selection='score'; "
                               "selection='obs' chooses masks from the Gram matrices")
-        stats = collect(inputs_fn, params, batches, row_mask=row_mask, gram=True)
+        if stats is None:
+            stats = collect(inputs_fn, params, batches, row_mask=row_mask, gram=True)
         mask_tree = obs_masks(params, stats, pattern, sparsity, where=where, scope=scope,
                               layer_bounds=layer_bounds, overrides=overrides, views=views,
                               damping=damping, progress=progress)
@@ -539,7 +550,8 @@ def one_shot(inputs_fn: InputsFn, params: PyTree, pattern: Pattern, sparsity: fl
         scores = None
     elif score == "activation" or callable(score):
         fn = wanda if score == "activation" else score
-        stats = collect(inputs_fn, params, batches, row_mask=row_mask, gram=False)
+        if stats is None:
+            stats = collect(inputs_fn, params, batches, row_mask=row_mask, gram=False)
         scores = data_scores(params, stats, fn, where=where)
     else:
         raise ConfigError(f"score must be 'magnitude', 'activation' or a callable, "

@@ -47,7 +47,7 @@ import numpy as np
 
 from tvwjax import _validate as val
 from tvwjax._tree import as_matrix, is_none, leaves_with_paths, n_in_for
-from tvwjax.calibration import Batch, InputsFn, RowMaskFn, collect
+from tvwjax.calibration import Batch, InputsFn, LayerStats, RowMaskFn, collect
 from tvwjax.data_aware import data_scores, wanda
 from tvwjax.errors import ConfigError, TreeMismatchError
 from tvwjax.masking import _layer_bounds, masks
@@ -199,6 +199,7 @@ def layer_sensitivity(inputs_fn: InputsFn, params: PyTree, pattern: Pattern,
                 where: Callable[[str, Any], bool] | None = None,
                 views: Mapping[str, int] | None = None, row_mask: RowMaskFn | None = None,
                 selection: str = "score", refit: bool = True, damping: float = 0.01,
+                stats: Mapping[str, LayerStats] | None = None,
                 progress: Callable[[str], None] | None = None) -> dict[str, dict[float, float]]:
     """Measured cost of pruning each layer alone, at each candidate sparsity.
 
@@ -239,6 +240,9 @@ def layer_sensitivity(inputs_fn: InputsFn, params: PyTree, pattern: Pattern,
       where, views, row_mask, damping: as :func:`tvwjax.one_shot`.
       selection: ``"score"`` (fast, default) or ``"obs"``.
       refit: refit the kept weights, as ``one_shot(refit=True)``.
+      stats: the dense model's statistics on ``batches`` (``tvwjax.calibration.collect(...,
+        gram=True)``) to reuse, e.g. also for :func:`tvwjax.one_shot` ``(stats=...)``;
+        ``None``: collected here.
       progress: optional callback receiving a line per leaf.
 
     Returns:
@@ -288,11 +292,23 @@ def layer_sensitivity(inputs_fn: InputsFn, params: PyTree, pattern: Pattern,
         raise ConfigError("layer_sensitivity: no leaf is selected for pruning (check where / "
                           "views)")
     need_gram = refit or selection == "obs" or anchor_levels is not None
-    stats = collect(inputs_fn, params, batches, row_mask=row_mask, gram=need_gram)
+    if stats is None:
+        stats = collect(inputs_fn, params, batches, row_mask=row_mask, gram=need_gram)
+        source = "no calibration inputs were captured for {} (the inputs function must " \
+                 "record every pruned layer)"
+    elif not isinstance(stats, Mapping):
+        raise ConfigError(f"layer_sensitivity: stats must be a mapping {{path: LayerStats}} "
+                          f"from tvwjax.calibration.collect, got {type(stats).__name__}")
+    else:
+        source = "stats has no entry for {}"
     missing = [p for p in chosen if p not in stats]
     if missing:
-        raise ConfigError(f"layer_sensitivity: no calibration inputs were captured for "
-                          f"{missing[0]} (the inputs function must record every pruned layer)")
+        raise ConfigError("layer_sensitivity: " + source.format(missing[0]))
+    if need_gram:
+        no_gram = [p for p in chosen if getattr(stats[p], "gram", None) is None]
+        if no_gram:
+            raise ConfigError(f"layer_sensitivity: stats[{no_gram[0]!r}] has no Gram matrix; "
+                              "the refit and the estimates need collect(..., gram=True)")
     scores = (data_scores(params, stats, wanda, where=where) if selection == "score"
               else None)
     base = float(measure(params))
