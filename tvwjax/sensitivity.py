@@ -25,7 +25,15 @@ about 3 minutes on two CPU cores with 128 held-out sentences), or ``layers x anc
 ``anchors``: the other levels are then estimated from each layer's calibration output error
 (its shape over the levels), scaled by the measured increase at the anchors (how much of
 that layer's error reaches the metric). Use the cheap ``selection="score"`` for it even
-when the final masks use ``selection="obs"``.
+when the final masks use ``selection="obs"``, and collect the dense statistics once for
+both calls::
+
+    stats = tvwjax.calibration.collect(inputs_fn, params, calib, gram=True)
+    curves = tvwjax.layer_sensitivity(inputs_fn, params, pattern, calib, measure,
+                                      anchors=(0.875,), stats=stats)
+    plan = tvwjax.plan_sparsity(curves, params, 0.75)
+    pruned, masks, _ = tvwjax.one_shot(inputs_fn, params, pattern, 0.75, calib,
+                                       overrides=plan.overrides, selection="obs", stats=stats)
 
 References:
   E. Frantar and D. Alistarh, "Optimal Brain Compression: A Framework for Accurate
@@ -268,6 +276,11 @@ def layer_sensitivity(inputs_fn: InputsFn, params: PyTree, pattern: Pattern,
     ['params/Dense_0/kernel', 'params/Dense_1/kernel']
     >>> curves["params/Dense_0/kernel"][0.0]
     0.0
+    >>> # measured at 75% only, 50% estimated from the layers' calibration errors
+    >>> est = tvwjax.layer_sensitivity(linen_inputs(model), p, tvwjax.TW(tile=8), [(x,)], err,
+    ...                                levels=(0.0, 0.5, 0.75), anchors=(0.75,))
+    >>> est["params/Dense_0/kernel"][0.75] == curves["params/Dense_0/kernel"][0.75]
+    True
     """
     if selection not in ("score", "obs"):
         raise ConfigError(f"layer_sensitivity: selection must be 'score' or 'obs', got "
