@@ -390,3 +390,13 @@ def test_sensitivity_reuses_given_statistics(two_branches):
         sens.layer_sensitivity(fn, params, pattern, [(x,)], measure, stats=no_gram, **kw)
     with pytest.raises(ConfigError, match="stats must be a mapping"):
         sens.layer_sensitivity(fn, params, pattern, [(x,)], measure, stats=3, **kw)
+
+
+def test_an_anchor_where_the_metric_improved_estimates_no_negative_costs(two_branches):
+    model, params, x, measure = two_branches
+    est = sens.layer_sensitivity(linen_inputs(model), params, tvwjax.TW(tile=8), [(x,)],
+                                 lambda p: -measure(p), levels=(0.25, 0.5, 0.75),
+                                 anchors=(0.5,))
+    for row in est.values():
+        assert row[0.5] < 0.0  # measured as it is
+        assert row[0.25] == 0.0 and row[0.75] == 0.0

@@ -239,7 +239,8 @@ def layer_sensitivity(inputs_fn: InputsFn, params: PyTree, pattern: Pattern,
         ratio carries how much of a layer's error reaches the metric, which varies by
         orders of magnitude between layers; the local error carries the shape of the
         curve. One anchor evaluates ``measure`` once per layer instead of once per level;
-        a layer whose anchors leave its outputs unchanged is measured at every level.
+        a layer whose anchors leave its outputs unchanged is measured at every level, and
+        a negative increase at an anchor (the metric's noise) scales as 0.
         Default ``None``: every level is measured.
       estimate_columns: with ``anchors``, the calibration errors are computed on at most
         this many evenly spaced output columns of the layer's GEMM view (the refit of
@@ -372,7 +373,9 @@ def layer_sensitivity(inputs_fn: InputsFn, params: PyTree, pattern: Pattern,
                 if s not in local:
                     m2 = _columns(mask_of(s), g, cols)
                     local[s] = float(layer_error(w2, pruned(w2, m2), g))
-            ratios = [(a, measured[a] / local[a]) for a in anchor_levels if local[a] > 0]
+            # a metric that improved at an anchor (noise) scales nothing: ratio 0, not < 0
+            ratios = [(a, max(measured[a], 0.0) / local[a]) for a in anchor_levels
+                      if local[a] > 0]
             for s in nonzero:
                 if s in measured:
                     continue
