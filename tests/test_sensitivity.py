@@ -258,14 +258,20 @@ def test_anchored_curves_equal_measured_ones_when_the_metric_is_the_layer_error(
                 full["params/only/kernel"][s], rel=2e-3)
 
 
-def test_anchors_measure_once_per_layer_and_scale_the_layer_error(two_branches):
-    model, params, x, measure = two_branches
+def _counting(measure):
+    """``measure`` and the list its calls are appended to."""
     calls = []
 
     def counted(p):
         calls.append(1)
         return measure(p)
 
+    return counted, calls
+
+
+def test_anchors_measure_once_per_layer_and_scale_the_layer_error(two_branches):
+    model, params, x, measure = two_branches
+    counted, calls = _counting(measure)
     fn, pattern, levels = linen_inputs(model), tvwjax.TW(tile=8), (0.0, 0.25, 0.5, 0.75)
     est = sens.layer_sensitivity(fn, params, pattern, [(x,)], counted, levels=levels,
                                  anchors=(0.5,))
@@ -303,12 +309,7 @@ def test_anchors_interpolate_between_anchors_and_hold_beyond():
 def test_a_layer_its_anchors_leave_unchanged_is_measured_at_every_level(two_branches):
     """A kernel whose inputs are all zero has no calibration error to scale: measured."""
     model, params, x, measure = two_branches
-    calls = []
-
-    def counted(p):
-        calls.append(1)
-        return measure(p)
-
+    counted, calls = _counting(measure)
     zero_x = jnp.zeros_like(x)
     curves = sens.layer_sensitivity(linen_inputs(model), params, tvwjax.TW(tile=8),
                                     [(zero_x,)], counted, levels=(0.25, 0.5),
