@@ -551,11 +551,13 @@ class TVW(TW):
         the leaf and the peak stays near the mask plus one piece. The slices are static
         and chained by optimisation barriers on the small per-tile tables (a loop, or a
         barrier on the scores, would make XLA materialise the scores, which otherwise fuse
-        into their consumers)."""
+        into their consumers). Each piece is unrolled code: a leaf is cut into at most one
+        piece per :data:`_PIECE` elements (a small leaf into one)."""
         k, n = scores.shape
         t = keep.shape[1]
-        n_tiles = min(t, _CHUNKS)
-        n_rows = min(k, -(-_CHUNKS // n_tiles))
+        pieces = max(1, min(_CHUNKS, -(-k * n // _PIECE)))
+        n_tiles = min(t, pieces)
+        n_rows = min(k, -(-pieces // n_tiles))
         cuts = [round(i * t / n_tiles) for i in range(n_tiles + 1)]
         rcuts = [round(i * k / n_rows) for i in range(n_rows + 1)]
         columns, last = [], None
@@ -603,8 +605,10 @@ class TVW(TW):
         return kept & (rank < self.n)
 
 
-#: Pieces of a leaf :meth:`TVW._chunked_nm` selects one after the other.
+#: Pieces of a leaf :meth:`TVW._chunked_nm` selects one after the other (at most).
 _CHUNKS = 8
+#: Elements of a leaf per piece below which :meth:`TVW._chunked_nm` cuts fewer pieces.
+_PIECE = 1 << 15
 
 
 def _column_axes(n: int, tile: int) -> tuple[jax.sharding.AbstractMesh | None, tuple[str, ...]]:
