@@ -32,6 +32,7 @@ import jax
 import numpy as np
 
 import tvwjax
+from tvwjax.sensitivity import admissible_levels
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -151,14 +152,8 @@ def plan_levels(pattern: tvwjax.Pattern, sparsity: float) -> list[float]:
     """Candidate sparsities measured per layer for a target: the target, -1/4, -1/8, +1/16,
     +1/8 and +1/4 that the pattern accepts below 1, and 0 (dense, free to measure) for
     patterns whose floor is 0 (EW, TW; a TVW or 2:4 layer stays in its pattern)."""
-    out = []
-    for v in (0.0, *(sparsity + d for d in (-0.25, -0.125, 0.0, 0.0625, 0.125, 0.25))):
-        if (pattern.floor == 0.0 or v >= pattern.floor) and 0.0 <= v < 1.0:
-            try:
-                out.append(pattern.validate_sparsity(round(v, 6)))
-            except tvwjax.ConfigError:
-                continue
-    return sorted(set(out))
+    return admissible_levels(
+        pattern, (0.0, *(sparsity + d for d in (-0.25, -0.125, 0.0, 0.0625, 0.125, 0.25))))
 
 
 def plan_anchor(levels: Sequence[float], sparsity: float) -> float:

@@ -234,6 +234,18 @@ def test_default_levels_follow_the_pattern():
     assert sens._levels(tvwjax.TVW(tile=8), (0.0, 0.75)) == [0.0, 0.75]
 
 
+def test_admissible_levels_keep_what_the_pattern_accepts():
+    tvw = tvwjax.TVW(tile=8)
+    # dense and (0, floor) dropped for TVW; 1.0 and negatives always; duplicates merged
+    assert sens.admissible_levels(tvw, [0.75, 0.0, 0.3, 1.0, -0.1, 0.5, 0.75]) == [0.5, 0.75]
+    assert sens.admissible_levels(tvwjax.TW(tile=8), [0.5, 0.0, 0.25]) == [0.0, 0.25, 0.5]
+    assert sens.admissible_levels(tvwjax.NM(2, 4), [0.0, 0.25, 0.5, 0.75]) == [0.5]
+    # float noise from arithmetic on a target lands on the same level
+    assert sens.admissible_levels(tvwjax.TW(tile=8), [0.1 + 0.2, 0.3]) == [0.3]
+    assert sens.admissible_levels(tvwjax.EW(), np.float32([0.5, 0.25])) == [0.25, 0.5]
+    assert sens.admissible_levels(tvw, []) == []
+
+
 class _OneLayer(nn.Module):
     @nn.compact
     def __call__(self, x):

@@ -324,7 +324,7 @@ def tile_row_scores(w: Array, h: Array, tile: int, min_rows: int = 1, *, block: 
         return jnp.full((k, t), jnp.finfo(jnp.float32).max, jnp.float32)
     block = max(1, min(block, steps))
     per = 4 * (3 * k * k + 3 * k * tile + k * block)
-    chunk = max(1, min(t, chunk_bytes // per))
+    chunk = _chunk(t, per, chunk_bytes)
     out = []
     for s in range(0, t, chunk):
         part = wt[s:s + chunk]
@@ -336,88 +336,127 @@ def tile_row_scores(w: Array, h: Array, tile: int, min_rows: int = 1, *, block: 
 
 
 # -- TW: exchange refinement of each tile's kept rows --------------------------------------------
-def _tile_exchange(hs: Array, wt: Array, keep: Array, iters: int, cands: int) -> Array:
-    """Improve one tile's kept row set by exact OBS exchanges (add a row, drop a row).
+def _compact(keep: Array, size: int) -> tuple[Array, Array]:
+    """The first ``size`` rows of a tile in compact order (its kept rows first, in row
+    order, then pruned rows) and which of them are kept. With ``size`` at least the tile's
+    kept count, the kept rows' subsystem ``H_SS`` is ``size x size`` instead of ``K x K``
+    (the pruned rows inside it become identity equations)."""
+    idx = jnp.argsort(~keep, stable=True)[:size]
+    return idx, keep[idx]
 
-    With ``A = (H_SS)^-1`` (embedded, zero outside the kept set ``S``) and the optimal kept
-    weights ``W* = A (H w)``, adding row ``r`` lowers the error by
-    ``||(H (w - W*))_r||^2 / s_r`` (``s_r = H_rr - h_r^T A h_r``) and then dropping row ``q``
-    raises it by ``||W*'_q||^2 / A'_qq`` (both exact). Each round takes the ``cands`` rows of
-    largest add gain, pairs each with its best drop, and commits the best pair if it lowers
-    the error (every ``r``, ``q`` pair if ``cands`` covers the pruned rows: a 1-swap local
-    optimum). ``A`` and ``C = A H`` are kept up to date by rank-one updates (``O(K^2)`` per
-    round). Rounds stop early when no exchange lowers the error. Returns the new kept set
-    (same size).
+
+def _compact_size(keeps: Array, k: int, multiple: int = 64) -> int:
+    """The compact size of a layer's tiles: the largest kept count, rounded up to a
+    multiple of ``multiple`` (few compiled sizes), at most ``K``."""
+    return min(k, val.round_up(max(1, int(jnp.max(jnp.sum(keeps, axis=1)))), multiple))
+
+
+def _exchange_init(hs: Array, wt: Array, keep: Array, size: int) -> tuple[Array, ...]:
+    """The state of one tile's exchange rounds (:func:`_tiles_exchange`):
+    ``(A, C, W*, res, s, keep, B, energy, done)``.
+
+    ``A = (H_SS)^-1`` embedded (zero outside the kept set ``S``), ``C = A H``, the optimal
+    kept weights ``W* = A B`` with ``B = H w``, ``res = B - H W*`` and
+    ``s_r = H_rr - h_r^T A h_r``. They start from the kept rows' subsystem
+    (:func:`_compact`, ``size`` at least the kept count): ``O(size^3 + size^2 K)`` instead
+    of ``O(K^3)``.
     """
     k, g = wt.shape
-    eye = jnp.eye(k, dtype=jnp.float32)
-    both = keep[:, None] & keep[None, :]
-    lh = jnp.linalg.cholesky(jnp.where(both, hs, eye))
-    a = jnp.where(both, jax.scipy.linalg.cho_solve((lh, True), eye), 0.0)
+    idx, ok = _compact(keep, size)
+    both = ok[:, None] & ok[None, :]
+    eye = jnp.eye(size, dtype=jnp.float32)
+    hrows = hs[idx]  # (size, K)
+    lh = jnp.linalg.cholesky(jnp.where(both, hrows[:, idx], eye))
+    a_s = jnp.where(both, jax.scipy.linalg.cho_solve((lh, True), eye), 0.0)
     b = jnp.matmul(hs, wt, precision=_HI)
-    c = jnp.matmul(a, hs, precision=_HI)
-    wstar = jnp.matmul(a, b, precision=_HI)
-    diag_h = jnp.diag(hs)
-
-    def body(_, carry):
-        a, c, wstar, res, keep, done = carry
-        sch = jnp.maximum(diag_h - jnp.sum(hs * c, axis=0), _TINY)
-        gain = jnp.where(keep, -jnp.inf, jnp.sum(jnp.square(res), axis=1) / sch)
-        gain_top, rs = jax.lax.top_k(gain, cands)
-        idx = jnp.arange(k)
-
-        def with_added(r, gr):
-            u = jnp.where(idx == r, 1.0, 0.0) - c[:, r]
-            a_d = jnp.diag(a) + jnp.square(u) / sch[r]
-            w_new = wstar + u[:, None] * (jnp.matmul(u, b, precision=_HI) / sch[r])[None, :]
-            cost = jnp.sum(jnp.square(w_new), axis=1) / jnp.maximum(a_d, _TINY)
-            cost = jnp.where(keep & (idx != r), cost, jnp.inf)  # dropping r undoes the add
-            q = jnp.argmin(cost)
-            return gr - cost[q], q
-
-        better, qs = jax.vmap(with_added)(rs, gain_top)
-        better = jnp.where(jnp.isfinite(gain_top), better, -jnp.inf)
-        j = jnp.argmax(better)
-        r, q = rs[j], qs[j]
-        go = (~done) & (better[j] > 1e-6 * energy)
-        # add r: A += u u^T / s_r (and C = A H, W* = A B, res = B - H W* with it)
-        u = jnp.where(idx == r, 1.0, 0.0) - c[:, r]
-        hu = jnp.matmul(hs, u, precision=_HI)
-        ub = jnp.matmul(u, b, precision=_HI) / sch[r]
-        a1 = a + jnp.outer(u, u) / sch[r]
-        c1 = c + jnp.outer(u, hu) / sch[r]
-        w1 = wstar + jnp.outer(u, ub)
-        res1 = res - jnp.outer(hu, ub)
-        # drop q: A -= A[:, q] A[q, :] / A_qq (the same for C and W*)
-        aq = a1[:, q] / jnp.maximum(a1[q, q], _TINY)
-        wq = w1[q]
-        a2 = a1 - jnp.outer(aq, a1[q])
-        c2 = c1 - jnp.outer(aq, c1[q])
-        w2 = (w1 - jnp.outer(aq, wq)).at[q].set(0.0)
-        res2 = res1 + jnp.outer(jnp.matmul(hs, aq, precision=_HI), wq)
-        keep2 = keep.at[r].set(True).at[q].set(False)
-        pick = functools.partial(jnp.where, go)
-        return (pick(a2, a), pick(c2, c), pick(w2, wstar), pick(res2, res), pick(keep2, keep),
-                done | ~go)
-
-    energy = jnp.sum(wt * b)
+    a = jnp.zeros((k, k), jnp.float32).at[idx[:, None], idx[None, :]].set(a_s)
+    c = jnp.zeros((k, k), jnp.float32).at[idx].set(jnp.matmul(a_s, hrows, precision=_HI))
+    wstar = jnp.zeros((k, g), jnp.float32).at[idx].set(jnp.matmul(a_s, b[idx], precision=_HI))
+    sch = jnp.diag(hs) - jnp.sum(hs * c, axis=0)
     res = b - jnp.matmul(hs, wstar, precision=_HI)
-    # rounds stop once no exchange lowers the error (batched by vmap: once no tile of the
-    # chunk has one left)
-    out = jax.lax.while_loop(lambda cr: (cr[0] < iters) & ~cr[-1],
-                             lambda cr: (cr[0] + 1, *body(cr[0], cr[1:])),
-                             (0, a, c, wstar, res, keep, jnp.asarray(False)))
-    return out[5]
+    return a, c, wstar, res, sch, keep, b, jnp.sum(wt * b), jnp.asarray(False)
 
 
-@functools.partial(jax.jit, static_argnames=("iters", "cands"))
-def _tiles_exchange(hs: Array, wts: Array, keeps: Array, iters: int, cands: int) -> Array:
-    return jax.vmap(lambda wt, kp: _tile_exchange(hs, wt, kp, iters, cands))(wts, keeps)
+def _exchange_round(hs: Array, state: tuple[Array, ...], cands: int) -> tuple[Array, ...]:
+    """One exchange round of one tile: the best (add ``r``, drop ``q``) pair among the
+    ``cands`` rows of largest add gain, committed if it lowers the error by more than
+    ``1e-6`` of the tile's energy; otherwise the state is returned unchanged, with
+    ``done`` set."""
+    a, c, wstar, res, sch, keep, b, energy, _ = state
+    k = a.shape[0]
+    idx = jnp.arange(k)
+    sch = jnp.maximum(sch, _TINY)
+    gain = jnp.where(keep, -jnp.inf, jnp.sum(jnp.square(res), axis=1) / sch)
+    gain_top, rs = jax.lax.top_k(gain, cands)
+
+    def with_added(r, gr):
+        u = jnp.where(idx == r, 1.0, 0.0) - c[:, r]
+        a_d = jnp.diag(a) + jnp.square(u) / sch[r]
+        w_new = wstar + u[:, None] * (jnp.matmul(u, b, precision=_HI) / sch[r])[None, :]
+        cost = jnp.sum(jnp.square(w_new), axis=1) / jnp.maximum(a_d, _TINY)
+        cost = jnp.where(keep & (idx != r), cost, jnp.inf)  # dropping r undoes the add
+        q = jnp.argmin(cost)
+        return gr - cost[q], q
+
+    better, qs = jax.vmap(with_added)(rs, gain_top)
+    better = jnp.where(jnp.isfinite(gain_top), better, -jnp.inf)
+    j = jnp.argmax(better)
+    r, q = rs[j], qs[j]
+    go = better[j] > 1e-6 * energy
+    sr = sch[r]
+    # add r: A1 = A + u u^T / s_r (C1 = A1 H, W1 = A1 B, res1 = B - H W1 with it); then drop
+    # q: A2 = A1 - a1 a1^T / a1_q with a1 = A1[:, q] (the same for C and W). Both updates of
+    # A, and both of C, are one pass over it, from vectors.
+    u = jnp.where(idx == r, 1.0, 0.0) - c[:, r]
+    a1q = a[:, q] + u * (u[q] / sr)
+    aqq = jnp.maximum(a1q[q], _TINY)
+    aq = a1q / aqq
+    hv = jnp.matmul(hs, jnp.stack([u, aq], axis=1), precision=_HI)
+    hu, haq = hv[:, 0], hv[:, 1]
+    ub = jnp.matmul(u, b, precision=_HI) / sr
+    c1q = c[q] + hu * (u[q] / sr)
+    def on(v):  # exact zeros (not 0 * v) when the round commits nothing
+        return jnp.where(go, v, 0.0)
+
+    a = a + jnp.outer(on(u), on(u / sr)) - jnp.outer(on(aq), on(a1q))
+    c = c + jnp.outer(on(u), on(hu / sr)) - jnp.outer(on(aq), on(c1q))
+    w1 = wstar + jnp.outer(u, ub)
+    w2 = (w1 - jnp.outer(aq, w1[q])).at[q].set(0.0)
+    res2 = res - jnp.outer(hu, ub) + jnp.outer(haq, w1[q])
+    # s_j = H_jj - h_j^T A h_j: -(h_j^T u)^2 / s_r for the add, +(h_j^T a1)^2 / a1_q for the drop
+    sch2 = sch - jnp.square(hu) / sr + aqq * jnp.square(haq)
+    keep2 = keep.at[r].set(True).at[q].set(False)
+    pick = functools.partial(jnp.where, go)
+    return (a, c, pick(w2, wstar), pick(res2, res), pick(sch2, sch), pick(keep2, keep), b,
+            energy, ~go)
+
+
+@functools.partial(jax.jit, static_argnames=("iters", "cands", "size"))
+def _tiles_exchange(hs: Array, wts: Array, keeps: Array, iters: int, cands: int,
+                    size: int) -> Array:
+    """Improve each tile's kept row set (``keeps`` ``(c, K)``) by exact OBS exchanges
+    (add a row, drop a row); returns the new kept sets (same sizes).
+
+    Adding row ``r`` lowers a tile's error by ``||res_r||^2 / s_r`` and then dropping row
+    ``q`` raises it by ``||W*'_q||^2 / A'_qq`` (both exact; see :func:`_exchange_init`). Each
+    round takes the ``cands`` rows of largest add gain, pairs each with its best drop, and
+    commits the best pair if it lowers the error (every ``r``, ``q`` pair if ``cands`` covers
+    the pruned rows: a 1-swap local optimum). ``A``, ``C`` and ``s`` are kept up to date by
+    rank-one updates. At most ``iters`` rounds; they stop once no tile has an exchange that
+    lowers its error (the loop runs over the batched rounds, so a finished tile costs its
+    round's passes but no copies).
+    """
+    state = jax.vmap(lambda wt, kp: _exchange_init(hs, wt, kp, size))(wts, keeps)
+    _, state = jax.lax.while_loop(
+        lambda cr: (cr[0] < iters) & ~jnp.all(cr[1][-1]),
+        lambda cr: (cr[0] + 1, jax.vmap(lambda st: _exchange_round(hs, st, cands))(cr[1])),
+        (0, state))
+    return state[5]
 
 
 # -- TVW: N:M inside the kept rows of each tile -------------------------------------------------
-def _tile_nm(hs: Array, ws: Array, keep: Array, n: int, m: int,
-             width: int) -> tuple[Array, Array]:
+def _tile_nm(hs: Array, ws: Array, keep: Array, n: int, m: int, width: int,
+             size: int) -> tuple[Array, Array]:
     """N:M mask of one tile inside its kept rows (compact order) by SparseGPT's sweep,
     starting from the least-squares weights of the kept rows; and the tile's output error
     ``tr((w - w')^T H (w - w'))`` with the swept weights ``w'``.
@@ -427,13 +466,17 @@ def _tile_nm(hs: Array, ws: Array, keep: Array, n: int, m: int,
     single chain. Two batched LAPACK calls that XLA:CPU may run at the same time deadlock
     its intra-op thread pool when they occupy all of its threads (jaxlib 0.10: each blocks a
     worker waiting for batch tasks queued on the same pool; seen on 2 cores).
+
+    The sweep runs over the first ``size`` rows in compact order (:func:`_compact`; ``size``
+    at least the kept count and a multiple of ``m``): the pruned rows after them are
+    identity equations with zero weights, which change nothing.
     """
     k, g = ws.shape
-    perm = jnp.argsort(~keep, stable=True)
-    kp = keep[perm]
+    perm, kp = _compact(keep, size)
     both = kp[:, None] & kp[None, :]
-    hp = jnp.where(both, hs[perm][:, perm], jnp.eye(k, dtype=jnp.float32))
-    rhs = jnp.where(kp[:, None], jnp.matmul(hs, ws, precision=_HI)[perm], 0.0)
+    hrows = hs[perm]  # (size, K)
+    hp = jnp.where(both, hrows[:, perm], jnp.eye(size, dtype=jnp.float32))
+    rhs = jnp.where(kp[:, None], jnp.matmul(hrows, ws, precision=_HI), 0.0)
     rhs, hp, _ = _padded(rhs, hp, width)
     hps, d = _scaled_h(hp)
     lh = jnp.linalg.cholesky(hps)
@@ -441,16 +484,17 @@ def _tile_nm(hs: Array, ws: Array, keep: Array, n: int, m: int,
     sol = jax.scipy.linalg.cho_solve((lh, True), jnp.concatenate([rhs * d[:, None], eye], 1))
     w1, mask = _sweep(sol[:, :g], jnp.ones(rhs.shape, bool), sol[:, g:], d, width,
                       _nm_choose(n, m))
-    inv = jnp.argsort(perm)
-    mask = (mask[:k] & kp[:, None])[inv]
-    diff = ws - jnp.where(mask, w1[:k][inv], 0.0)
-    return mask, jnp.sum(diff * jnp.matmul(hs, diff, precision=_HI))
+    mask = mask[:size] & kp[:, None]
+    w_new = jnp.zeros((k, g), jnp.float32).at[perm].set(jnp.where(mask, w1[:size], 0.0))
+    diff = ws - w_new
+    return (jnp.zeros((k, g), bool).at[perm].set(mask),
+            jnp.sum(diff * jnp.matmul(hs, diff, precision=_HI)))
 
 
-@functools.partial(jax.jit, static_argnames=("n", "m", "width"))
-def _tiles_nm(hs: Array, wts: Array, keeps: Array, n: int, m: int,
-              width: int) -> tuple[Array, Array]:
-    return jax.vmap(lambda wt, kp: _tile_nm(hs, wt, kp, n, m, width))(wts, keeps)
+@functools.partial(jax.jit, static_argnames=("n", "m", "width", "size"))
+def _tiles_nm(hs: Array, wts: Array, keeps: Array, n: int, m: int, width: int,
+              size: int) -> tuple[Array, Array]:
+    return jax.vmap(lambda wt, kp: _tile_nm(hs, wt, kp, n, m, width, size))(wts, keeps)
 
 
 def _scaled_h(h: Array) -> tuple[Array, Array]:
@@ -537,16 +581,19 @@ def _layer_mask(pattern: Pattern, w2: Array, h: Array, sparsity: float,
     wt = wt.reshape(k, t, tw.tile).transpose(1, 0, 2)
     if exchanges > 0 and d_tw < 1.0:
         per = 4 * (6 * k * k + 4 * k * tw.tile)
+        size = _compact_size(keeps, k)
         keeps = _chunked(lambda wp, kp: _tiles_exchange(
-            hs, wp, kp, exchanges, min(k, max(1, cands))), wt, keeps, per, chunk_bytes)
+            hs, wp, kp, exchanges, min(k, max(1, cands)), size), wt, keeps, per, chunk_bytes)
     if not isinstance(pattern, TVW):
         return keeps.T[:, jnp.minimum(jnp.arange(n) // tw.tile, t - 1)]
     width = _sweep_width(k, pattern.m)
     per = 4 * (4 * k * k + 4 * val.round_up(k, width) * tw.tile)
 
     def nm_inside(kp_all):
+        size = _compact_size(kp_all, k, math.lcm(64, pattern.m))  # a multiple of m or K
         masks, err = _chunked(lambda wp, kp: _tiles_nm(hs, wp, kp, pattern.n, pattern.m,
-                                                        width), wt, kp_all, per, chunk_bytes)
+                                                        width, size), wt, kp_all, per,
+                              chunk_bytes)
         return masks, float(jnp.sum(err))
 
     masks, err = nm_inside(keeps)
@@ -561,12 +608,20 @@ def _layer_mask(pattern: Pattern, w2: Array, h: Array, sparsity: float,
     return masks.transpose(1, 0, 2).reshape(k, t * tw.tile)[:, :n]
 
 
+def _chunk(t: int, per: int, chunk_bytes: int) -> int:
+    """Tiles per chunk: at most ``chunk_bytes // per`` (at least 1), the ``t`` tiles spread
+    evenly over the fewest chunks (6 tiles at a bound of 4 run as 3 + 3, not 4 + 4 with two
+    padding tiles)."""
+    bound = max(1, min(t, chunk_bytes // per))
+    return -(-t // -(-t // bound))
+
+
 def _chunked(fn: Callable[[Array, Array], Any], wt: Array, keeps: Array, per: int,
              chunk_bytes: int) -> Any:
     """``fn`` over the tiles ``(wt[i], keeps[i])`` in chunks of at most ``chunk_bytes``
     (``per`` bytes a tile), each chunk padded to one compiled size."""
     t = wt.shape[0]
-    chunk = max(1, min(t, chunk_bytes // per))
+    chunk = _chunk(t, per, chunk_bytes)
     out = []
     for s in range(0, t, chunk):
         wpart, kpart = wt[s:s + chunk], keeps[s:s + chunk]

@@ -132,17 +132,37 @@ def output_error(apply_fn: Callable[[PyTree, Batch], Any], params: PyTree,
     return measure
 
 
+def admissible_levels(pattern: Pattern,
+                      candidates: Iterable[float] = DEFAULT_LEVELS) -> list[float]:
+    """The candidate sparsities a layer of ``pattern`` can be planned at, sorted and unique.
+
+    A candidate is kept when the pattern accepts it (:meth:`~tvwjax.Pattern.validate_sparsity`,
+    which also normalises it); ``0`` (the layer left dense) only when the pattern's
+    :attr:`~tvwjax.Pattern.floor` is 0 (EW, TW: a TVW or 2:4 layer stays in its pattern), and
+    values outside ``[0, 1)`` or in ``(0, floor)`` are dropped. This is the rule behind the
+    default ``levels`` of :func:`layer_sensitivity`; use it to build levels around a target.
+
+    >>> import tvwjax
+    >>> from tvwjax.sensitivity import admissible_levels
+    >>> admissible_levels(tvwjax.TVW(tile=64), [0.0, 0.25, 0.5, 0.625, 0.75, 1.0])
+    [0.5, 0.625, 0.75]
+    >>> admissible_levels(tvwjax.TW(tile=64), [0.0, 0.25, 0.5])
+    [0.0, 0.25, 0.5]
+    """
+    out = set()
+    for s in candidates:
+        if not 0.0 <= s < 1.0 or 0.0 < s < pattern.floor or (s == 0.0 and pattern.floor > 0.0):
+            continue
+        try:
+            out.add(pattern.validate_sparsity(round(float(s), 6)))
+        except ConfigError:
+            continue
+    return sorted(out)
+
+
 def _levels(pattern: Pattern, levels: Sequence[float] | None) -> list[float]:
     if levels is None:
-        out = []
-        for s in DEFAULT_LEVELS:
-            if 0.0 < s < pattern.floor or (s == 0.0 and pattern.floor > 0.0):
-                continue
-            try:
-                out.append(pattern.validate_sparsity(s))
-            except ConfigError:
-                continue
-        return out
+        return admissible_levels(pattern)
     if isinstance(levels, str) or not isinstance(levels, Sequence) or not levels:
         raise ConfigError(f"layer_sensitivity: levels must be a non-empty sequence of sparsities, "
                           f"got {levels!r}")
@@ -230,7 +250,7 @@ def layer_sensitivity(inputs_fn: InputsFn, params: PyTree, pattern: Pattern,
       measure: ``measure(params) -> float``, lower is better (e.g. :func:`output_error` on
         held-out batches, or the model's own loss).
       levels: candidate sparsities (each validated by the pattern); default: those of
-        :data:`DEFAULT_LEVELS` the pattern accepts.
+        :data:`DEFAULT_LEVELS` the pattern accepts (:func:`admissible_levels`).
       anchors: measure only at these levels (each one of the non-zero ``levels``) and
         estimate the others: the layer's calibration output error after the same masks and
         refit, ``||X W - X W'||^2`` (:func:`tvwjax.reconstruction.layer_error`, from the
