@@ -280,11 +280,14 @@ def markdown(res: dict) -> str:
             tb = f"{b['seconds']:.0f}" if b else "--"
             where = ("in-domain" if ev == cal else "includes the evaluation's source"
                      if ev in cal.split("+") else "other source")
-            plan_s = (a or b).get("plan_seconds")
-            plan = f" (+ {plan_s:.0f})" if plan_s is not None else ""
+            pa, pb = (x.get("plan_seconds") if x else None for x in (a, b))
+            if pa is not None and pb is not None and round(pa) != round(pb):
+                secs = f"{ta} (+ {pa:.0f}) / {tb} (+ {pb:.0f})"  # each run planned itself
+            else:
+                plan_s = pa if pa is not None else pb
+                secs = f"{ta} / {tb}" + (f" (+ {plan_s:.0f})" if plan_s is not None else "")
             lines.append(f"| {name} | {int(round(s * 100))}% | {ev} | {cal} ({where}) | "
-                         f"{n_cal} | {dmp:g} | {alloc} | {fa} | {fb} | {diff} | "
-                         f"{ta} / {tb}{plan} |")
+                         f"{n_cal} | {dmp:g} | {alloc} | {fa} | {fb} | {diff} | {secs} |")
     out = [
         "# all-MiniLM-L6-v2: second-order (OBS) vs activation-score mask selection, and the "
         "calibration source",

@@ -87,6 +87,16 @@ def test_planned_rows_get_their_own_lines_with_the_plan_seconds(tmp_path):
     md = minilm_obs.markdown(minilm_obs.merge([a, b, _run([cold], [], tmp_path, "c")]))
     assert "| uniform | 0.7428 | -- | -- | 20 / -- |" in md
     assert "| uniform, cold start | 0.7428 | -- | -- | 80 / -- |" in md
+    # score and obs planned in separate runs (cold starts): each cell shows its own plan
+    own = dict(_row("pydoc", "sklearn", "TW", 0.5, "obs", 0.8255, 124.0, 1.0), **anchored,
+               warmup=False)
+    own["plan_seconds"] = 96.0
+    first = dict(_row("pydoc", "sklearn", "TW", 0.5, "score", 0.8060, 80.0, 1.0), **anchored,
+                 warmup=False)
+    md = minilm_obs.markdown(minilm_obs.merge([_run([first], [], tmp_path, "d"),
+                                               _run([own], [], tmp_path, "e")]))
+    assert ("| planned (anchor 0.625), cold start | 0.8060 | 0.8255 | +0.0195 | "
+            "80 (+ 40) / 124 (+ 96) |") in md
 
 
 def test_plan_anchor_is_the_level_nearest_an_eighth_above_the_target():
