@@ -245,6 +245,38 @@ def test_one_shot_reuses_given_statistics():
         one_shot(inputs_fn, v, tvwjax.EW(), 0.5, batches, stats={})
 
 
+@pytest.mark.parametrize("sequential", [True, False])
+def test_reconstruct_uses_the_dense_statistics_where_a_pass_would_collect_them(
+        sequential, monkeypatch):
+    """Given dense statistics, the sequential refit skips the first group's pass (nothing is
+    refit before it) and the non-sequential refit skips its one pass; the result is the
+    same. Statistics without Gram matrices are not used."""
+    from tvwjax import reconstruction
+
+    model, v, batches = _net_setup()
+    inputs_fn = cal.linen_inputs(model)
+    mk = tvwjax.masks(v, tvwjax.TW(tile=4), 0.5)
+    calls = []
+    real = reconstruction.collect
+    monkeypatch.setattr(reconstruction, "collect",
+                        lambda *a, **k: calls.append(k.get("paths")) or real(*a, **k))
+    want, _ = reconstruct(inputs_fn, v, mk, batches, sequential=sequential)
+    n_passes = len(calls)
+    assert n_passes == (2 if sequential else 1)  # groups (q, k) and (out,)
+    calls.clear()
+    dense = real(inputs_fn, v, batches, gram=True)
+    got, _ = reconstruct(inputs_fn, v, mk, batches, sequential=sequential, stats=dense)
+    assert len(calls) == n_passes - 1
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    calls.clear()
+    reconstruct(inputs_fn, v, mk, batches, sequential=sequential,
+                stats=real(inputs_fn, v, batches, gram=False))
+    assert len(calls) == n_passes
+    with pytest.raises(ConfigError, match="reconstruct: stats must be a mapping"):
+        reconstruct(inputs_fn, v, mk, batches, stats=[dense])
+
+
 def test_nnx_one_shot():
     from flax import nnx
 

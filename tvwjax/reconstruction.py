@@ -304,7 +304,8 @@ def reconstruct(inputs_fn: InputsFn, params: PyTree, mask_tree: PyTree,
                 damping: float = 0.01, sequential: bool = True, match: str = "self",
                 group_by: Callable[[str], Any] | None = None, method: str = "auto",
                 chunk_bytes: int = 1 << 28,
-                progress: Callable[[str], None] | None = None) -> tuple[PyTree, dict]:
+                progress: Callable[[str], None] | None = None,
+                stats: Mapping[str, LayerStats] | None = None) -> tuple[PyTree, dict]:
     """Prune ``params`` with ``mask_tree`` and refit every pruned layer on calibration data.
 
     Layers are visited in execution order (groups of layers that read the same input, such
@@ -335,6 +336,12 @@ def reconstruct(inputs_fn: InputsFn, params: PyTree, mask_tree: PyTree,
         ``"sweep"``).
       chunk_bytes: memory bound per batch of solves.
       progress: optional callback receiving a message per layer group.
+      stats: the dense model's statistics on ``batches`` with Gram matrices
+        (:func:`tvwjax.calibration.collect` with the same ``row_mask``), used instead of a
+        pass where they are what the pass would collect: every group with
+        ``sequential=False``; the first group (whose inputs no refit has changed yet) with
+        ``sequential=True`` and ``match="self"``. Layers without a Gram matrix in it are
+        collected as usual.
 
     Returns:
       ``(new_params, report)``: pruned, refit params (pruned entries exactly 0, dtype of
@@ -357,6 +364,9 @@ def reconstruct(inputs_fn: InputsFn, params: PyTree, mask_tree: PyTree,
     if match == "dense" and not sequential:
         raise ConfigError("match='dense' needs sequential=True (with sequential=False the "
                           "inputs are the dense model's and 'self' is the same fit)")
+    if stats is not None and not isinstance(stats, Mapping):
+        raise ConfigError(f"reconstruct: stats must be a mapping {{path: LayerStats}} from "
+                          f"tvwjax.calibration.collect, got {type(stats).__name__}")
     batches = list(batches)
     if not batches:
         raise ConfigError("reconstruct: batches is empty; give at least one batch")
@@ -394,20 +404,27 @@ def reconstruct(inputs_fn: InputsFn, params: PyTree, mask_tree: PyTree,
     def current():
         return jax.tree_util.tree_unflatten(p_def, leaves)
 
+    def given(paths) -> bool:  # the caller's dense statistics cover these layers
+        return stats is not None and all(
+            getattr(stats.get(p), "gram", None) is not None for p in paths)
+
     dense_stats = None
     if not sequential:
-        dense_stats = collect(inputs_fn, params, batches, row_mask=row_mask,
-                              paths=sorted(captured), gram=True)
+        dense_stats = (stats if given(captured) else
+                       collect(inputs_fn, params, batches, row_mask=row_mask,
+                               paths=sorted(captured), gram=True))
     report: dict[str, dict[str, float]] = {}
     for gi, grp in enumerate(groups):
         if progress is not None:
             progress(f"group {gi + 1}/{len(groups)}: {', '.join(grp)}")
         if match == "dense":
             pair = collect_pair(inputs_fn, current(), params, batches, grp, row_mask=row_mask)
-        elif sequential:
-            stats = collect(inputs_fn, current(), batches, row_mask=row_mask, paths=grp)
+        elif sequential and not (gi == 0 and given(grp)):
+            group_stats = collect(inputs_fn, current(), batches, row_mask=row_mask, paths=grp)
+        elif sequential:  # nothing refit yet: the dense model's inputs
+            group_stats = stats
         else:
-            stats = dense_stats
+            group_stats = dense_stats
         for p in grp:
             i = index[p]
             w = p_leaves[i]
@@ -415,7 +432,8 @@ def reconstruct(inputs_fn: InputsFn, params: PyTree, mask_tree: PyTree,
                 ps = pair[p]
                 g, cross, gref, rows = ps.gram_a, ps.cross, ps.gram_b, ps.count
             else:
-                g, cross, gref, rows = stats[p].gram, None, stats[p].gram, stats[p].count
+                st = group_stats[p]
+                g, cross, gref, rows = st.gram, None, st.gram, st.count
             new = reconstruct_layer(w, masked[p], g, damping=damping, cross=cross,
                                     method=method, chunk_bytes=chunk_bytes, name=p)
             report[p] = _errors(w, masked[p], new, g, cross, gref)
@@ -564,7 +582,7 @@ def one_shot(inputs_fn: InputsFn, params: PyTree, pattern: Pattern, sparsity: fl
         return apply_masks(params, mask_tree), mask_tree, {}
     new, report = reconstruct(inputs_fn, params, mask_tree, batches, row_mask=row_mask,
                               damping=damping, sequential=sequential, match=match,
-                              group_by=group_by, progress=progress)
+                              group_by=group_by, progress=progress, stats=stats)
     return new, mask_tree, report
 
 
