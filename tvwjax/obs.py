@@ -415,6 +415,7 @@ def _exchange_round(hs: Array, state: tuple[Array, ...], cands: int) -> tuple[Ar
     hu, haq = hv[:, 0], hv[:, 1]
     ub = jnp.matmul(u, b, precision=_HI) / sr
     c1q = c[q] + hu * (u[q] / sr)
+
     def on(v):  # exact zeros (not 0 * v) when the round commits nothing
         return jnp.where(go, v, 0.0)
 
