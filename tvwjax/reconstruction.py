@@ -419,12 +419,12 @@ def reconstruct(inputs_fn: InputsFn, params: PyTree, mask_tree: PyTree,
             progress(f"group {gi + 1}/{len(groups)}: {', '.join(grp)}")
         if match == "dense":
             pair = collect_pair(inputs_fn, current(), params, batches, grp, row_mask=row_mask)
-        elif sequential and not (gi == 0 and given(grp)):
-            group_stats = collect(inputs_fn, current(), batches, row_mask=row_mask, paths=grp)
-        elif sequential:  # nothing refit yet: the dense model's inputs
+        elif not sequential:
+            group_stats = dense_stats
+        elif gi == 0 and given(grp):  # nothing refit yet: the dense model's inputs
             group_stats = stats
         else:
-            group_stats = dense_stats
+            group_stats = collect(inputs_fn, current(), batches, row_mask=row_mask, paths=grp)
         for p in grp:
             i = index[p]
             w = p_leaves[i]
