@@ -96,18 +96,33 @@ def cache_flusher(mib: int | None = None) -> Callable[[], Any]:
     return flush
 
 
-def linear_layer(product: Callable[[Any, Any], Any]) -> Callable[[Any, Any, Any], Any]:
-    """``jit(lambda x, w, b: product(x, w) + b)``: how every variant is timed.
+def layer_chain(product: Callable[[Any, Any], Any]) -> Callable[[Any, Any, Any], Any]:
+    """``jit(f)`` with ``f(x, ws, b)`` running the linear layers ``x = product(x, w) + b`` for
+    ``w`` in ``ws`` one after the other, in one program: how the layers of a model run.
 
-    A jitted program holding nothing but a custom call (the CPU TW kernel) is one that XLA
-    counts as 0 FLOPs, and XLA:CPU runs programs under 1000 FLOPs synchronously on the
-    calling Python thread instead of its executor thread; the kernel's helper thread then
-    competes with the caller for a core (on a 2-vCPU VM the caller was parked for about
-    a millisecond per call). A layer of a model never runs that way. Timing every variant,
-    dense included, as the layer it stands for (product plus bias, ``b`` a runtime
-    argument) measures each the way a model runs it.
+    Every variant, dense included, is timed as the layers it stands for (product plus bias,
+    ``b`` a runtime argument). A jitted program holding nothing but a custom call (the CPU TW
+    kernel) is one that XLA counts as 0 FLOPs, and XLA:CPU runs programs under 1000 FLOPs
+    synchronously on the calling Python thread instead of its executor thread; the kernel's
+    helper thread then competes with the caller for a core (on a 2-vCPU VM the caller was
+    parked for about a millisecond per call). A layer of a model never runs that way. With
+    several weights, the per-call cost of a jitted call (Python dispatch, which after a cache
+    flush also finds JAX's own runtime data out of cache) is paid once for all of them, as
+    in a model; one weight times one layer called on its own.
     """
-    return jax.jit(lambda x, w, b: product(x, w) + b)
+    def chain(x, ws, b):
+        for w in ws:
+            x = product(x, w) + b
+        return x
+
+    return jax.jit(chain)
+
+
+def linear_layer(product: Callable[[Any, Any], Any]) -> Callable[[Any, Any, Any], Any]:
+    """``(x, w, b) -> product(x, w) + b`` as one jitted call: :func:`layer_chain` of one
+    layer."""
+    chain = layer_chain(product)
+    return lambda x, w, b: chain(x, (w,), b)
 
 
 def machine_info() -> dict[str, Any]:

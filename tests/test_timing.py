@@ -58,3 +58,16 @@ def test_linear_layer_is_the_product_plus_bias():
     y = linear_layer(lambda x, w: x @ w)(x, w, b)
     np.testing.assert_allclose(np.asarray(y), np.asarray(x) @ np.asarray(w) + np.asarray(b),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_layer_chain_feeds_each_layer_the_previous_output():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    ws = [rng.standard_normal((4, 4)).astype(np.float32) for _ in range(3)]
+    b = rng.standard_normal(4).astype(np.float32)
+    y = _timing.layer_chain(lambda x, w: x @ w)(jnp.asarray(x), tuple(map(jnp.asarray, ws)),
+                                                jnp.asarray(b))
+    want = x
+    for w in ws:
+        want = want @ w + b
+    np.testing.assert_allclose(np.asarray(y), want, rtol=1e-5, atol=1e-5)
