@@ -50,8 +50,8 @@ def run(*, n_calib: int = 128, n_eval: int = 256, configs: Sequence[str] = CONFI
                                             ("pydoc", "pydoc"), ("sklearn", "sklearn")),
         selections: Sequence[str] = SELECTIONS, scope: str = "layer", damping: float = 0.01,
         passes: str = "block", allocation: str = "uniform", n_measure: int = 128,
-        measured: str = "anchor", warmup: bool = True, out: str | None = None,
-        log=print) -> dict:
+        measured: str = "anchor", warmup: bool = True, sequential_masks: bool = False,
+        out: str | None = None, log=print) -> dict:
     """Run the grid (``pairs`` = ``(eval source, calibration source)``) and return a dict;
     with ``out`` the JSON is rewritten after every row (a partial run keeps its rows).
     ``passes``: one sequential calibration pass per transformer ``"block"`` (as SparseGPT and
@@ -66,7 +66,9 @@ def run(*, n_calib: int = 128, n_eval: int = 256, configs: Sequence[str] = CONFI
     A planned row's ``one_shot`` reuses the dense statistics the plan collected (its
     ``plan_seconds`` include them). ``warmup``: one unrecorded ``one_shot`` first, so that
     the first row's seconds do not carry the compilation of the shared calibration passes;
-    without it every row's seconds are a cold start's (run one row per process)."""
+    without it every row's seconds are a cold start's (run one row per process).
+    ``sequential_masks``: ``one_shot(sequential_masks=True)``, each block's masks chosen on
+    the inputs of the already pruned and refit blocks."""
     if passes not in ("block", "group"):
         raise ValueError(f"passes must be 'block' or 'group', got {passes!r}")
     if allocation not in ("uniform", "planned"):
@@ -127,7 +129,8 @@ def run(*, n_calib: int = 128, n_eval: int = 256, configs: Sequence[str] = CONFI
                                            group_by=group_by, scope=scope,
                                            layer_bounds=(s / 2, 0.95) if scope == "global"
                                            else None, selection=selection, damping=damping,
-                                           overrides=overrides, stats=stats)
+                                           overrides=overrides, stats=stats,
+                                           sequential_masks=sequential_masks)
                 jax.block_until_ready(p)
                 dt = time.perf_counter() - t
                 tvwjax.check_tree(mk, pat, s if scope == "layer" and overrides is None
@@ -137,6 +140,7 @@ def run(*, n_calib: int = 128, n_eval: int = 256, configs: Sequence[str] = CONFI
                                     "calib_sentences": n_calib,
                                     "selection": selection, "damping": damping,
                                     "allocation": allocation, **plan_info,
+                                    "sequential_masks": sequential_masks,
                                     "mask_sparsity": _sparsity(params, mk),
                                     "cosine": cos, "seconds": dt, "load": load_1min,
                                     "warmup": warmup})
@@ -251,6 +255,8 @@ def _allocation(row: dict) -> str:
     alloc = row.get("allocation", "uniform")
     if alloc == "planned":
         alloc = f"planned ({row.get('plan_measured', 'all levels')})"
+    if row.get("sequential_masks"):
+        alloc += ", masks per block"
     return alloc + ("" if row.get("warmup", True) else ", cold start")
 
 
@@ -354,6 +360,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--measured", choices=("anchor", "all"), default="anchor",
                     help="plan curves: measure each layer once and estimate its other levels "
                          "from its calibration error, or measure every level")
+    ap.add_argument("--sequential-masks", action="store_true",
+                    help="one_shot(sequential_masks=True): each block's masks on the inputs "
+                         "of the already pruned and refit blocks")
     ap.add_argument("--no-warmup", dest="warmup", action="store_false",
                     help="no unrecorded compile run first: the seconds of a cold start")
     ap.add_argument("--merge", nargs="+", default=None,
@@ -372,7 +381,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
               pairs=[tuple(p.split(":")) for p in a.pairs.split(",")],
               selections=a.selections.split(","), scope=a.scope, damping=a.damping,
               passes=a.passes, allocation=a.allocation, n_measure=a.measure,
-              measured=a.measured, warmup=a.warmup, out=a.out,
+              measured=a.measured, warmup=a.warmup, sequential_masks=a.sequential_masks,
+              out=a.out,
               log=lambda s: print(s, flush=True))
     res["date"] = datetime.date.today().isoformat()
     res["machine"] = (f"{platform.machine()} {os.cpu_count()} CPU cores (shared), "

@@ -224,3 +224,34 @@ def test_tvw_selection_does_not_deadlock_a_two_thread_pool():
         pytest.fail("obs_mask(TVW) hung: batched LAPACK calls ran concurrently")
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("done")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tvw_keeps_per_tile_the_row_set_with_the_lower_error(seed, monkeypatch):
+    """TVW's rows, per tile: the removal path's rows or as many rows by activation score,
+    whichever has the lower error after the N:M sweep (equal counts: exact sparsity); the
+    activation score's own TW mask wins only for the whole layer."""
+    from tvwjax import obs as obs_mod
+
+    calls = []
+    real = obs_mod._tiles_nm
+
+    def spy(hs, wts, keeps, *args):
+        out = real(hs, wts, keeps, *args)
+        calls.append((np.asarray(keeps), np.asarray(out[0]), np.asarray(out[1])))
+        return out
+
+    monkeypatch.setattr(obs_mod, "_tiles_nm", spy)
+    x, w = _problem(k=48, n=40, seed=seed)
+    pattern = tvwjax.TVW(tile=8)
+    m = np.asarray(obs_mask(w, x.T @ x, pattern, 0.75))
+    tvwjax.check(m, pattern, 0.75)
+    (k_path, m_path, e_path), (k_match, m_match, e_match), (_, m_alt, e_alt) = calls
+    np.testing.assert_array_equal(k_path.sum(1), k_match.sum(1))
+    assert (k_path != k_match).any()  # the two candidates differ somewhere
+    pick = np.where((e_match < e_path)[:, None, None], m_match, m_path)
+    tiles = m.reshape(48, 5, 8).transpose(1, 0, 2)
+    if e_alt.sum() < np.minimum(e_path, e_match).sum():
+        np.testing.assert_array_equal(tiles, m_alt)
+    else:
+        np.testing.assert_array_equal(tiles, pick)

@@ -337,3 +337,78 @@ def test_few_calibration_rows_per_input_warn_and_the_report_counts_them():
     with warnings.catch_warnings():
         warnings.simplefilter("error", CalibrationWarning)
         tvwjax.one_shot(linen_inputs(model), variables, pat, 0.5, [(many,)])
+
+
+@pytest.mark.parametrize("selection,pattern", [("score", tvwjax.TVW(tile=4)),
+                                               ("obs", tvwjax.TW(tile=4, column_share=0.0))])
+def test_sequential_masks_choose_each_group_on_the_pruned_models_inputs(selection, pattern):
+    """sequential_masks=True: the first group's masks come from the dense model's inputs,
+    the next group's from the inputs of the model whose first group is pruned and refit
+    (checked against masks chosen independently on those inputs)."""
+    from tvwjax.data_aware import data_scores, wanda
+    from tvwjax.obs import obs_masks
+
+    model, v, batches = _net_setup()
+    inputs_fn = cal.linen_inputs(model)
+    new, mk, report = one_shot(inputs_fn, v, pattern, 0.75, batches, selection=selection,
+                               sequential_masks=True)
+    tvwjax.check_tree(mk, pattern, 0.75)
+    assert set(report) == {"params/q/kernel", "params/k/kernel", "params/out/kernel"}
+    _, dense_mk, _ = one_shot(inputs_fn, v, pattern, 0.75, batches, selection=selection)
+    for name in ("q", "k"):
+        np.testing.assert_array_equal(mk["params"][name]["kernel"],
+                                      dense_mk["params"][name]["kernel"])
+    # the inputs of `out` once q and k are pruned and refit (out's refit changes nothing
+    # upstream of it)
+    partial = jax.tree.map(lambda a: a, v)
+    for name in ("q", "k"):
+        partial["params"][name]["kernel"] = new["params"][name]["kernel"]
+    st = cal.collect(inputs_fn, partial, batches, gram=True)
+
+    def only_out(path, leaf):
+        return path.endswith("out/kernel")
+
+    if selection == "obs":
+        want = obs_masks(v, st, pattern, 0.75, where=only_out)
+    else:
+        want = tvwjax.masks(v, pattern, 0.75, scores=data_scores(v, st, wanda, where=only_out),
+                            where=only_out)
+    got = np.asarray(mk["params"]["out"]["kernel"])
+    np.testing.assert_array_equal(got, want["params"]["out"]["kernel"])
+    assert (got != np.asarray(dense_mk["params"]["out"]["kernel"])).any()
+    kern = np.asarray(new["params"]["out"]["kernel"])
+    assert np.all(kern[~got] == 0.0)
+
+
+def test_sequential_masks_errors_name_what_is_missing():
+    model, v, batches = _net_setup()
+    inputs_fn = cal.linen_inputs(model)
+    tw = tvwjax.TW(tile=4)
+    for kw, what in [(dict(scope="global"), "scope='global'"), (dict(refit=False), "refit=False"),
+                     (dict(sequential=False), "sequential=False"),
+                     (dict(match="dense"), "match='dense'"),
+                     (dict(score="magnitude"), "score='magnitude'")]:
+        with pytest.raises(ConfigError, match=r"sequential_masks=True .* got " + what):
+            one_shot(inputs_fn, v, tw, 0.5, batches, sequential_masks=True, **kw)
+    for bad in (1, "yes", None):
+        with pytest.raises(ConfigError, match="one_shot: sequential_masks must be True or "
+                                              "False"):
+            one_shot(inputs_fn, v, tw, 0.5, batches, sequential_masks=bad)
+    # NumPy booleans are booleans
+    _, mk, _ = one_shot(inputs_fn, v, tw, 0.5, batches, sequential_masks=np.bool_(True))
+    tvwjax.check_tree(mk, tw, 0.5)
+
+
+def test_sequential_masks_follow_per_layer_overrides():
+    """Per-layer sparsities (a plan's overrides, None = left dense) hold group by group."""
+    model, v, batches = _net_setup()
+    inputs_fn = cal.linen_inputs(model)
+    tw = tvwjax.TW(tile=4, column_share=0.0)
+    over = {"params/q/kernel": 0.5, "params/k/kernel": None, "params/out/kernel": 0.25}
+    for selection in ("score", "obs"):
+        new, mk, report = one_shot(inputs_fn, v, tw, 0.75, batches, selection=selection,
+                                   overrides=over, sequential_masks=True)
+        assert mk["params"]["k"]["kernel"] is None and "params/k/kernel" not in report
+        np.testing.assert_array_equal(new["params"]["k"]["kernel"], v["params"]["k"]["kernel"])
+        tvwjax.check(mk["params"]["q"]["kernel"], tw, 0.5)
+        tvwjax.check(mk["params"]["out"]["kernel"], tw, 0.25)

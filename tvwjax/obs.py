@@ -592,19 +592,29 @@ def _layer_mask(pattern: Pattern, w2: Array, h: Array, sparsity: float,
 
     def nm_inside(kp_all):
         size = _compact_size(kp_all, k, math.lcm(64, pattern.m))  # a multiple of m or K
-        masks, err = _chunked(lambda wp, kp: _tiles_nm(hs, wp, kp, pattern.n, pattern.m,
-                                                        width, size), wt, kp_all, per,
-                              chunk_bytes)
-        return masks, float(jnp.sum(err))
+        return _chunked(lambda wp, kp: _tiles_nm(hs, wp, kp, pattern.n, pattern.m,
+                                                 width, size), wt, kp_all, per, chunk_bytes)
 
     masks, err = nm_inside(keeps)
     if d_tw < 1.0:
         # The row paths ignore that N:M will halve every kept row; rows ranked by the
-        # activation score (Wanda: |w| * sqrt(H_kk)) are the other candidate, and the layer
-        # keeps whichever TVW mask has the lower output error after the N:M sweep.
+        # activation score (Wanda: |w| * sqrt(H_kk)) are the other candidate. Per tile,
+        # the same number of rows by that score competes with the path's rows (tiles are
+        # independent in the output error, and equal counts keep the sparsity exact); and
+        # the activation score's own TW mask (its own rows per tile) competes with the
+        # result for the whole layer: the lower output error after the N:M sweep wins.
+        # (T, K) row-segment scores, ranked as the pattern ranks them (sums of squares)
+        seg = jnp.zeros((k, t * tw.tile), jnp.float32).at[:, :n].set(jnp.square(act))
+        seg = seg.reshape(k, t, tw.tile).sum(-1).T
+        rank = jnp.argsort(jnp.argsort(-seg, axis=1, stable=True), axis=1, stable=True)
+        matched = rank < jnp.sum(keeps, axis=1, keepdims=True)
+        masks_m, err_m = nm_inside(matched)
+        better = err_m < err
+        masks = jnp.where(better[:, None, None], masks_m, masks)
+        err = jnp.where(better, err_m, err)
         alt = tw.mask(act, 1.0 - d_tw)[:, jnp.arange(t) * tw.tile].T
         masks_alt, err_alt = nm_inside(alt)
-        if err_alt < err:
+        if float(jnp.sum(err_alt)) < float(jnp.sum(err)):
             masks = masks_alt
     return masks.transpose(1, 0, 2).reshape(k, t * tw.tile)[:, :n]
 

@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tvwjax import _validate as val
-from tvwjax._tree import as_matrix, n_in_for, path_str
+from tvwjax._tree import as_matrix, leaves_with_paths, n_in_for, path_str
 from tvwjax.calibration import (
     Batch,
     InputsFn,
@@ -359,6 +359,27 @@ def reconstruct(inputs_fn: InputsFn, params: PyTree, mask_tree: PyTree,
         calibration rows per input feature (the refit then fits the calibration text more
         than the layer; give more calibration tokens).
     """
+    new, report, _ = _reconstruct(inputs_fn, params, mask_tree, batches, row_mask=row_mask,
+                                  damping=damping, sequential=sequential, match=match,
+                                  group_by=group_by, method=method, chunk_bytes=chunk_bytes,
+                                  progress=progress, stats=stats)
+    return new, report
+
+
+SelectFn = Callable[[Mapping[str, LayerStats], list[str]], Mapping[str, Array]]
+
+
+def _reconstruct(inputs_fn: InputsFn, params: PyTree, mask_tree: PyTree,
+                 batches: Iterable[Batch], *, row_mask: RowMaskFn | None, damping: float,
+                 sequential: bool, match: str, group_by: Callable[[str], Any] | None,
+                 progress: Callable[[str], None] | None,
+                 stats: Mapping[str, LayerStats] | None, method: str = "auto",
+                 chunk_bytes: int = 1 << 28, select: SelectFn | None = None
+                 ) -> tuple[PyTree, dict, dict[str, Array]]:
+    """:func:`reconstruct`, and the masks it refit with. With ``select`` (``sequential``,
+    ``match="self"``), ``select(group_stats, paths)`` chooses the masks of each group's
+    layers from that group's statistics, replacing those of ``mask_tree`` (which then only
+    says which leaves are pruned)."""
     if match not in ("self", "dense"):
         raise ConfigError(f"match must be 'self' or 'dense', got {match!r}")
     if match == "dense" and not sequential:
@@ -425,6 +446,13 @@ def reconstruct(inputs_fn: InputsFn, params: PyTree, mask_tree: PyTree,
             group_stats = stats
         else:
             group_stats = collect(inputs_fn, current(), batches, row_mask=row_mask, paths=grp)
+        if select is not None:
+            chosen = select(group_stats, list(grp))
+            for p in grp:
+                if jnp.shape(chosen[p]) != jnp.shape(masked[p]):
+                    raise ShapeError(f"{p}: selected mask shape {jnp.shape(chosen[p])} != "
+                                     f"parameter shape {jnp.shape(masked[p])}")
+                masked[p] = chosen[p]
         for p in grp:
             i = index[p]
             w = p_leaves[i]
@@ -440,7 +468,7 @@ def reconstruct(inputs_fn: InputsFn, params: PyTree, mask_tree: PyTree,
             report[p].update(rows=float(rows), inputs=int(g.shape[0]))
             leaves[i] = new.astype(jnp.asarray(w).dtype)
     _warn_few_rows(report)
-    return current(), report
+    return current(), report, masked
 
 
 def _warn_few_rows(report: Mapping[str, Mapping[str, float]]) -> None:
@@ -491,7 +519,8 @@ def one_shot(inputs_fn: InputsFn, params: PyTree, pattern: Pattern, sparsity: fl
              progress: Callable[[str], None] | None = None,
              views: Mapping[str, int] | None = None,
              selection: str = "score",
-             stats: Mapping[str, LayerStats] | None = None) -> tuple[PyTree, PyTree, dict]:
+             stats: Mapping[str, LayerStats] | None = None,
+             sequential_masks: bool = False) -> tuple[PyTree, PyTree, dict]:
     """One-shot pruning of a pretrained model: data-aware masks, then optional refit.
 
     1. Calibration statistics of every captured layer on the dense model
@@ -504,6 +533,12 @@ def one_shot(inputs_fn: InputsFn, params: PyTree, pattern: Pattern, sparsity: fl
        Gram matrices (:func:`tvwjax.obs.obs_masks`: group-OBS removal paths per TW tile,
        SparseGPT for EW / N:M and for TVW's N:M part), same scope, bounds and overrides.
     3. If ``refit``: :func:`reconstruct` (sequential, damped least squares per tile/column).
+
+    With ``sequential_masks=True`` step 2 moves into step 3, as in SparseGPT: each layer
+    group's masks are chosen from the statistics of its calibration pass, i.e. on the
+    inputs the already pruned and refit earlier layers produce, instead of all masks from
+    the dense model's statistics (the same passes; no pass over the whole dense model
+    first unless ``stats`` are given, which then serve the first group).
 
     Args:
       inputs_fn: inputs function of the model (see :mod:`tvwjax.calibration`).
@@ -525,6 +560,11 @@ def one_shot(inputs_fn: InputsFn, params: PyTree, pattern: Pattern, sparsity: fl
         row_mask=row_mask, gram=True)`` serves both selections (``"score"`` reads only the
         sums of squares), e.g. the ones a :func:`tvwjax.layer_sensitivity` plan was
         measured with. They must come from these ``params`` and ``batches``.
+      sequential_masks: choose each group's masks on the pruned model's inputs (above).
+        Needs ``refit``, ``sequential``, ``match="self"``, a data-aware selection (not
+        ``score="magnitude"``) and ``scope="layer"`` (global scope ranks all layers at
+        once; give per-layer sparsities with ``overrides``, e.g. from
+        :func:`tvwjax.plan_sparsity`).
 
     Returns:
       ``(params, masks, report)``: pruned (and refit) parameters, the masks, and the
@@ -551,6 +591,14 @@ def one_shot(inputs_fn: InputsFn, params: PyTree, pattern: Pattern, sparsity: fl
     batches = list(batches)
     if selection not in ("score", "obs"):
         raise ConfigError(f"one_shot: selection must be 'score' or 'obs', got {selection!r}")
+    if val.flag(sequential_masks, "one_shot: sequential_masks"):
+        return _one_shot_sequential(inputs_fn, params, pattern, sparsity, batches,
+                                    score=score, refit=refit, row_mask=row_mask, where=where,
+                                    scope=scope, layer_bounds=layer_bounds,
+                                    overrides=overrides, damping=damping,
+                                    sequential=sequential, match=match, group_by=group_by,
+                                    progress=progress, views=views, selection=selection,
+                                    stats=stats)
     if stats is not None and not isinstance(stats, Mapping):
         raise ConfigError(f"one_shot: stats must be a mapping {{path: LayerStats}} from "
                           f"tvwjax.calibration.collect, got {type(stats).__name__}")
@@ -583,6 +631,70 @@ def one_shot(inputs_fn: InputsFn, params: PyTree, pattern: Pattern, sparsity: fl
     new, report = reconstruct(inputs_fn, params, mask_tree, batches, row_mask=row_mask,
                               damping=damping, sequential=sequential, match=match,
                               group_by=group_by, progress=progress, stats=stats)
+    return new, mask_tree, report
+
+
+def _one_shot_sequential(inputs_fn, params, pattern, sparsity, batches, *, score, refit,
+                         row_mask, where, scope, layer_bounds, overrides, damping, sequential,
+                         match, group_by, progress, views, selection, stats):
+    """:func:`one_shot` with ``sequential_masks=True`` (arguments checked there)."""
+    why = ("refit=False" if not refit else "sequential=False" if not sequential else
+           f"match={match!r}" if match != "self" else
+           f"scope={scope!r}" if scope != "layer" else
+           "score='magnitude'" if selection == "score" and score == "magnitude" else None)
+    if why is not None:
+        raise ConfigError(
+            f"one_shot: sequential_masks=True chooses each layer group's masks from its "
+            f"calibration pass in the sequential refit; it needs refit=True, "
+            f"sequential=True, match='self', scope='layer' and a data-aware selection, "
+            f"got {why}")
+    if selection == "obs" and score != "activation":
+        raise ConfigError(f"one_shot: score={score!r} applies to selection='score'; "
+                          "selection='obs' chooses masks from the Gram matrices")
+    if stats is not None and not isinstance(stats, Mapping):
+        raise ConfigError(f"one_shot: stats must be a mapping {{path: LayerStats}} from "
+                          f"tvwjax.calibration.collect, got {type(stats).__name__}")
+    if selection == "score" and not (score == "activation" or callable(score)):
+        raise ConfigError(f"score must be 'magnitude', 'activation' or a callable, "
+                          f"got {score!r}")
+    from tvwjax.masking import selection as plan_selection
+
+    plan = plan_selection(params, pattern, sparsity, where=where, scope=scope,
+                          overrides=overrides, layer_bounds=layer_bounds, views=views)
+    pruned = {lp.path for lp in plan.pruned}
+    flat, treedef = leaves_with_paths(params)
+    # which leaves are pruned; each group's masks replace these in the refit
+    placeholder = jax.tree_util.tree_unflatten(
+        treedef, [jnp.ones(jnp.shape(v), bool) if p in pruned else None for p, v in flat])
+    fn = wanda if score == "activation" else score
+
+    def select(group_stats, paths):
+        group = set(paths)
+
+        def only(path, leaf):
+            return path in group and (where is None or where(path, leaf))
+
+        # the plan above checked every override; each group passes on its own
+        group_overrides = (None if overrides is None else
+                           {p: v for p, v in overrides.items() if p in group})
+
+        if selection == "obs":
+            mt = obs_masks(params, group_stats, pattern, sparsity, where=only,
+                           overrides=group_overrides, layer_bounds=layer_bounds, views=views,
+                           damping=damping, progress=progress)
+        else:
+            mt = masks(params, pattern, sparsity,
+                       scores=data_scores(params, group_stats, fn, where=only), where=only,
+                       layer_bounds=layer_bounds, overrides=group_overrides, views=views)
+        chosen = dict(leaves_with_paths(mt)[0])
+        return {p: chosen[p] for p in paths}
+
+    new, report, chosen = _reconstruct(inputs_fn, params, placeholder, batches,
+                                       row_mask=row_mask, damping=damping, sequential=True,
+                                       match="self", group_by=group_by, progress=progress,
+                                       stats=stats, select=select)
+    mask_tree = jax.tree_util.tree_unflatten(
+        treedef, [chosen.get(p) if p in pruned else None for p, _ in flat])
     return new, mask_tree, report
 
 
