@@ -511,6 +511,101 @@ def encode(
     return out
 
 
+@functools.partial(jax.jit, static_argnames="layer")
+def _layer_forward(layer: nn.Module, params: Params, hidden: jax.Array,
+                   mask: jax.Array) -> jax.Array:
+    return layer.apply({"params": params}, hidden, mask)
+
+
+_pool = jax.jit(mean_pool_normalize)
+
+
+class PrefixCachedEncoder:
+    """:func:`encode` of fixed ``sentences`` for many parameter sets that each differ from
+    ``params`` in a few layers (a sensitivity sweep prunes one layer at a time): the hidden
+    states entering every transformer block under ``params`` are computed once, and a call
+    runs only the blocks from the first one whose parameters changed.
+
+    A block counts as unchanged when every one of its leaves is the very object of
+    ``params`` (as :func:`tvwjax.layer_sensitivity` builds its trees); anything else in the
+    tree changed (embeddings, another structure) runs the whole model. ``model`` must be a
+    :class:`MiniLMEncoder` (its blocks ``layer_<i>``).
+
+    Raises:
+      ConfigError: ``model`` is not a :class:`MiniLMEncoder`, or ``batch_size`` < 1.
+    """
+
+    def __init__(self, model: MiniLMEncoder, params: Params, tokenizer: Any,
+                 sentences: Sequence[str], batch_size: int = 64,
+                 buckets: Sequence[int] = DEFAULT_BUCKETS):
+        if not isinstance(model, MiniLMEncoder):
+            raise ConfigError(f"model must be a MiniLMEncoder, got {type(model).__name__}")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.model, self.params = model, params
+        self.blocks = [f"layer_{i}" for i in range(model.config.num_layers)]
+        self.layer = BertLayer(model.config, dense_cls=model.dense_cls)
+        ids, mask = tokenize(tokenizer, sentences, buckets)
+        self.order = np.argsort(mask.sum(axis=1), kind="stable")
+        self.batches = []  # (rows, mask, [state entering block i for each i])
+        for start in range(0, ids.shape[0], batch_size):
+            rows = self.order[start : start + batch_size]
+            b_ids, b_mask = _fit_bucket(ids[rows], mask[rows], buckets)
+            n = len(rows)
+            if n < batch_size:
+                b_ids = np.pad(b_ids, ((0, batch_size - n), (0, 0)))
+                b_mask = np.pad(b_mask, ((0, batch_size - n), (0, 0)))
+            b_ids, b_mask = jnp.asarray(b_ids), jnp.asarray(b_mask)
+            hidden = model.apply(params, b_ids, jnp.zeros_like(b_ids),
+                                 method=lambda m, i, t: m.embeddings(i, t))
+            states = []
+            for name in self.blocks:
+                states.append(hidden)
+                hidden = _layer_forward(self.layer, params["params"][name], hidden, b_mask)
+            self.batches.append((n, b_ids, b_mask, states))
+        self.reference = self(params)
+
+    def first_changed_block(self, params: Params) -> int:
+        """Index of the first block whose leaves are not ``params``'s own; ``num_layers``
+        when none is, ``-1`` when anything outside the blocks differs."""
+        try:
+            inner, ref = params["params"], self.params["params"]
+            if set(inner) != set(ref) or not all(
+                    _same_leaves(inner[k], ref[k]) for k in ref if k not in self.blocks):
+                return -1
+            for i, name in enumerate(self.blocks):
+                if not _same_leaves(inner[name], ref[name]):
+                    return i
+        except (KeyError, TypeError):
+            return -1
+        return len(self.blocks)
+
+    def __call__(self, params: Params) -> np.ndarray:
+        """Sentence embeddings ``(len(sentences), hidden)`` under ``params`` (float32)."""
+        start = self.first_changed_block(params)
+        chunks = []
+        for n, b_ids, b_mask, states in self.batches:
+            if start < 0:  # the embeddings or the tree changed: the whole model
+                emb = _forward(self.model, params, b_ids, b_mask)
+            else:  # unchanged blocks before `start`: from the cached state (at least the last
+                first = min(start, len(self.blocks) - 1)  # block runs, so every call pools
+                hidden = states[first]                    # the same way)
+                for name in self.blocks[first:]:
+                    hidden = _layer_forward(self.layer, params["params"][name], hidden,
+                                            b_mask)
+                emb = _pool(hidden, b_mask)
+            chunks.append(np.asarray(emb, dtype=np.float32)[:n])
+        out = np.empty((len(self.order), chunks[0].shape[1]), np.float32)
+        out[self.order] = np.concatenate(chunks, axis=0)
+        return out
+
+
+def _same_leaves(a: Any, b: Any) -> bool:
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return (jax.tree.structure(a) == jax.tree.structure(b)
+            and all(x is y for x, y in zip(la, lb, strict=True)))
+
+
 # ----------------------------------------------------------------------------- selection
 
 

@@ -436,3 +436,30 @@ def test_truncation_and_pretrained_kernel_selection(pretrained):
         minilm.encode(model, params, tok, "not a list")
     with pytest.raises(ConfigError, match="batch_size"):
         minilm.encode(model, params, tok, ["a"], batch_size=0)
+
+
+def test_prefix_cached_encoder_equals_encode_and_runs_only_changed_blocks(pretrained):
+    model, params, tok = pretrained
+    sentences = [*PUBLISHED, "Yes.", corpus.load_sentences(1, "train")[0]]
+    enc = minilm.PrefixCachedEncoder(model, params, tok, sentences, batch_size=2)
+    np.testing.assert_allclose(enc.reference, minilm.encode(model, params, tok, sentences),
+                               atol=2e-5)
+    assert enc.first_changed_block(params) == 6
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    keys = [jax.tree_util.keystr(k) for k, _ in flat]
+    for needle, block in (("layer_3']['intermediate']['kernel", 3),
+                          ("layer_0']['query']['kernel", 0),
+                          ("['word']['embedding']", -1)):
+        leaves = [v for _, v in flat]
+        i = next(j for j, k in enumerate(keys) if needle in k)
+        leaves[i] = leaves[i] * 0.5  # a new object, as layer_sensitivity builds it
+        changed = jax.tree_util.tree_unflatten(treedef, leaves)
+        assert enc.first_changed_block(changed) == block
+        np.testing.assert_allclose(enc(changed), minilm.encode(model, changed, tok, sentences),
+                                   atol=2e-5)
+    # equal values in a new object still count as changed (identity, not comparison)
+    copied = jax.tree.map(lambda a: a, params)
+    copied["params"]["layer_5"] = jax.tree.map(jnp.array, params["params"]["layer_5"])
+    assert enc.first_changed_block(copied) == 5
+    with pytest.raises(ConfigError, match="MiniLMEncoder"):
+        minilm.PrefixCachedEncoder(nn.Dense(3), params, tok, sentences)
