@@ -333,6 +333,15 @@ def test_few_calibration_rows_per_input_warn_and_the_report_counts_them():
     assert report["params/narrow/kernel"]["rows"] == 128.0
     assert report["params/narrow/kernel"]["inputs"] == k
     assert report["params/wide/kernel"]["inputs"] == 64
+    # the warning points at the caller's line, whichever entry point ran the refit
+    masks_ = tvwjax.masks(variables, pat, 0.5)
+    for call in (lambda: tvwjax.one_shot(linen_inputs(model), variables, pat, 0.5, [(few,)]),
+                 lambda: tvwjax.one_shot(linen_inputs(model), variables, pat, 0.5, [(few,)],
+                                         sequential_masks=True),
+                 lambda: tvwjax.reconstruct(linen_inputs(model), variables, masks_, [(few,)])):
+        with pytest.warns(CalibrationWarning) as caught:
+            call()
+        assert [w.filename for w in caught] == [__file__]
     many = jax.random.normal(jax.random.key(2), (MIN_ROWS_PER_INPUT * 64, k))
     with warnings.catch_warnings():
         warnings.simplefilter("error", CalibrationWarning)

@@ -363,6 +363,7 @@ def reconstruct(inputs_fn: InputsFn, params: PyTree, mask_tree: PyTree,
                                   damping=damping, sequential=sequential, match=match,
                                   group_by=group_by, method=method, chunk_bytes=chunk_bytes,
                                   progress=progress, stats=stats)
+    _warn_few_rows(report, stacklevel=3)
     return new, report
 
 
@@ -467,11 +468,12 @@ def _reconstruct(inputs_fn: InputsFn, params: PyTree, mask_tree: PyTree,
             report[p] = _errors(w, masked[p], new, g, cross, gref)
             report[p].update(rows=float(rows), inputs=int(g.shape[0]))
             leaves[i] = new.astype(jnp.asarray(w).dtype)
-    _warn_few_rows(report)
     return current(), report, masked
 
 
-def _warn_few_rows(report: Mapping[str, Mapping[str, float]]) -> None:
+def _warn_few_rows(report: Mapping[str, Mapping[str, float]], stacklevel: int) -> None:
+    """Warn when layers were refit on few calibration rows; ``stacklevel`` points the
+    warning at the user's call (3: the public function calling this one)."""
     short = sorted((r["rows"] / r["inputs"], p) for p, r in report.items()
                    if r["rows"] < MIN_ROWS_PER_INPUT * r["inputs"])
     if not short:
@@ -484,7 +486,7 @@ def _warn_few_rows(report: Mapping[str, Mapping[str, float]]) -> None:
         f"{r['rows']:.0f} rows for {r['inputs']} inputs, {ratio:.1f} per input). The refit then "
         "fits the calibration text more than the layer, and the pruned model generalizes "
         "worse to other text; calibrate on more tokens (report[path]['rows'] has the counts).",
-        CalibrationWarning, stacklevel=3)
+        CalibrationWarning, stacklevel=stacklevel)
 
 
 @jax.jit
@@ -628,9 +630,10 @@ def one_shot(inputs_fn: InputsFn, params: PyTree, pattern: Pattern, sparsity: fl
     if not refit:
         from tvwjax.masking import apply_masks
         return apply_masks(params, mask_tree), mask_tree, {}
-    new, report = reconstruct(inputs_fn, params, mask_tree, batches, row_mask=row_mask,
-                              damping=damping, sequential=sequential, match=match,
-                              group_by=group_by, progress=progress, stats=stats)
+    new, report, _ = _reconstruct(inputs_fn, params, mask_tree, batches, row_mask=row_mask,
+                                  damping=damping, sequential=sequential, match=match,
+                                  group_by=group_by, progress=progress, stats=stats)
+    _warn_few_rows(report, stacklevel=3)
     return new, mask_tree, report
 
 
@@ -693,6 +696,7 @@ def _one_shot_sequential(inputs_fn, params, pattern, sparsity, batches, *, score
                                        row_mask=row_mask, damping=damping, sequential=True,
                                        match="self", group_by=group_by, progress=progress,
                                        stats=stats, select=select)
+    _warn_few_rows(report, stacklevel=4)  # one_shot -> here -> the warning
     mask_tree = jax.tree_util.tree_unflatten(
         treedef, [chosen.get(p) if p in pruned else None for p, _ in flat])
     return new, mask_tree, report
