@@ -324,7 +324,10 @@ def markdown(res: dict) -> str:
         "cost = 1 - cosine to dense on "
         f"{res.get('measure_sentences', 128)} held-out sentences of the *calibration* "
         "source, or, in-domain, train sentences after the calibration ones: never the "
-        "evaluation's), measured once per pattern and sparsity and used by both selections.",
+        "evaluation's), measured once per pattern and sparsity and used by both selections. "
+        "`masks per block`: `one_shot(sequential_masks=True)`, each block's masks chosen on "
+        "the inputs of the already pruned and refit blocks (otherwise all masks come from the "
+        "dense model's statistics).",
         "",
         "Sources (all offline): " + "; ".join(f"`{k}` = {v}" for k, v in res["sources"].items()
                                               if any(k in (r["eval"], *r["calib"].split("+"))
@@ -339,7 +342,9 @@ def markdown(res: dict) -> str:
         "seconds of measuring the curves and planning, once for both selections.",
         "",
     ]
-    out += [f"Run: `{r['command']}` ({(r['seconds'] or 0) / 60:.0f} min)  " for r in
+    out += [(f"Run: `{r['command']}`" if r.get("command") else
+             f"Run: (command not recorded; {r.get('file', '?')})")
+            + f" ({(r['seconds'] or 0) / 60:.0f} min)  " for r in
             res.get("runs", [{"command": res.get("command", ""),
                               "seconds": res.get("total_seconds")}])]
     out += [f"Date: {res.get('date', '')}  ", f"Machine: {res.get('machine', '')}", ""]
