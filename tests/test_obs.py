@@ -226,7 +226,7 @@ def test_tvw_selection_does_not_deadlock_a_two_thread_pool():
     assert out.stdout.strip().endswith("done")
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 2])  # both have tiles where each candidate wins
 def test_tvw_keeps_per_tile_the_row_set_with_the_lower_error(seed, monkeypatch):
     """TVW's rows, per tile: the removal path's rows or as many rows by activation score,
     whichever has the lower error after the N:M sweep (equal counts: exact sparsity); the
