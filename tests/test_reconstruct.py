@@ -211,6 +211,11 @@ def test_one_shot_and_errors():
     assert rep2 == {}
     with pytest.raises(ConfigError, match="score"):
         one_shot(inputs_fn, v, tvwjax.EW(), 0.5, batches, score="nope")
+    # the same errors whatever the type of a bad score (no array comparison)
+    with pytest.raises(ConfigError, match="score must be 'magnitude', 'activation' or a"):
+        one_shot(inputs_fn, v, tvwjax.EW(), 0.5, batches, score=np.ones(3))
+    with pytest.raises(ConfigError, match="applies to selection='score'"):
+        one_shot(inputs_fn, v, tvwjax.EW(), 0.5, batches, score=jnp.ones(3), selection="obs")
     with pytest.raises(ConfigError, match="match"):
         reconstruct(inputs_fn, v, mk, batches, match="x")
     with pytest.raises(TreeMismatchError):

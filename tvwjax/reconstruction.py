@@ -593,6 +593,16 @@ def one_shot(inputs_fn: InputsFn, params: PyTree, pattern: Pattern, sparsity: fl
     batches = list(batches)
     if selection not in ("score", "obs"):
         raise ConfigError(f"one_shot: selection must be 'score' or 'obs', got {selection!r}")
+    if stats is not None and not isinstance(stats, Mapping):
+        raise ConfigError(f"one_shot: stats must be a mapping {{path: LayerStats}} from "
+                          f"tvwjax.calibration.collect, got {type(stats).__name__}")
+    named = score if isinstance(score, str) else None
+    if selection == "obs" and named != "activation":
+        raise ConfigError(f"one_shot: score={score!r} applies to selection='score'; "
+                          "selection='obs' chooses masks from the Gram matrices")
+    if not (named in ("magnitude", "activation") or callable(score)):
+        raise ConfigError(f"score must be 'magnitude', 'activation' or a callable, "
+                          f"got {score!r}")
     if val.flag(sequential_masks, "one_shot: sequential_masks"):
         return _one_shot_sequential(inputs_fn, params, pattern, sparsity, batches,
                                     score=score, refit=refit, row_mask=row_mask, where=where,
@@ -601,13 +611,7 @@ def one_shot(inputs_fn: InputsFn, params: PyTree, pattern: Pattern, sparsity: fl
                                     sequential=sequential, match=match, group_by=group_by,
                                     progress=progress, views=views, selection=selection,
                                     stats=stats)
-    if stats is not None and not isinstance(stats, Mapping):
-        raise ConfigError(f"one_shot: stats must be a mapping {{path: LayerStats}} from "
-                          f"tvwjax.calibration.collect, got {type(stats).__name__}")
     if selection == "obs":
-        if score != "activation":
-            raise ConfigError(f"one_shot: score={score!r} applies to selection='score'; "
-                              "selection='obs' chooses masks from the Gram matrices")
         if stats is None:
             stats = collect(inputs_fn, params, batches, row_mask=row_mask, gram=True)
         mask_tree = obs_masks(params, stats, pattern, sparsity, where=where, scope=scope,
@@ -616,14 +620,11 @@ def one_shot(inputs_fn: InputsFn, params: PyTree, pattern: Pattern, sparsity: fl
         scores = None
     elif score == "magnitude":
         scores = None
-    elif score == "activation" or callable(score):
+    else:  # "activation" or a score function
         fn = wanda if score == "activation" else score
         if stats is None:
             stats = collect(inputs_fn, params, batches, row_mask=row_mask, gram=False)
         scores = data_scores(params, stats, fn, where=where)
-    else:
-        raise ConfigError(f"score must be 'magnitude', 'activation' or a callable, "
-                          f"got {score!r}")
     if selection == "score":
         mask_tree = masks(params, pattern, sparsity, scores=scores, where=where, scope=scope,
                           layer_bounds=layer_bounds, overrides=overrides, views=views)
@@ -640,7 +641,8 @@ def one_shot(inputs_fn: InputsFn, params: PyTree, pattern: Pattern, sparsity: fl
 def _one_shot_sequential(inputs_fn, params, pattern, sparsity, batches, *, score, refit,
                          row_mask, where, scope, layer_bounds, overrides, damping, sequential,
                          match, group_by, progress, views, selection, stats):
-    """:func:`one_shot` with ``sequential_masks=True`` (arguments checked there)."""
+    """:func:`one_shot` with ``sequential_masks=True`` (``selection``, ``score`` and
+    ``stats`` checked there)."""
     why = ("refit=False" if not refit else "sequential=False" if not sequential else
            f"match={match!r}" if match != "self" else
            f"scope={scope!r}" if scope != "layer" else
@@ -651,15 +653,6 @@ def _one_shot_sequential(inputs_fn, params, pattern, sparsity, batches, *, score
             f"calibration pass in the sequential refit; it needs refit=True, "
             f"sequential=True, match='self', scope='layer' and a data-aware selection, "
             f"got {why}")
-    if selection == "obs" and score != "activation":
-        raise ConfigError(f"one_shot: score={score!r} applies to selection='score'; "
-                          "selection='obs' chooses masks from the Gram matrices")
-    if stats is not None and not isinstance(stats, Mapping):
-        raise ConfigError(f"one_shot: stats must be a mapping {{path: LayerStats}} from "
-                          f"tvwjax.calibration.collect, got {type(stats).__name__}")
-    if selection == "score" and not (score == "activation" or callable(score)):
-        raise ConfigError(f"score must be 'magnitude', 'activation' or a callable, "
-                          f"got {score!r}")
     from tvwjax.masking import selection as plan_selection
 
     plan = plan_selection(params, pattern, sparsity, where=where, scope=scope,
