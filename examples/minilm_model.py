@@ -492,11 +492,22 @@ def encode(
     Raises:
       ConfigError: ``batch_size`` < 1 or bad ``sentences`` (see :func:`tokenize`).
     """
+    order, batches = _length_sorted_batches(tokenizer, sentences, batch_size, buckets)
+    chunks = [np.asarray(_forward(model, params, b_ids, b_mask), dtype=np.float32)[:n]
+              for n, b_ids, b_mask in batches]
+    return _in_input_order(order, chunks)
+
+
+def _length_sorted_batches(tokenizer: Any, sentences: Sequence[str], batch_size: int,
+                           buckets: Sequence[int]) -> tuple[np.ndarray, list]:
+    """``(order, [(rows, ids, mask), ...])``: the sentences tokenised, sorted by token count
+    and cut into batches of ``batch_size`` rows (the last padded with empty rows, each
+    batch's length padded to a bucket); ``rows`` counts the real ones."""
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     ids, mask = tokenize(tokenizer, sentences, buckets)
     order = np.argsort(mask.sum(axis=1), kind="stable")
-    chunks = []
+    batches = []
     for start in range(0, ids.shape[0], batch_size):
         rows = order[start : start + batch_size]
         b_ids, b_mask = _fit_bucket(ids[rows], mask[rows], buckets)
@@ -504,9 +515,12 @@ def encode(
         if n < batch_size:
             b_ids = np.pad(b_ids, ((0, batch_size - n), (0, 0)))
             b_mask = np.pad(b_mask, ((0, batch_size - n), (0, 0)))
-        emb = _forward(model, params, jnp.asarray(b_ids), jnp.asarray(b_mask))
-        chunks.append(np.asarray(emb, dtype=np.float32)[:n])
-    out = np.empty((ids.shape[0], chunks[0].shape[1]), np.float32)
+        batches.append((n, jnp.asarray(b_ids), jnp.asarray(b_mask)))
+    return order, batches
+
+
+def _in_input_order(order: np.ndarray, chunks: list[np.ndarray]) -> np.ndarray:
+    out = np.empty((len(order), chunks[0].shape[1]), np.float32)
     out[order] = np.concatenate(chunks, axis=0)
     return out
 
@@ -540,22 +554,13 @@ class PrefixCachedEncoder:
                  buckets: Sequence[int] = DEFAULT_BUCKETS):
         if not isinstance(model, MiniLMEncoder):
             raise ConfigError(f"model must be a MiniLMEncoder, got {type(model).__name__}")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.params = model, params
         self.blocks = [f"layer_{i}" for i in range(model.config.num_layers)]
         self.layer = BertLayer(model.config, dense_cls=model.dense_cls)
-        ids, mask = tokenize(tokenizer, sentences, buckets)
-        self.order = np.argsort(mask.sum(axis=1), kind="stable")
-        self.batches = []  # (rows, mask, [state entering block i for each i])
-        for start in range(0, ids.shape[0], batch_size):
-            rows = self.order[start : start + batch_size]
-            b_ids, b_mask = _fit_bucket(ids[rows], mask[rows], buckets)
-            n = len(rows)
-            if n < batch_size:
-                b_ids = np.pad(b_ids, ((0, batch_size - n), (0, 0)))
-                b_mask = np.pad(b_mask, ((0, batch_size - n), (0, 0)))
-            b_ids, b_mask = jnp.asarray(b_ids), jnp.asarray(b_mask)
+        self.order, batches = _length_sorted_batches(tokenizer, sentences, batch_size,
+                                                     buckets)
+        self.batches = []  # (rows, ids, mask, [the state entering block i for each i])
+        for n, b_ids, b_mask in batches:
             hidden = model.apply(params, b_ids, jnp.zeros_like(b_ids),
                                  method=lambda m, i, t: m.embeddings(i, t))
             states = []
@@ -595,9 +600,7 @@ class PrefixCachedEncoder:
                                             b_mask)
                 emb = _pool(hidden, b_mask)
             chunks.append(np.asarray(emb, dtype=np.float32)[:n])
-        out = np.empty((len(self.order), chunks[0].shape[1]), np.float32)
-        out[self.order] = np.concatenate(chunks, axis=0)
-        return out
+        return _in_input_order(self.order, chunks)
 
 
 def _same_leaves(a: Any, b: Any) -> bool:

@@ -592,8 +592,12 @@ def _layer_mask(pattern: Pattern, w2: Array, h: Array, sparsity: float,
 
     def nm_inside(kp_all):
         size = _compact_size(kp_all, k, math.lcm(64, pattern.m))  # a multiple of m or K
-        return _chunked(lambda wp, kp: _tiles_nm(hs, wp, kp, pattern.n, pattern.m,
-                                                 width, size), wt, kp_all, per, chunk_bytes)
+        masks, err = _chunked(lambda wp, kp: _tiles_nm(hs, wp, kp, pattern.n, pattern.m,
+                                                        width, size), wt, kp_all, per,
+                              chunk_bytes)
+        # finished before the next candidate is dispatched: two batched LAPACK chains that
+        # XLA:CPU runs at the same time can deadlock its pool (see _tile_nm)
+        return masks, jax.block_until_ready(err)
 
     masks, err = nm_inside(keeps)
     if d_tw < 1.0:
@@ -603,9 +607,7 @@ def _layer_mask(pattern: Pattern, w2: Array, h: Array, sparsity: float,
         # independent in the output error, and equal counts keep the sparsity exact); and
         # the activation score's own TW mask (its own rows per tile) competes with the
         # result for the whole layer: the lower output error after the N:M sweep wins.
-        # (T, K) row-segment scores, ranked as the pattern ranks them (sums of squares)
-        seg = jnp.zeros((k, t * tw.tile), jnp.float32).at[:, :n].set(jnp.square(act))
-        seg = seg.reshape(k, t, tw.tile).sum(-1).T
+        seg = tw._segments(act, None)[0].T  # (T, K): the pattern's own row-segment scores
         rank = jnp.argsort(jnp.argsort(-seg, axis=1, stable=True), axis=1, stable=True)
         matched = rank < jnp.sum(keeps, axis=1, keepdims=True)
         masks_m, err_m = nm_inside(matched)
