@@ -3,9 +3,11 @@
 It must start with ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` in the
 environment (the flag is read when JAX initialises, hence the separate process). Parameters
 are sharded with ``NamedSharding`` over a ``(data=2, model=4)`` mesh; every check compares
-against the same computation on one device and records the output sharding. The report is
-one JSON object on the last line of stdout: ``{check: {"equal": bool, "max_abs": float,
-"spec": str, "replicated": bool, "input_spec": str}}``.
+against the same computation on one device and records the output sharding. It runs one
+part, named on the command line (see :func:`main`), so the test suite can run the parts side
+by side. The report is one JSON object on the last line of stdout: ``{check: {"equal": bool,
+"max_abs": float, "spec": str, "replicated": bool, "input_spec": str}}`` (part ``memory``:
+``{pattern-scope: ratio}``).
 """
 
 from __future__ import annotations
@@ -43,8 +45,10 @@ def _record(report: dict, name: str, sharded, single, inp, *, exact: bool = True
     }
 
 
-def run(mesh: jax.sharding.Mesh, prefix: str, full: bool) -> dict:
-    """All checks on ``mesh`` (``full=False``: one case per family), keyed ``prefix/...``."""
+def run(mesh: jax.sharding.Mesh, prefix: str, cases: str) -> dict:
+    """Checks on ``mesh``, keyed ``prefix/...``: ``cases="layer"``: every layer-scope mask
+    case, the prune transform and both compressed matmuls; ``"global"``: every global-scope
+    mask case (also with a traced sparsity); ``"few"``: one case per family."""
     devices = jax.devices()
     one = jax.sharding.SingleDeviceSharding(devices[0])
     rng = np.random.default_rng(0)
@@ -60,7 +64,8 @@ def run(mesh: jax.sharding.Mesh, prefix: str, full: bool) -> dict:
 
     # -- masks, layer and global scope ----------------------------------------------------------
     bounded = {"layer_bounds": (0.6, 0.8)}
-    cases = [("EW", tvwjax.EW(), 0.7, "layer", {}), ("TW", tvwjax.TW(tile=8), 0.5, "layer", {}),
+    mask_cases = [
+             ("EW", tvwjax.EW(), 0.7, "layer", {}), ("TW", tvwjax.TW(tile=8), 0.5, "layer", {}),
              ("TVW", tvwjax.TVW(tile=8), 0.75, "layer", {}), ("NM", tvwjax.NM(), 0.5, "layer", {}),
              ("BW", tvwjax.BW(8, 4), 0.6, "layer", {}), ("VW", tvwjax.VW(16), 0.75, "layer", {}),
              ("TEW", tvwjax.TEW(8, delta=0.05), 0.7, "layer", {}),
@@ -75,9 +80,11 @@ def run(mesh: jax.sharding.Mesh, prefix: str, full: bool) -> dict:
              ("TW2D-global", tvwjax.TW(8, column_share=0.5), 0.75, "global", {}),
              ("EW-global-bounded", tvwjax.EW(), 0.7, "global", bounded),
              ("TVW-global-bounded", tvwjax.TVW(tile=8), 0.75, "global", bounded)]
-    if not full:
-        cases = [c for c in cases if c[0] in ("TVW", "TW-global", "EW-global")]
-    for name, pat, s, scope, kw in cases:
+    if cases == "few":
+        mask_cases = [c for c in mask_cases if c[0] in ("TVW", "TW-global", "EW-global")]
+    else:
+        mask_cases = [c for c in mask_cases if c[3] == cases]
+    for name, pat, s, scope, kw in mask_cases:
         ms = tvwjax.masks(sharded, pat, s, scope=scope, **kw)
         m1 = tvwjax.masks(single, pat, s, scope=scope, **kw)
         for layer in ("a", "b"):
@@ -91,6 +98,9 @@ def run(mesh: jax.sharding.Mesh, prefix: str, full: bool) -> dict:
         mt = f(sharded, jnp.float32(s))
         _record(report, f"masks-jit/{name}/a", mt["a"]["kernel"], m1["a"]["kernel"],
                 sharded["a"]["kernel"])
+
+    if cases == "global":
+        return {f"{prefix}/{k}": v for k, v in report.items()}
 
     # -- the prune transform inside a jitted training step ---------------------------------------
     # Global scope (layer scope is covered by the masks checks; the step runs the same code).
@@ -127,7 +137,7 @@ def run(mesh: jax.sharding.Mesh, prefix: str, full: bool) -> dict:
     w = host["a"]["kernel"]
     mm_cases = [("TW", tvwjax.TW(tile=8, column_share=0.0), 0.5),
                 ("TVW", tvwjax.TVW(tile=8, column_share=0.0), 0.75)]
-    for name, pat, s in mm_cases[0 if full else 1:]:
+    for name, pat, s in mm_cases[0 if cases == "layer" else 1:]:
         mask = np.asarray(pat.mask(jnp.abs(jnp.asarray(w)), s))
         cw = tvwjax.compress(w, mask, pat)
         spec = P("model", *([None] * (cw.values.ndim - 1)))
@@ -171,16 +181,26 @@ def memory(mesh: jax.sharding.Mesh) -> dict:
     return out
 
 
-def main() -> None:
+PARTS = ("explicit-layer", "explicit-global", "auto", "memory")
+
+
+def main(part: str) -> None:
+    """Run one part: ``explicit-layer`` / ``explicit-global`` (every check, split by scope, on
+    an explicit-axes mesh), ``auto`` (one case per family on an auto-axes mesh) or ``memory``
+    (the mask-update step's temp bytes on the explicit mesh)."""
     assert len(jax.devices()) == 8, f"expected 8 simulated devices, got {len(jax.devices())}"
-    explicit = jax.make_mesh((2, 4), ("data", "model"),
-                             axis_types=(jax.sharding.AxisType.Explicit,) * 2)
-    auto = jax.make_mesh((2, 4), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
-    report = run(explicit, "explicit", full=True)
-    report.update(run(auto, "auto", full=False))
-    report["__memory__"] = memory(explicit)
+    kind = jax.sharding.AxisType.Auto if part == "auto" else jax.sharding.AxisType.Explicit
+    mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(kind,) * 2)
+    if part == "memory":
+        report = memory(mesh)
+    elif part == "auto":
+        report = run(mesh, "auto", "few")
+    else:
+        report = run(mesh, "explicit", part.split("-")[1])
     print(json.dumps(report))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if len(sys.argv) != 2 or sys.argv[1] not in PARTS:
+        sys.exit(f"usage: {sys.argv[0]} {{{','.join(PARTS)}}}")
+    main(sys.argv[1])

@@ -14,6 +14,7 @@ from examples import demo
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_tiny_run_prints_one_table(capsys):
     rc = demo.main(["--steps", "12", "--repeats", "2", "--batch", "4", "--compare", "TW",
                     "--seed", "1"])

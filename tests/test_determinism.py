@@ -58,6 +58,7 @@ def test_masks_identical_across_runs_in_process():
     assert _digest(_all_masks()) == _digest(_all_masks())
 
 
+@pytest.mark.slow
 def test_masks_identical_across_processes():
     """A fresh interpreter (new compilation, new process) gives the same bits."""
     code = textwrap.dedent("""

@@ -46,6 +46,7 @@ def test_pattern_sizes_scale_with_layer_width():
         digits.pattern_for("XX", "fc1")
 
 
+@pytest.mark.slow
 def test_small_table_runs_and_writes_results(tmp_path):
     kinds = {"EW": (0.75,), "TVW": (0.75,)}
     result = digits.run_table((0,), digits.SMALL, kinds, log=None)

@@ -34,6 +34,7 @@ def test_the_main_public_functions_have_examples():
     assert not missing, f"public functions without a runnable example: {missing}"
 
 
+@pytest.mark.slow
 def test_readme_api_tour_runs():
     """The README's API tour (its first ``python`` block) runs as written."""
     import pathlib

@@ -71,6 +71,7 @@ def _case(data, names):
     return name, pat, s, w, np.asarray(mask)
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(st.data())
 def test_masks_follow_their_pattern(data):
@@ -81,6 +82,7 @@ def test_masks_follow_their_pattern(data):
     np.testing.assert_array_equal(mask, np.asarray(pat.mask(jnp.abs(w).astype(jnp.float32), s)))
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(st.data())
 def test_compress_decompress_round_trip(data):

@@ -84,6 +84,7 @@ def _interpret(name):
     ((9, 0), ["tw_matmul", "tvw_matmul", "tw_matmul_hopper"]),
     ((10, 0), ["tw_matmul", "tvw_matmul", "tvw_matmul_blackwell"]),
 ])
+@pytest.mark.slow
 def test_the_whole_check_runs_with_the_cpu_standing_in(monkeypatch, tmp_path, cc, kernels):
     """``run`` end to end (check, speed sweep, JSON + markdown) on tiny shapes, the kernels
     in interpret mode (the Blackwell one with its MMA emulated): what the one GPU run will

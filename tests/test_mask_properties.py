@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from test_patterns import kept_count
@@ -109,6 +110,7 @@ def _same(a, b):
         x.shape == y.shape and bool(jnp.array_equal(x, y)) for x, y in zip(la, lb, strict=True))
 
 
+@pytest.mark.slow
 @settings(max_examples=8, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(pi=st.integers(0, len(ALL_PATTERNS) - 1), k=st.integers(1, 9).map(lambda g: 4 * g),

@@ -51,6 +51,7 @@ def test_where_and_overrides():
     assert m["conv"]["kernel"] is None
 
 
+@pytest.mark.slow
 def test_global_scope_differs_per_layer_and_total_matches():
     p = mlp_params()
     # Layers whose score distributions differ in shape (not only in scale).

@@ -15,6 +15,7 @@ def mp():
     return minilm_prune
 
 
+@pytest.mark.slow
 def test_quick_run(mp, tmp_path):
     res = mp.main(["--quick", "--out", str(tmp_path / "minilm")])
     rows = {(r["pattern"], r["sparsity"], r["method"]): r["cosine"] for r in res["one_shot"]}

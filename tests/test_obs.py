@@ -204,6 +204,7 @@ print("done")
 """
 
 
+@pytest.mark.slow
 def test_tvw_selection_does_not_deadlock_a_two_thread_pool():
     """TVW's N:M stage runs batched LAPACK calls for all tiles of a chunk. On jaxlib 0.10,
     two such calls that XLA:CPU runs at the same time each block a worker of the intra-op
