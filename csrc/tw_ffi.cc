@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -63,6 +64,10 @@ std::atomic<int> g_max_threads{0};  // 0: the pool's size
 std::atomic<int64_t> g_pool_threads{-1};  // what the last call's pool reported
 std::atomic<int64_t> g_workers{0};        // threads the last call used (caller + helpers)
 std::atomic<int64_t> g_helper_items{0};   // items of the last call run on pool threads
+std::atomic<int64_t> g_helper_start_ns{-1};  // last call: its first pool-thread item began
+                                             // this long after the call (-1: none ran)
+std::atomic<int64_t> g_call_ns{0};           // last call: its duration
+using Clock = std::chrono::steady_clock;
 
 const TwKernel* Kernel() {
   const TwKernel* k = g_kernel.load(std::memory_order_acquire);
@@ -110,6 +115,8 @@ struct Shared {
   std::atomic<int64_t> transposed{0};
   std::atomic<int64_t> helper_items{0};
   std::atomic<bool> ready{false};     // items built (helpers are scheduled before that)
+  Clock::time_point start;                 // when the call began
+  std::atomic<int64_t> first_helper_ns{-1};  // when a pool thread began its first item
   std::thread::id caller;             // the thread that runs the call
   std::atomic<bool> failed{false};    // scratch allocation failed
   std::atomic<bool> bad_rows{false};  // a tile's row table points outside [0, K)
@@ -135,6 +142,12 @@ void Work(Shared& s, bool helper) {
   const int64_t n = static_cast<int64_t>(s.items.size());
   float* scratch = nullptr;
   for (int64_t i; (i = s.next.fetch_add(1, std::memory_order_relaxed)) < n;) {
+    if (helper && s.first_helper_ns.load(std::memory_order_relaxed) < 0) {
+      int64_t none = -1;
+      s.first_helper_ns.compare_exchange_strong(
+          none,
+          std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - s.start).count());
+    }
     try {
       const Item& it = s.items[i];
       if (i < s.n_transpose) {
@@ -215,6 +228,7 @@ ffi::Error TwMatmulImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer v
   if (p.t == 0) return ffi::Error::Success();
 
   auto s = std::make_shared<Shared>();
+  s->start = Clock::now();
   s->caller = std::this_thread::get_id();
   s->kernel = Kernel();
   const int64_t pool_threads = pool.num_threads();
@@ -285,6 +299,10 @@ ffi::Error TwMatmulImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer v
   while (s->done.load(std::memory_order_acquire) < n) std::this_thread::yield();
   g_helper_items.store(s->helper_items.load(), std::memory_order_relaxed);
   g_workers.store(helpers + 1, std::memory_order_relaxed);
+  g_helper_start_ns.store(s->first_helper_ns.load(), std::memory_order_relaxed);
+  g_call_ns.store(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - s->start).count(),
+      std::memory_order_relaxed);
   if (s->bad_rows.load()) return Check(false, "rows out of [0, K)");
   if (s->failed.load()) return ffi::Error::Internal("tw_matmul_cpu: out of memory for scratch");
   return ffi::Error::Success();
@@ -331,9 +349,13 @@ NB_MODULE(_tw_cpu, m) {
     d["pool_threads"] = tvwjax::g_pool_threads.load();
     d["workers"] = tvwjax::g_workers.load();
     d["helper_items"] = tvwjax::g_helper_items.load();
+    const int64_t start_ns = tvwjax::g_helper_start_ns.load();
+    d["helper_start_us"] = start_ns < 0 ? -1.0 : start_ns / 1e3;
+    d["call_us"] = tvwjax::g_call_ns.load() / 1e3;
     return d;
-  }, "Threads of XLA's pool seen by the last call (-1: none yet), workers it used and how "
-     "many work items ran on pool threads (not the calling one).");
+  }, "Threads of XLA's pool seen by the last call (-1: none yet), workers it used, how many "
+     "work items ran on pool threads (not the calling one), when the first of them began "
+     "(microseconds after the call began; -1: none ran) and the call's duration.");
   m.def("set_max_threads", [](int n) { tvwjax::g_max_threads.store(n); },
         "Cap the worker threads (0: XLA's intra-op pool size).");
 }

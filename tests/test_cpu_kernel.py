@@ -134,6 +134,32 @@ def test_block_sparse_and_one_thread():
     np.testing.assert_array_equal(np.asarray(y1), np.asarray(cpu_kernel.tw_matmul_cpu(x, w)))
 
 
+def test_last_call_reports_the_threads_it_used():
+    """``report()["last_call"]`` describes the latest call: one worker with the cap at 1 (no
+    pool item), and at most the pool's threads otherwise, the first pool item's start
+    inside the call."""
+    w = _awkward()
+    x = _x(130, w.shape[0], jnp.float32)
+    layer = jax.jit(lambda x: cpu_kernel.tw_matmul_cpu(x, w) + 1.0)
+    try:
+        cpu_kernel.set_max_threads(1)
+        jax.block_until_ready(layer(x))
+        one = cpu_kernel.report()["last_call"]
+    finally:
+        cpu_kernel.set_max_threads(0)
+    assert one["workers"] == 1 and one["helper_items"] == 0
+    assert one["helper_start_us"] == -1.0 and one["call_us"] > 0
+    for _ in range(3):
+        jax.block_until_ready(layer(x))
+        rep = cpu_kernel.report()["last_call"]
+        assert rep["pool_threads"] >= 1 and 1 <= rep["workers"] <= max(1, rep["pool_threads"])
+        assert rep["call_us"] > 0
+        if rep["helper_items"]:
+            assert 0 <= rep["helper_start_us"] <= rep["call_us"]
+        else:
+            assert rep["helper_start_us"] == -1.0
+
+
 def test_dtypes_promote_like_matmul():
     w32 = _awkward()
     wbf = _awkward(dtype=jnp.bfloat16)

@@ -88,8 +88,10 @@ def isa() -> str | None:
 def report() -> dict[str, Any]:
     """Which CPU TW kernel runs: ``{"kernel": "ffi" | "xla", "isa", "supported_isas",
     "reason", "last_call"}`` (``"xla"``: the extension is unavailable, ``reason`` says why;
-    ``last_call``: XLA's intra-op pool size seen by the last call, the workers it used and
-    how many of its work items ran on pool threads rather than the calling one)."""
+    ``last_call``: XLA's intra-op pool size seen by the last call (``pool_threads``), the
+    workers it used, how many of its work items ran on pool threads rather than the calling
+    one (``helper_items``), when the first of those began (``helper_start_us``, microseconds
+    after the call began; -1 when none ran) and the call's duration (``call_us``))."""
     if _EXT is None:
         return {"kernel": "xla", "isa": None, "supported_isas": [], "reason": _REASON,
                 "last_call": None}
