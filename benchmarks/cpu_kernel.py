@@ -5,13 +5,13 @@ K = N = 4096 float32 (``--dtype`` to change), TW 75% and 90% (magnitude masks of
 normal weights, tile 128), M in {1, 16, 512}. Every point times, round-robin
 (:func:`benchmarks._timing.interleaved_medians`, twice the L3 read between timed calls so
 every call starts with its operands out of cache): the dense baselines ``x @ W`` and
-``(W^T x^T)^T`` (the faster is "dense"), the XLA TW path of :mod:`tvwjax.matmul` and the
-FFI kernel (:func:`tvwjax.cpu_kernel.tw_matmul_cpu`), each as ``L`` linear layers of that
-shape (distinct weights) run one after the other in one jitted call, as the layers of a
-model run (:func:`benchmarks._timing.layer_chain`; per-layer time = call / L), and dense and
-the kernel also as one layer called on its own (``one call``: each call then pays its own
-dispatch). Writes ``<out>/bench_cpu_kernel.{json,md}`` with the issue-16 targets (judged on
-the layers in one call) met or missed.
+``(W^T x^T)^T`` with ``W^T`` stored (the faster is "dense"), the XLA TW path of
+:mod:`tvwjax.matmul` and the FFI kernel (:func:`tvwjax.cpu_kernel.tw_matmul_cpu`), each as
+``L`` linear layers of that shape (distinct weights) run one after the other in one jitted
+call, as the layers of a model run (:func:`benchmarks._timing.layer_chain`; per-layer time
+= call / L), and dense and the kernel also as one layer called on its own (``one call``:
+each call then pays its own dispatch). Writes ``<out>/bench_cpu_kernel.{json,md}`` with the
+issue-16 targets (judged on the layers in one call) met or missed.
 """
 
 from __future__ import annotations
@@ -92,7 +92,10 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"--layers must be >= 1 (and 1 unless K == N), got {layers}")
     info = machine_info()
     info["kernel"] = cpu_kernel.report()
-    xw, wtxt = layer_chain(lambda x, w: x @ w), layer_chain(lambda x, w: (w.T @ x.T).T)
+    # The second dense form stores W transposed (as BCOO / BCSR in benchmarks.matmul): a
+    # `w.T` inside the program would copy the whole weight every call (64 MiB at 4096 x
+    # 4096), a cost no deployed model pays, whose freed memory also slowed the next timed call.
+    xw, wtxt = layer_chain(lambda x, w: x @ w), layer_chain(lambda x, wt: (wt @ x.T).T)
     xla, ffi = layer_chain(_xla_tw()), layer_chain(cpu_kernel.tw_matmul_cpu)
     b = jnp.zeros((n,), dtype)
     flush = cache_flusher()
@@ -101,18 +104,19 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     for s in cfg["sparsities"]:
         wds, cws = _weights(k, n, s, layers, dtype)
-        one_w, one_cw = (wds[0],), (cws[0],)
+        wts = [jnp.asarray(w.T) for w in wds]  # stored transposed, (N, K)
+        one_w, one_wt, one_cw = (wds[0],), (wts[0],), (cws[0],)
         for m in ms:
             x = jnp.asarray(np.random.default_rng(1).standard_normal((m, k)), dtype)
             err = float(jnp.max(jnp.abs(ffi(x, one_cw, b).astype(jnp.float32)
                                         - xla(x, one_cw, b).astype(jnp.float32))))
             fns = {"dense_xW": lambda x=x, wds=wds: xw(x, wds, b),
-                   "dense_WtXt": lambda x=x, wds=wds: wtxt(x, wds, b),
+                   "dense_WtXt": lambda x=x, wts=wts: wtxt(x, wts, b),
                    "tw_xla": lambda x=x, cws=cws: xla(x, cws, b),
                    "tw_ffi": lambda x=x, cws=cws: ffi(x, cws, b)}
             if layers > 1:
                 fns.update({"one_dense_xW": lambda x=x, w=one_w: xw(x, w, b),
-                            "one_dense_WtXt": lambda x=x, w=one_w: wtxt(x, w, b),
+                            "one_dense_WtXt": lambda x=x, w=one_wt: wtxt(x, w, b),
                             "one_tw_ffi": lambda x=x, cw=one_cw: ffi(x, cw, b)})
             med = interleaved_medians(fns, repeats=repeats, budget_s=60.0, between=flush)
             per = {key: t / (layers if not key.startswith("one_") else 1)

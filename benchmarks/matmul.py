@@ -5,7 +5,7 @@ round-robin (``interleaved_medians``, twice the L3 read before every timed call 
 starts with its operands out of cache), each as the linear layer it stands for
 (``product(x, W) + b`` under ``jax.jit``, see :func:`benchmarks._timing.linear_layer`),
 and reported as speed-ups over the dense baseline: the faster of ``x @ W`` and
-``(W^T x^T)^T``. Weights are random normal (magnitude masks).
+``(W^T x^T)^T`` (``W^T`` stored, as for BCOO / BCSR). Weights are random normal (magnitude masks).
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ def _weights(k: int, n: int, s: float, dtype, unstructured: bool, seed: int = 0)
     w = rng.standard_normal((k, n)).astype(np.float32)
     score = jnp.abs(jnp.asarray(w))
     wd = jnp.asarray(w, dtype)
-    out: dict[str, Any] = {"dense": wd}
+    # The second dense form stores W transposed, like BCOO / BCSR below (a `w.T` inside the
+    # program would copy the whole weight every call).
+    out: dict[str, Any] = {"dense": wd, "dense_t": jnp.asarray(wd.T)}
     if unstructured:
         m = np.asarray(EW().mask(score, s))
         # Stored transposed: sparse @ dense computes y^T = W^T x^T (their fast orientation).
@@ -69,14 +71,14 @@ def _weights(k: int, n: int, s: float, dtype, unstructured: bool, seed: int = 0)
 
 def _fns(ws: dict[str, Any], x: jax.Array) -> dict[str, Any]:
     xw = linear_layer(lambda x, w: x @ w)
-    wtxt = linear_layer(lambda x, w: (w.T @ x.T).T)
-    spmm = linear_layer(lambda x, wt: (wt @ x.T).T)
+    wt_x = linear_layer(lambda x, wt: (wt @ x.T).T)  # W stored transposed: dense and sparse
     mm = linear_layer(matmul)
     b = jnp.zeros((ws["dense"].shape[1],), x.dtype)
-    f = {"dense_xW": lambda: xw(x, ws["dense"], b), "dense_WtXt": lambda: wtxt(x, ws["dense"], b)}
+    f = {"dense_xW": lambda: xw(x, ws["dense"], b),
+         "dense_WtXt": lambda: wt_x(x, ws["dense_t"], b)}
     for k in ("bcoo", "bcsr"):
         if k in ws:
-            f[k] = (lambda wt: (lambda: spmm(x, wt, b)))(ws[k])
+            f[k] = (lambda wt: (lambda: wt_x(x, wt, b)))(ws[k])
     for k in ("block32", "tw", "tvw", "tvw_cpu"):
         if k in ws:
             f[k] = (lambda cw: (lambda: mm(x, cw, b)))(ws[k])
@@ -135,7 +137,8 @@ def _markdown(records: list[dict], payload: dict) -> str:
         rows.append(row)
     mach = payload["machine"]
     head = (f"# Sparse matmul on {mach['backend']} ({payload['dtype']})\n\n"
-            f"Speed-up over the dense baseline (the faster of `x @ W` and `(W^T x^T)^T`), "
+            f"Speed-up over the dense baseline (the faster of `x @ W` and `(W^T x^T)^T`, "
+            f"`W^T` stored), "
             f"medians of interleaved runs, each timed as a linear layer (`product(x, W) + b` "
             f"under `jax.jit`) after a {mach.get('flush_mib', '?')} MiB read (twice the L3). "
             f"jax {mach['jax']}, "
