@@ -172,7 +172,8 @@ def _markdown(records: list[dict], payload: dict) -> str:
             f"{mach.get('flush_mib', '?')} MiB read (twice the L3: operands out of cache). "
             f"Each variant runs {layers} linear layer(s) of the shape (distinct weights, "
             f"`x = product(x, W_i) + b`) in one `jax.jit` call, as a model runs them; *ms* are "
-            f"per layer (call / {layers}). Dense = the faster of `x @ W` and `(W^T x^T)^T`. "
+            f"per layer (call / {layers}). Dense = the faster of `x @ W` and `(W^T x^T)^T` "
+            f"with `W^T` stored. "
             f"jax {mach['jax']}, {mach['cpus']} CPUs, load average {mach['loadavg_start']} at "
             f"start, {mach.get('loadavg_end')} at end, {payload['elapsed_s']} s.\n\n")
     return head + md_table(["shape", "sparsity", "M", "dense ms", "TW XLA ms", "TW FFI ms",
