@@ -49,6 +49,7 @@ def run(mesh: jax.sharding.Mesh, prefix: str, cases: str) -> dict:
     """Checks on ``mesh``, keyed ``prefix/...``: ``cases="layer"``: every layer-scope mask
     case, the prune transform and both compressed matmuls; ``"global"``: every global-scope
     mask case (also with a traced sparsity); ``"few"``: one case per family."""
+    assert cases in ("layer", "global", "few"), cases
     devices = jax.devices()
     one = jax.sharding.SingleDeviceSharding(devices[0])
     rng = np.random.default_rng(0)
@@ -65,21 +66,22 @@ def run(mesh: jax.sharding.Mesh, prefix: str, cases: str) -> dict:
     # -- masks, layer and global scope ----------------------------------------------------------
     bounded = {"layer_bounds": (0.6, 0.8)}
     mask_cases = [
-             ("EW", tvwjax.EW(), 0.7, "layer", {}), ("TW", tvwjax.TW(tile=8), 0.5, "layer", {}),
-             ("TVW", tvwjax.TVW(tile=8), 0.75, "layer", {}), ("NM", tvwjax.NM(), 0.5, "layer", {}),
-             ("BW", tvwjax.BW(8, 4), 0.6, "layer", {}), ("VW", tvwjax.VW(16), 0.75, "layer", {}),
-             ("TEW", tvwjax.TEW(8, delta=0.05), 0.7, "layer", {}),
-             ("TW2D", tvwjax.TW(8, column_share=0.5), 0.75, "layer", {}),
-             ("EW-override", tvwjax.EW(), 0.7, "layer", {"overrides": {"b/*": 0.5}}),
-             ("EW-global", tvwjax.EW(), 0.7, "global", {}),
-             ("TW-global", tvwjax.TW(tile=8), 0.6, "global", {}),
-             ("TVW-global", tvwjax.TVW(tile=8), 0.8, "global", {}),
-             ("BW-global", tvwjax.BW(8, 4), 0.6, "global", {}),
-             ("VW-global", tvwjax.VW(16), 0.6, "global", {}),
-             ("TEW-global", tvwjax.TEW(8, delta=0.05), 0.7, "global", {}),
-             ("TW2D-global", tvwjax.TW(8, column_share=0.5), 0.75, "global", {}),
-             ("EW-global-bounded", tvwjax.EW(), 0.7, "global", bounded),
-             ("TVW-global-bounded", tvwjax.TVW(tile=8), 0.75, "global", bounded)]
+        ("EW", tvwjax.EW(), 0.7, "layer", {}), ("TW", tvwjax.TW(tile=8), 0.5, "layer", {}),
+        ("TVW", tvwjax.TVW(tile=8), 0.75, "layer", {}), ("NM", tvwjax.NM(), 0.5, "layer", {}),
+        ("BW", tvwjax.BW(8, 4), 0.6, "layer", {}), ("VW", tvwjax.VW(16), 0.75, "layer", {}),
+        ("TEW", tvwjax.TEW(8, delta=0.05), 0.7, "layer", {}),
+        ("TW2D", tvwjax.TW(8, column_share=0.5), 0.75, "layer", {}),
+        ("EW-override", tvwjax.EW(), 0.7, "layer", {"overrides": {"b/*": 0.5}}),
+        ("EW-global", tvwjax.EW(), 0.7, "global", {}),
+        ("TW-global", tvwjax.TW(tile=8), 0.6, "global", {}),
+        ("TVW-global", tvwjax.TVW(tile=8), 0.8, "global", {}),
+        ("BW-global", tvwjax.BW(8, 4), 0.6, "global", {}),
+        ("VW-global", tvwjax.VW(16), 0.6, "global", {}),
+        ("TEW-global", tvwjax.TEW(8, delta=0.05), 0.7, "global", {}),
+        ("TW2D-global", tvwjax.TW(8, column_share=0.5), 0.75, "global", {}),
+        ("EW-global-bounded", tvwjax.EW(), 0.7, "global", bounded),
+        ("TVW-global-bounded", tvwjax.TVW(tile=8), 0.75, "global", bounded),
+    ]
     if cases == "few":
         mask_cases = [c for c in mask_cases if c[0] in ("TVW", "TW-global", "EW-global")]
     else:
