@@ -71,3 +71,16 @@ def test_layer_chain_feeds_each_layer_the_previous_output():
     for w in ws:
         want = want @ w + b
     np.testing.assert_allclose(np.asarray(y), want, rtol=1e-5, atol=1e-5)
+
+
+def test_matmul_times_unstructured_formats_in_rounds_of_their_own():
+    from benchmarks.matmul import _rounds
+
+    fns = {k: (lambda: None) for k in
+           ("dense_xW", "dense_WtXt", "bcoo", "bcsr", "block32", "tw", "tvw")}
+    tiled, unstructured = _rounds(fns)
+    assert list(tiled) == ["dense_xW", "dense_WtXt", "block32", "tw", "tvw"]
+    assert list(unstructured) == ["dense_xW", "dense_WtXt", "bcoo", "bcsr"]
+    # Without BCOO / BCSR (--no-unstructured): one group.
+    only = {k: f for k, f in fns.items() if k not in ("bcoo", "bcsr")}
+    assert [list(g) for g in _rounds(only)] == [list(tiled)]
