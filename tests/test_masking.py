@@ -279,3 +279,27 @@ def test_global_scope_checks_its_target():
     m = tw.masks(params, tw.EW(), 0.6, scope="global", layer_bounds=(0.5, 0.7))
     for leaf in jax.tree.leaves(m):
         assert 0.5 - 1e-6 <= 1 - float(leaf.mean()) <= 0.7 + 1e-6
+
+
+def test_layer_scope_compiles_once_per_leaf_shape_not_per_tree():
+    """Outside a trace, independent leaves run one compiled computation per distinct leaf
+    (a deep stack of same-shape layers compiles a few small programs, not one that grows
+    with the depth); the masks equal the one-program masks under jit, and global scope
+    (coupled leaves) still selects over the whole tree at once."""
+    from tvwjax import masking
+
+    keys = jax.random.split(jax.random.key(3), 12)
+    shapes = [(64, 96), (96, 64), (64, 64)]
+    p = {f"l{i}": {"kernel": jax.random.normal(k, shapes[i % 3])} for i, k in enumerate(keys)}
+    masking._core.clear_cache()
+    eager = tw.masks(p, tw.TVW(tile=32), 0.75)
+    assert masking._core._cache_size() == len(shapes)
+    traced = jax.jit(lambda q: tw.masks(q, tw.TVW(tile=32), 0.75))(p)
+    for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(traced), strict=True):
+        np.testing.assert_array_equal(a, b)
+    masking._core.clear_cache()
+    g = tw.masks(p, tw.TW(tile=32), 0.75, scope="global")
+    assert masking._core._cache_size() == 1
+    kept = sum(int(m.sum()) for m in jax.tree.leaves(g))
+    total = sum(m.size for m in jax.tree.leaves(g))
+    assert kept == round(0.25 * total)
