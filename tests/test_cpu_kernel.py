@@ -300,3 +300,24 @@ def test_the_kernel_rejects_tables_out_of_range(table, m):
     what = {"rows_high": "rows", "rows_negative": "rows"}.get(table, table)
     with pytest.raises(Exception, match=rf"{what} out of \[0, "):
         jax.block_until_ready(cpu_kernel._ffi(spec, x, w.compact_values()))
+
+
+def test_kernel_ab_runs_a_second_copy_of_the_extension():
+    """benchmarks.kernel_ab (builds compared in one process): a copy of the installed
+    extension loaded under a target of its own computes the product, reports its own last
+    call, and the default target is back after the block."""
+    from benchmarks import kernel_ab
+    from tvwjax import _tw_cpu
+
+    target, module = kernel_ab.load_build("copy", _tw_cpu.__file__)
+    assert module is not _tw_cpu and target != cpu_kernel.TARGET
+    w = _awkward()
+    x = _x(130, w.shape[0], jnp.float32)
+    with kernel_ab.tracing_with(target):
+        f = jax.jit(lambda x: cpu_kernel.tw_matmul_cpu(x, w) + 1.0)
+        assert target in f.lower(x).as_text()
+        y = f(x)
+    _close(y - 1.0, _ref(x, w), jnp.float32)
+    assert module.last_call()["call_us"] > 0
+    assert cpu_kernel.TARGET == "tvwjax_tw_matmul_cpu"
+    assert target not in jax.jit(lambda x: cpu_kernel.tw_matmul_cpu(x, w)).lower(x).as_text()

@@ -1,0 +1,142 @@
+"""Builds of the CPU TW kernel against each other, in one process (a development tool).
+
+``python -m benchmarks.kernel_ab A=old/_tw_cpu.so B=new/_tw_cpu.so [--model] [--repeats R]``
+
+On a shared VM the same binary measures 10-20% apart from one minute to the next, more
+than most kernel changes are worth; builds timed in separate processes cannot be told
+apart. This loads every given build of the extension (``tvwjax._tw_cpu``, e.g. copied out
+of ``build/`` before and after a change) into this one process, registers each under an
+FFI target of its own, and times them in interleaved rounds, so load changes hit all of
+them alike. Workloads: BERT-base's layer shapes at 1024 rows (``768x768``, ``768x3072``,
+``3072x768``, TW 75%, and ``3072x768`` at 99%, which is nearly all transpose and output),
+one jitted layer per call with its operands warm; ``--model``: the BERT-base encoder of
+:mod:`benchmarks.model` end to end (dense first, for the ratio). Prints medians; writes
+nothing. Each build's own ``last_call()`` report shows that it ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import importlib.util
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tvwjax import cpu_kernel
+from tvwjax.formats import compress
+from tvwjax.patterns import TW
+
+SHAPES = [(768, 768, 0.75), (768, 3072, 0.75), (3072, 768, 0.75), (3072, 768, 0.99)]
+
+
+def load_build(tag: str, path: str) -> tuple[str, Any]:
+    """Import the extension at ``path`` as a module of its own and register its handler as
+    the FFI target ``tvwjax_tw_matmul_cpu_ab_<tag>``; return ``(target, module)``."""
+    spec = importlib.util.spec_from_file_location("_tw_cpu", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"{tag}: {path} is not an extension module (expected a .so)")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    target = f"{cpu_kernel.TARGET}_ab_{tag}"
+    jax.ffi.register_ffi_target(target, module.registrations()[cpu_kernel.TARGET],
+                                platform="cpu")
+    return target, module
+
+
+@contextlib.contextmanager
+def tracing_with(target: str) -> Iterator[None]:
+    """Within the block, :func:`tvwjax.cpu_kernel.tw_matmul_cpu` traces to ``target`` (the
+    target name is read when a program is traced; compiled programs keep theirs)."""
+    saved = cpu_kernel.TARGET
+    cpu_kernel.TARGET = target
+    cpu_kernel._batched.cache_clear()
+    try:
+        yield
+    finally:
+        cpu_kernel.TARGET = saved
+        cpu_kernel._batched.cache_clear()
+
+
+def medians(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median milliseconds of each callable over ``repeats`` rounds, alternating the order
+    of the callables from one round to the next (after one warm-up call each)."""
+    for f in fns.values():
+        jax.block_until_ready(f())
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(repeats):
+        for k in (list(fns) if r % 2 == 0 else list(reversed(fns))):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fns[k]())
+            times[k].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) * 1e3 for k, v in times.items()}
+
+
+def _layers(targets: dict[str, str], repeats: int) -> None:
+    for k, n, s in SHAPES:
+        w = jax.random.normal(jax.random.key(0), (k, n))
+        x = jax.random.normal(jax.random.key(1), (1024, k))
+        cw = compress(w, np.asarray(TW().mask(jnp.abs(w), s)), TW())
+        fns = {}
+        for tag, target in targets.items():
+            with tracing_with(target):
+                f = jax.jit(lambda x, cw=cw: cpu_kernel.tw_matmul_cpu(x, cw) + 1.0)
+                jax.block_until_ready(f(x))
+            fns[tag] = functools.partial(f, x)
+        med = medians(fns, repeats)
+        print(f"1024x{k}x{n} TW {s:.0%}: " + "  ".join(f"{t} {v:.3f} ms" for t, v in med.items()),
+              flush=True)
+
+
+def _model(targets: dict[str, str], repeats: int) -> None:
+    from benchmarks.model import Encoder
+    from tvwjax.masking import masks
+    from tvwjax.nn import compress_params
+
+    model = Encoder()
+    x = jax.random.normal(jax.random.key(1), (8, 128, 768), jnp.float32)
+    params = model.init(jax.random.key(0), x)["params"]
+    compressed = compress_params(params, masks(params, TW(), 0.75), TW())
+    fns = {"dense": functools.partial(jax.jit(model.apply), {"params": params}, x)}
+    for tag, target in targets.items():
+        with tracing_with(target):
+            f = jax.jit(model.apply)
+            jax.block_until_ready(f({"params": compressed}, x))
+        fns[tag] = functools.partial(f, {"params": compressed}, x)
+    med = medians(fns, repeats)
+    print("BERT-base TW 75%, 8 x 128 tokens: " + "  ".join(
+        f"{t} {v:.1f} ms ({med['dense'] / v:.2f}x)" for t, v in med.items()), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``TAG=path`` builds and options; run the layer or model comparison."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.kernel_ab", description=__doc__
+                                .splitlines()[0])
+    p.add_argument("builds", nargs="+", metavar="TAG=PATH", help="extension builds to compare")
+    p.add_argument("--model", action="store_true", help="BERT-base end to end")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="rounds (default: 40 per layer, 9 for --model)")
+    args = p.parse_args(argv)
+    targets, modules = {}, {}
+    for spec in args.builds:
+        tag, sep, path = spec.partition("=")
+        if not sep or not tag.isidentifier() or tag in targets:
+            raise SystemExit(f"expected distinct TAG=PATH with TAG a name, got {spec!r}")
+        targets[tag], modules[tag] = load_build(tag, path)
+    if args.model:
+        _model(targets, args.repeats or 9)
+    else:
+        _layers(targets, args.repeats or 40)
+    print("last call (us): " + ", ".join(
+        f"{t} {m.last_call()['call_us']:.0f}" for t, m in modules.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
