@@ -10,8 +10,10 @@ FFI target of its own, and times them in interleaved rounds, so load changes hit
 them alike. Workloads: BERT-base's layer shapes at 1024 rows (``768x768``, ``768x3072``,
 ``3072x768``, TW 75%, and ``3072x768`` at 99%, which is nearly all transpose and output),
 one jitted layer per call with its operands warm; ``--model``: the BERT-base encoder of
-:mod:`benchmarks.model` end to end (dense first, for the ratio). Prints medians; writes
-nothing. Each build's own ``last_call()`` report shows that it ran.
+:mod:`benchmarks.model` end to end (dense first, for the ratio); ``--gemv``: M = 1 at
+4096 x 4096, TW 75% and 90%, 8 layers per jitted call after a cache flush, as
+:mod:`benchmarks.cpu_kernel` times them (dense ``(W^T x^T)^T`` first, for the ratio).
+Prints medians; writes nothing. Each build's own ``last_call()`` report shows that it ran.
 """
 
 from __future__ import annotations
@@ -64,14 +66,18 @@ def tracing_with(target: str) -> Iterator[None]:
         cpu_kernel._batched.cache_clear()
 
 
-def medians(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+def medians(fns: dict[str, Callable[[], Any]], repeats: int,
+            between: Callable[[], Any] | None = None) -> dict[str, float]:
     """Median milliseconds of each callable over ``repeats`` rounds, alternating the order
-    of the callables from one round to the next (after one warm-up call each)."""
+    of the callables from one round to the next (after one warm-up call each); ``between``
+    (untimed) runs before every timed call."""
     for f in fns.values():
         jax.block_until_ready(f())
     times: dict[str, list[float]] = {k: [] for k in fns}
     for r in range(repeats):
         for k in (list(fns) if r % 2 == 0 else list(reversed(fns))):
+            if between is not None:
+                jax.block_until_ready(between())
             t0 = time.perf_counter()
             jax.block_until_ready(fns[k]())
             times[k].append(time.perf_counter() - t0)
@@ -114,14 +120,43 @@ def _model(targets: dict[str, str], repeats: int) -> None:
         f"{t} {v:.1f} ms ({med['dense'] / v:.2f}x)" for t, v in med.items()), flush=True)
 
 
+def _gemv(targets: dict[str, str], repeats: int) -> None:
+    from benchmarks._timing import cache_flusher, layer_chain
+
+    k = n = 4096
+    layers = 8
+    flush = cache_flusher()
+    ws = [np.random.default_rng(i).standard_normal((k, n)).astype(np.float32) / np.sqrt(k)
+          for i in range(layers)]
+    wts = [jnp.asarray(w.T) for w in ws]
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((1, k)), jnp.float32)
+    b = jnp.zeros((n,), jnp.float32)
+    dense = layer_chain(lambda x, wt: (wt @ x.T).T)
+    for s in (0.75, 0.9):
+        cws = [compress(jnp.asarray(w), np.asarray(TW().mask(jnp.abs(jnp.asarray(w)), s)), TW())
+               for w in ws]
+        fns = {"dense": functools.partial(dense, x, wts, b)}
+        for tag, target in targets.items():
+            with tracing_with(target):
+                chain = layer_chain(cpu_kernel.tw_matmul_cpu)
+                jax.block_until_ready(chain(x, cws, b))
+            fns[tag] = functools.partial(chain, x, cws, b)
+        med = medians(fns, repeats, between=flush)
+        print(f"M=1 4096x4096 TW {s:.0%}, per layer: " + "  ".join(
+            f"{t} {v / layers:.3f} ms ({med['dense'] / v:.2f}x)" for t, v in med.items()),
+            flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ``TAG=path`` builds and options; run the layer or model comparison."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.kernel_ab", description=__doc__
                                 .splitlines()[0])
     p.add_argument("builds", nargs="+", metavar="TAG=PATH", help="extension builds to compare")
-    p.add_argument("--model", action="store_true", help="BERT-base end to end")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--model", action="store_true", help="BERT-base end to end")
+    mode.add_argument("--gemv", action="store_true", help="M = 1, 8 layers per call")
     p.add_argument("--repeats", type=int, default=None,
-                   help="rounds (default: 40 per layer, 9 for --model)")
+                   help="rounds (default: 40 per layer, 9 for --model, 15 for --gemv)")
     args = p.parse_args(argv)
     targets, modules = {}, {}
     for spec in args.builds:
@@ -131,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         targets[tag], modules[tag] = load_build(tag, path)
     if args.model:
         _model(targets, args.repeats or 9)
+    elif args.gemv:
+        _gemv(targets, args.repeats or 15)
     else:
         _layers(targets, args.repeats or 40)
     print("last call (us): " + ", ".join(
