@@ -20,7 +20,12 @@ def interleaved_medians(fns: Mapping[str, Callable[[], Any]], repeats: int = 5,
     """Median wall time (seconds) of each no-argument callable, measured round-robin.
 
     Every callable is compiled and warmed up first, then timed once per round, so load
-    changes on a shared machine hit all of them alike. ``between`` (untimed, e.g.
+    changes on a shared machine hit all of them alike. Odd rounds run the callables in
+    reverse order, so none always follows the same one: in a fixed order, a variant timed
+    after another that left the machine busier (memory freed, pool threads awake or asleep)
+    carried that bias into every round (BERT-base's ``tw`` and ``tw+keep_faster`` models,
+    the same 72 compressed layers, measured 2.55x and 2.24x of dense in fixed order and
+    within 2% of each other alternating). ``between`` (untimed, e.g.
     :func:`cache_flusher`) runs before every timed call, so no callable inherits the cache
     state the previous one left. Rounds stop early (after at least 2) once ``budget_s`` is
     spent.
@@ -30,8 +35,10 @@ def interleaved_medians(fns: Mapping[str, Callable[[], Any]], repeats: int = 5,
             jax.block_until_ready(f())
     times: dict[str, list[float]] = {k: [] for k in fns}
     start = time.perf_counter()
+    order = list(fns)
     for r in range(repeats):
-        for k, f in fns.items():
+        for k in (order if r % 2 == 0 else order[::-1]):
+            f = fns[k]
             if between is not None:
                 jax.block_until_ready(between())
             t0 = time.perf_counter()

@@ -23,7 +23,6 @@ import contextlib
 import functools
 import importlib.util
 import sys
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -31,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks._timing import interleaved_medians
 from tvwjax import cpu_kernel
 from tvwjax.formats import compress
 from tvwjax.patterns import TW
@@ -68,20 +68,10 @@ def tracing_with(target: str) -> Iterator[None]:
 
 def medians(fns: dict[str, Callable[[], Any]], repeats: int,
             between: Callable[[], Any] | None = None) -> dict[str, float]:
-    """Median milliseconds of each callable over ``repeats`` rounds, alternating the order
-    of the callables from one round to the next (after one warm-up call each); ``between``
-    (untimed) runs before every timed call."""
-    for f in fns.values():
-        jax.block_until_ready(f())
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for r in range(repeats):
-        for k in (list(fns) if r % 2 == 0 else list(reversed(fns))):
-            if between is not None:
-                jax.block_until_ready(between())
-            t0 = time.perf_counter()
-            jax.block_until_ready(fns[k]())
-            times[k].append(time.perf_counter() - t0)
-    return {k: float(np.median(v)) * 1e3 for k, v in times.items()}
+    """Median milliseconds of each callable: :func:`benchmarks._timing.interleaved_medians`
+    (rounds in alternating order) without a time budget."""
+    med = interleaved_medians(fns, repeats=repeats, budget_s=float("inf"), between=between)
+    return {k: v * 1e3 for k, v in med.items()}
 
 
 def _layers(targets: dict[str, str], repeats: int) -> None:

@@ -22,9 +22,11 @@ def test_between_runs_before_every_timed_call_and_is_not_timed():
     med = interleaved_medians({"a": make("a"), "b": make("b")}, repeats=3, warmup=1,
                               between=make("flush"))
     assert set(med) == {"a", "b"} and all(v > 0 for v in med.values())
-    # Warm-up (2 calls each, no flush), then every timed call right after a flush.
+    # Warm-up (2 calls each, no flush), then every timed call right after a flush, the
+    # order reversed in every other round.
     assert calls[:4] == ["a", "a", "b", "b"]
-    assert calls[4:] == ["flush", "a", "flush", "b"] * 3
+    assert calls[4:] == ["flush", "a", "flush", "b", "flush", "b", "flush", "a",
+                         "flush", "a", "flush", "b"]
 
     def slow_flush():
         time.sleep(0.05)
