@@ -292,13 +292,13 @@ def test_layer_scope_compiles_once_per_leaf_shape_not_per_tree():
     shapes = [(32, 48), (48, 32), (32, 32)]
     p = {f"l{i}": {"kernel": jax.random.normal(k, shapes[i % 3])} for i, k in enumerate(keys)}
     masking._core.clear_cache()
-    eager = tw.masks(p, tw.TW(tile=16), 0.75)
+    eager = tw.masks(p, tw.EW(), 0.75)
     assert masking._core._cache_size() == len(shapes)
-    traced = jax.jit(lambda q: tw.masks(q, tw.TW(tile=16), 0.75))(p)
+    traced = jax.jit(lambda q: tw.masks(q, tw.EW(), 0.75))(p)
     for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(traced), strict=True):
         np.testing.assert_array_equal(a, b)
     masking._core.clear_cache()
-    g = tw.masks(p, tw.TW(tile=16), 0.75, scope="global")
+    g = tw.masks(p, tw.EW(), 0.75, scope="global")
     assert masking._core._cache_size() == 1
     kept = sum(int(m.sum()) for m in jax.tree.leaves(g))
     total = sum(m.size for m in jax.tree.leaves(g))
