@@ -207,6 +207,12 @@ CASES = [
          ScoreError, ("layer/kernel", "non-negative")),
     Case("pattern-mask-3d", lambda: tvwjax.EW().mask(jnp.ones((2, 2, 2)), 0.5), ShapeError,
          ("scores", "2-D")),
+    Case("pattern-mask-share-zero",
+         lambda: tvwjax.TVW(tile=4).mask(jnp.ones((8, 8)), 0.75, name="fc/kernel", share=0.0),
+         ConfigError, ("fc/kernel", "share", "(0, 1]")),
+    Case("pattern-mask-share-array",
+         lambda: tvwjax.TVW(tile=4).mask(jnp.ones((8, 8)), 0.75, share=jnp.ones(2)),
+         ConfigError, ("share", "number")),
     # -- masks: sparsity out of range, wrong pattern, bad scope ---------------------------------
     Case("masks-sparsity-above-1", lambda: tvwjax.masks(_params(), tvwjax.EW(), 1.5),
          ConfigError, ("sparsity", "[0, 1)")),

@@ -303,3 +303,40 @@ def test_layer_scope_compiles_once_per_leaf_shape_not_per_tree():
     kept = sum(int(m.sum()) for m in jax.tree.leaves(g))
     total = sum(m.size for m in jax.tree.leaves(g))
     assert kept == round(0.25 * total)
+
+
+def _count_primitive(jaxpr, name: str) -> int:
+    """Equations of primitive ``name`` in a (closed) jaxpr, counted in every call of every
+    nested jaxpr (the printed form shows a repeated sub-jaxpr once)."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    n = 0
+    for eqn in jaxpr.eqns:
+        n += eqn.primitive.name == name
+        for v in eqn.params.values():
+            for sub in v if isinstance(v, tuple | list) else (v,):
+                if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
+                    n += _count_primitive(sub, name)
+    return n
+
+
+def test_a_leaf_that_is_a_small_share_of_the_tree_is_selected_in_one_piece():
+    """``masks`` tells each leaf its share of the selected elements: TVW cuts a leaf into
+    pieces (unrolled code, compiled as long as a whole selection each) only when the leaf is
+    a large part of what is selected, where the pieces bound the temporary memory. Sixteen
+    65k-element leaves: one piece each (only the barriers chaining the leaves); two of them:
+    two pieces each. The masks are the lone-matrix ones either way."""
+    keys = jax.random.split(jax.random.key(5), 16)
+    many = {f"l{i}": {"kernel": jnp.abs(jax.random.normal(k, (128, 512)))}
+            for i, k in enumerate(keys)}
+    two = {k: many[k] for k in ("l0", "l1")}
+    pat = tw.TVW(tile=64)
+
+    def barriers(tree):
+        jaxpr = jax.make_jaxpr(lambda q: tw.masks(q, pat, 0.75))(tree)
+        return _count_primitive(jaxpr, "optimization_barrier")
+
+    assert barriers(many) == 15      # 16 leaves chained, no piece inside any
+    assert barriers(two) == 1 + 2    # 2 leaves chained, each in 2 pieces
+    got = jax.jit(lambda q: tw.masks(q, pat, 0.75))(two)
+    for name, leaf in two.items():
+        np.testing.assert_array_equal(got[name]["kernel"], pat.mask(leaf["kernel"], 0.75))

@@ -208,3 +208,25 @@ def test_patterns_are_hashable_static_args():
     f = jax.jit(lambda x, p: p.mask(x, 0.75), static_argnums=1)
     np.testing.assert_array_equal(np.asarray(f(scores_for((64, 64)), p)),
                                   np.asarray(p.mask(scores_for((64, 64)), 0.75)))
+
+
+def _barriers(fn, *args) -> int:
+    """Optimisation barriers in ``fn``'s jaxpr, nested calls included."""
+    from tests.test_masking import _count_primitive
+
+    return _count_primitive(jax.make_jaxpr(fn)(*args), "optimization_barrier")
+
+
+def test_share_sizes_tvw_pieces_but_never_changes_the_mask():
+    # 256 x 384 = 3 pieces of 32k elements when the matrix is all that is selected
+    # (share 1); a 1% share is selected in one. Coarse scores: ties across pieces.
+    sc = jnp.round(scores_for((256, 384)) * 2) / 2
+    p = tw.TVW(tile=32)
+    masks = {share: np.asarray(p.mask(sc, 0.75, share=share)) for share in (1.0, 0.2, 0.01)}
+    for share, m in masks.items():
+        np.testing.assert_array_equal(m, masks[1.0], err_msg=str(share))
+    tw.check(masks[1.0], p, 0.75)  # the independent checker: TVW, kept count included
+    assert _barriers(lambda x: p.mask(x, 0.75, share=1.0), sc) == 2  # between 3 pieces
+    assert _barriers(lambda x: p.mask(x, 0.75, share=0.2), sc) == 2  # ceil(0.2 * 16) > 3
+    assert _barriers(lambda x: p.mask(x, 0.75, share=0.1), sc) == 1  # ceil(0.1 * 16) = 2
+    assert _barriers(lambda x: p.mask(x, 0.75, share=0.01), sc) == 0

@@ -277,7 +277,7 @@ def _explicit_sharding(x: jax.Array):
     return sharding
 
 
-def _masks_core(scores, sparsities, target, *, pattern, scope, layer_bounds, fixed):
+def _masks_core(scores, sparsities, target, *, pattern, scope, layer_bounds, fixed, shares):
     """Masks of the selected leaves' 2-D score views (one compiled computation).
 
     The selection runs where the scores lie: every step is elementwise, a reduction, or
@@ -290,7 +290,7 @@ def _masks_core(scores, sparsities, target, *, pattern, scope, layer_bounds, fix
     shardings = [_explicit_sharding(sc) for sc in scores]
     explicit = [sp for sp in shardings if sp is not None]
     select = functools.partial(_select_all, pattern=pattern, scope=scope,
-                               layer_bounds=layer_bounds, fixed=fixed)
+                               layer_bounds=layer_bounds, fixed=fixed, shares=shares)
     if not explicit:
         return select(scores, sparsities, target)
     mesh = explicit[0].mesh
@@ -305,24 +305,27 @@ def _couples_leaves(pattern: Pattern, scope: str, fixed: tuple[bool, ...]) -> bo
     return scope == "global" and sum(not f for f in fixed) > 1 and pattern.supports_global
 
 
-def _select_all(scores, sparsities, target, *, pattern, scope, layer_bounds, fixed):
-    """The masks of :func:`_masks_core`, placement aside."""
+def _select_all(scores, sparsities, target, *, pattern, scope, layer_bounds, fixed, shares):
+    """The masks of :func:`_masks_core`, placement aside (``shares``: each leaf's fraction
+    of the elements selected in the :func:`masks` call, see :meth:`Pattern.mask`)."""
     sparsities = list(sparsities)
     pool = [i for i, f in enumerate(fixed) if not f]
     if _couples_leaves(pattern, scope, fixed):
         dens = _global_densities([scores[i] for i in pool], pattern, target, layer_bounds)
         for i, d in zip(pool, dens, strict=True):
             sparsities[i] = 1.0 - d
-        return [pattern.mask(sc, sp) for sc, sp in zip(scores, sparsities, strict=True)]
+        return [pattern.mask(sc, sp, share=sh)
+                for sc, sp, sh in zip(scores, sparsities, shares, strict=True)]
     out = []
-    for sc, sp in zip(scores, sparsities, strict=True):
+    for sc, sp, sh in zip(scores, sparsities, shares, strict=True):
         if out:  # one leaf at a time: its working buffers are freed before the next starts
             _, sc = jax.lax.optimization_barrier((out[-1], sc))
-        out.append(pattern.mask(sc, sp))
+        out.append(pattern.mask(sc, sp, share=sh))
     return out
 
 
-_core = jax.jit(_masks_core, static_argnames=("pattern", "scope", "layer_bounds", "fixed"))
+_core = jax.jit(_masks_core,
+                static_argnames=("pattern", "scope", "layer_bounds", "fixed", "shares"))
 
 
 # -- public entry point -----------------------------------------------------------------------
@@ -514,9 +517,11 @@ def masks(
         selected.append(_Leaf(i, path, leaf, score, leaf_sparsity, fixed, n_in))
 
     if selected:
-        kwargs = dict(pattern=pattern, scope=scope, layer_bounds=layer_bounds,
-                      fixed=tuple(lf.fixed for lf in selected))
         score_list = [lf.score for lf in selected]
+        total = sum(math.prod(jnp.shape(sc)) for sc in score_list)
+        shares = tuple(math.prod(jnp.shape(sc)) / total for sc in score_list)
+        kwargs = dict(pattern=pattern, scope=scope, layer_bounds=layer_bounds,
+                      fixed=tuple(lf.fixed for lf in selected), shares=shares)
         sparsities = [lf.sparsity for lf in selected]
         # Concrete and traced sparsities take the same computation (the sparsities are
         # arguments, read by Pattern.effective_sparsity): eager and jit masks are identical.
@@ -531,9 +536,9 @@ def masks(
             # leaves compiled for as long as it had leaves: TVW on BERT-base's 72 linear
             # layers took about two minutes, where these are three shapes.
             mask_list = [_core([sc], [sp], target, pattern=pattern, scope=scope,
-                               layer_bounds=layer_bounds, fixed=(lf.fixed,))[0]
-                         for sc, sp, lf in zip(score_list, sparsity_list, selected,
-                                               strict=True)]
+                               layer_bounds=layer_bounds, fixed=(lf.fixed,), shares=(sh,))[0]
+                         for sc, sp, lf, sh in zip(score_list, sparsity_list, selected, shares,
+                                                   strict=True)]
         for lf, m in zip(selected, mask_list, strict=True):
             out[lf.index] = m.reshape(lf.leaf.shape)
     return jax.tree_util.tree_unflatten(treedef, out)
