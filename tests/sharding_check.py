@@ -45,10 +45,17 @@ def _record(report: dict, name: str, sharded, single, inp, *, exact: bool = True
     }
 
 
+#: Global cases also checked with a traced sparsity inside a jitted function. Eagerly,
+#: ``masks`` already passes the sparsity to the same compiled selection as an argument;
+#: these cover the caller's jit around it: every kind of unit (elements, tile segments
+#: with columns, tiles then 2:4) and the layer bounds.
+JIT_CASES = ("EW-global", "TW2D-global", "TVW-global", "TVW-global-bounded")
+
+
 def run(mesh: jax.sharding.Mesh, prefix: str, cases: str) -> dict:
     """Checks on ``mesh``, keyed ``prefix/...``: ``cases="layer"``: every layer-scope mask
     case, the prune transform and both compressed matmuls; ``"global"``: every global-scope
-    mask case (also with a traced sparsity); ``"few"``: one case per family."""
+    mask case (those in JIT_CASES also with a traced sparsity); ``"few"``: one case per family."""
     assert cases in ("layer", "global", "few"), cases
     devices = jax.devices()
     one = jax.sharding.SingleDeviceSharding(devices[0])
@@ -92,9 +99,9 @@ def run(mesh: jax.sharding.Mesh, prefix: str, cases: str) -> dict:
         for layer in ("a", "b"):
             _record(report, f"masks/{name}/{layer}", ms[layer]["kernel"], m1[layer]["kernel"],
                     sharded[layer]["kernel"])
-        if scope != "global":
+        if scope != "global" or name not in JIT_CASES:
             continue
-        # Traced sparsity (the schedule path) too.
+        # Traced sparsity (the schedule path) too, inside the caller's jit.
         f = jax.jit(lambda p, s_, pat=pat, scope=scope, kw=kw: tvwjax.masks(
             p, pat, s_, scope=scope, **kw))
         mt = f(sharded, jnp.float32(s))
