@@ -60,10 +60,11 @@ def order_key(x: Array) -> Array:
     return jax.lax.bitcast_convert_type(key, jnp.uint32) ^ jnp.uint32(0x80000000)
 
 
-def max_key_where(pred, n_bits: int = 32) -> Array:
+def max_key_where(pred, n_bits: int = 32, shape: tuple[int, ...] = ()) -> Array:
     """Largest ``uint32`` key ``t < 2**n_bits`` with ``pred(t)`` true, for ``pred`` true at 0
     and monotone (true up to some point, false after). Bisection: ``n_bits + 1`` passes, no
-    sort."""
+    sort. With ``shape``, independent bisections side by side: ``pred`` maps a ``shape``
+    array of keys to a ``shape`` array of bools, and the result has that shape."""
 
     def body(_, lohi):
         lo, hi = lohi  # pred(lo) is true; every key above hi is false
@@ -72,8 +73,8 @@ def max_key_where(pred, n_bits: int = 32) -> Array:
         ok = pred(mid)
         return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - jnp.uint32(1))
 
-    top = jnp.uint32(0xFFFFFFFF if n_bits >= 32 else (1 << n_bits) - 1)
-    lo, _ = jax.lax.fori_loop(0, n_bits + 1, body, (jnp.uint32(0), top))
+    top = jnp.full(shape, 0xFFFFFFFF if n_bits >= 32 else (1 << n_bits) - 1, jnp.uint32)
+    lo, _ = jax.lax.fori_loop(0, n_bits + 1, body, (jnp.zeros(shape, jnp.uint32), top))
     return lo
 
 

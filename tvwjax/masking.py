@@ -242,17 +242,23 @@ def allocate(units: list[tuple[jax.Array, jax.Array | None]], totals: list[int],
     density = 1.0 - jnp.asarray(sparsity, jnp.float32)
     budget = jnp.clip(density / scale, 0.0, 1.0) * sum_total
 
-    def raw_threshold(t, divisor):
-        # The smallest unit key whose normalised key ``order_key(u / divisor)`` reaches t
-        # (a scalar bisection).
+    divs = None if divisors is None else jnp.stack(divisors).astype(jnp.float32)
+
+    def raw_thresholds(t):
+        # Per leaf, the smallest unit key whose normalised key ``order_key(u / divisor)``
+        # reaches t: one scalar bisection per leaf, all leaves side by side (one loop,
+        # however many leaves).
         x = max_key_where(lambda x: order_key(
-            from_key(x + jnp.uint32(0x80000000)) / divisor) < t, 31)
+            from_key(x + jnp.uint32(0x80000000)) / divs) < t, 31, divs.shape)
         return jnp.where(t <= jnp.uint32(0x80000000), jnp.uint32(0),
                          x + jnp.uint32(0x80000001))
 
     def kept_at(t):
-        cuts = ([t] * len(keys) if divisors is None else
-                [raw_threshold(t, dv) for dv in divisors])
+        if divs is None:
+            cuts = [t] * len(keys)
+        else:
+            raw = raw_thresholds(t)
+            cuts = [raw[i] for i in range(len(keys))]
         kept = jnp.stack([size_where(key >= cut, z)
                           for key, z, cut in zip(keys, sizes, cuts, strict=True)])
         return jnp.clip(kept.astype(jnp.float32), lo, hi)
