@@ -12,13 +12,19 @@ Layout (the PyTorch/CUTLASS convention, along the contraction axis 0):
   value rows ``4r .. 4r + 3`` in bits ``[0,2), [2,4), [4,6), [6,8)``.
 
 Only elementwise integer ops are used to decode (:func:`unpack_plane`), so the same function
-works on whole arrays on the CPU and on loaded blocks inside a Pallas kernel.
+works on whole arrays on the CPU and on loaded blocks inside a Pallas kernel. The encoders
+(:func:`nm_compress`, :func:`pack_index`) compute with NumPy when given NumPy arrays (a
+format built once on the host: nothing to compile, whatever the shape) and with
+``jax.numpy`` otherwise; both give the same bits.
 """
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pallas_kernels.errors import KernelConfigError, KernelShapeError
 
@@ -28,6 +34,11 @@ Array = jax.Array
 INDEX_BITS = 2
 #: Packed position indices per metadata byte (the "planes" of a byte).
 PLANES = 8 // INDEX_BITS
+
+
+def _xp(*arrays) -> ModuleType:
+    """NumPy when every argument is a NumPy array, else ``jax.numpy``."""
+    return np if all(isinstance(a, np.ndarray) for a in arrays) else jnp
 
 
 def nm_compress(dense: Array, mask: Array, n: int = 2, m: int = 4) -> tuple[Array, Array]:
@@ -42,20 +53,22 @@ def nm_compress(dense: Array, mask: Array, n: int = 2, m: int = 4) -> tuple[Arra
       n, m: the N:M pattern.
 
     Returns:
-      ``values`` ``(R*n/m, N)`` with the dtype of ``dense`` and ``index`` ``(R*n/m, N)`` uint8.
+      ``values`` ``(R*n/m, N)`` with the dtype of ``dense`` and ``index`` ``(R*n/m, N)`` uint8
+      (NumPy arrays when ``dense`` and ``mask`` are).
 
     Raises:
       KernelShapeError: ``R`` is not divisible by ``m``.
     """
+    xp = _xp(dense, mask)
     rows, cols = dense.shape
     if rows % m:
         raise KernelShapeError(f"dense: N:M compression needs axis 0 ({rows}) divisible by "
                                f"m={m}")
     g_mask = mask.reshape(rows // m, m, cols)
     # Kept positions first, in increasing order (stable sort of "not kept").
-    pos = jnp.argsort(~g_mask, axis=1, stable=True)[:, :n, :]
-    vals = jnp.take_along_axis(dense.reshape(rows // m, m, cols), pos, axis=1)
-    return vals.reshape(rows // m * n, cols), pos.reshape(rows // m * n, cols).astype(jnp.uint8)
+    pos = xp.argsort(~g_mask, axis=1, stable=True)[:, :n, :]
+    vals = xp.take_along_axis(dense.reshape(rows // m, m, cols), pos, axis=1)
+    return vals.reshape(rows // m * n, cols), pos.reshape(rows // m * n, cols).astype(xp.uint8)
 
 
 def nm_decompress(values: Array, index: Array, n: int = 2, m: int = 4) -> Array:
@@ -77,22 +90,23 @@ def nm_decompress(values: Array, index: Array, n: int = 2, m: int = 4) -> Array:
 
 def pack_index(index: Array) -> Array:
     """Pack 2-bit indices four per byte along axis 0 (rows padded with zeros to a multiple
-    of 4); returns ``(ceil(R / 4), ...)`` uint8.
+    of 4); returns ``(ceil(R / 4), ...)`` uint8 (a NumPy array for a NumPy ``index``).
 
     Raises:
       KernelShapeError: ``index`` is 0-d.
     """
     if index.ndim < 1:
         raise KernelShapeError("index must have at least one dimension, got a 0-d array")
+    xp = _xp(index)
     rows = index.shape[0]
     pad = (-rows) % PLANES
-    idx = jnp.asarray(index, jnp.uint8)
+    idx = xp.asarray(index, xp.uint8)
     if pad:
-        idx = jnp.concatenate([idx, jnp.zeros((pad,) + idx.shape[1:], jnp.uint8)], axis=0)
+        idx = xp.concatenate([idx, xp.zeros((pad,) + idx.shape[1:], xp.uint8)], axis=0)
     idx = idx.reshape((idx.shape[0] // PLANES, PLANES) + idx.shape[1:])
-    out = jnp.zeros((idx.shape[0],) + idx.shape[2:], jnp.uint8)
+    out = xp.zeros((idx.shape[0],) + idx.shape[2:], xp.uint8)
     for i in range(PLANES):
-        out = out | (idx[:, i] << jnp.uint8(INDEX_BITS * i))
+        out = out | (idx[:, i] << xp.uint8(INDEX_BITS * i))
     return out
 
 

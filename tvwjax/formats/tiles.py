@@ -393,10 +393,11 @@ class TileVectorWise(TileFormat):
                 f"{g * m}..{g * m + m - 1} (original rows {rows[ti, g * m:(g + 1) * m].tolist()})"
                 f" keep {int(per_group[ti, g, c])} entries of column {int(cols[ti, c])}; at most "
                 f"{n} of every {m} are allowed")
-        flat_v = jnp.asarray(vals.transpose(1, 0, 2).reshape(kp, t * tile))
-        flat_m = jnp.asarray(keep.transpose(1, 0, 2).reshape(kp, t * tile))
+        # NumPy in, NumPy out: each leaf's own Kp would compile the codec's ops anew.
+        flat_v = np.ascontiguousarray(vals.transpose(1, 0, 2).reshape(kp, t * tile))
+        flat_m = np.ascontiguousarray(keep.transpose(1, 0, 2).reshape(kp, t * tile))
         v, idx = nm_compress(flat_v, flat_m, n, m)
-        meta = np.asarray(pack_index(idx))
+        meta = pack_index(idx)
         vr = kp * n // m
         v = jnp.asarray(v).reshape(vr, t, tile).transpose(1, 0, 2)
         meta = meta.reshape(meta.shape[0], t, tile).transpose(1, 0, 2)
