@@ -102,7 +102,9 @@ def _model(targets: dict[str, str], repeats: int) -> None:
     fns = {"dense": functools.partial(jax.jit(model.apply), {"params": params}, x)}
     for tag, target in targets.items():
         with tracing_with(target):
-            f = jax.jit(model.apply)
+            # A fresh function per build: jax.jit(model.apply) again would reuse the first
+            # build's trace (jit caches traces by the function), timing one build twice.
+            f = jax.jit(lambda v, x: model.apply(v, x))
             jax.block_until_ready(f({"params": compressed}, x))
         fns[tag] = functools.partial(f, {"params": compressed}, x)
     med = medians(fns, repeats)
