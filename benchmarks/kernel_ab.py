@@ -8,7 +8,8 @@ apart. This loads every given build of the extension (``tvwjax._tw_cpu``, e.g. c
 of ``build/`` before and after a change) into this one process, registers each under an
 FFI target of its own, and times them in interleaved rounds, so load changes hit all of
 them alike. Workloads: BERT-base's layer shapes at 1024 rows (``768x768``, ``768x3072``,
-``3072x768``, TW 75%, and ``3072x768`` at 99%, which is nearly all transpose and output),
+``3072x768``, TW 75%, and ``3072x768`` at 99%, which is nearly all reading x and writing
+the output), or the layers of ``--shape`` at ``--rows`` rows,
 one jitted layer per call with its operands warm; ``--model``: the BERT-base encoder of
 :mod:`benchmarks.model` end to end (dense first, for the ratio); ``--gemv``: M = 1 at
 4096 x 4096, TW 75% and 90%, 8 layers per jitted call after a cache flush, as
@@ -74,10 +75,11 @@ def medians(fns: dict[str, Callable[[], Any]], repeats: int,
     return {k: v * 1e3 for k, v in med.items()}
 
 
-def _layers(targets: dict[str, str], repeats: int) -> None:
-    for k, n, s in SHAPES:
+def _layers(targets: dict[str, str], repeats: int, m: int = 1024,
+            shapes: list[tuple[int, int, float]] | None = None) -> None:
+    for k, n, s in shapes or SHAPES:
         w = jax.random.normal(jax.random.key(0), (k, n))
-        x = jax.random.normal(jax.random.key(1), (1024, k))
+        x = jax.random.normal(jax.random.key(1), (m, k))
         cw = compress(w, np.asarray(TW().mask(jnp.abs(w), s)), TW())
         fns = {}
         for tag, target in targets.items():
@@ -86,7 +88,7 @@ def _layers(targets: dict[str, str], repeats: int) -> None:
                 jax.block_until_ready(f(x))
             fns[tag] = functools.partial(f, x)
         med = medians(fns, repeats)
-        print(f"1024x{k}x{n} TW {s:.0%}: " + "  ".join(f"{t} {v:.3f} ms" for t, v in med.items()),
+        print(f"{m}x{k}x{n} TW {s:.0%}: " + "  ".join(f"{t} {v:.3f} ms" for t, v in med.items()),
               flush=True)
 
 
@@ -147,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--model", action="store_true", help="BERT-base end to end")
     mode.add_argument("--gemv", action="store_true", help="M = 1, 8 layers per call")
+    p.add_argument("--rows", type=int, default=1024, help="rows of x (layer mode)")
+    p.add_argument("--shape", action="append", default=None, metavar="KxN@S",
+                   help="layer shape and sparsity, e.g. 4096x4096@0.9 (layer mode; repeatable; "
+                        "default: BERT-base's)")
     p.add_argument("--repeats", type=int, default=None,
                    help="rounds (default: 40 per layer, 9 for --model, 15 for --gemv)")
     args = p.parse_args(argv)
@@ -161,7 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     elif args.gemv:
         _gemv(targets, args.repeats or 15)
     else:
-        _layers(targets, args.repeats or 40)
+        shapes = None
+        if args.shape:
+            try:
+                shapes = [(int(kn.split("x")[0]), int(kn.split("x")[1]), float(sp))
+                          for kn, _, sp in (v.partition("@") for v in args.shape)]
+            except (ValueError, IndexError):
+                raise SystemExit(
+                    f"--shape expects KxN@S, e.g. 4096x4096@0.9; got {args.shape}") from None
+        _layers(targets, args.repeats or 40, args.rows, shapes)
     print("last call (us): " + ", ".join(
         f"{t} {m.last_call()['call_us']:.0f}" for t, m in modules.items()))
     return 0

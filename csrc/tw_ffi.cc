@@ -49,7 +49,7 @@ std::vector<const TwKernel*> Supported() {
   return out;
 }
 
-constexpr int64_t kTransposeMinM = 48;
+constexpr int64_t kTransposeMinM = 48;  // bfloat16 x from this many rows: x^T first
 constexpr int64_t kTransposeBlock = 64;  // rows and columns of x per transpose item
 // A call's single-thread time is estimated from the bytes of weights it streams and its
 // FLOPs at these rates (one core, conservative); under kMinParallelUs it runs on the calling
@@ -238,14 +238,14 @@ ffi::Error TwMatmulImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer v
     threads = std::min<int64_t>(threads, cap);
 
   // Items: tiles, split along M when there are too few tiles to keep every thread busy;
-  // for large M, transposes of x first.
+  // for bfloat16 x with many rows, transposes of x first (float32 x is read in place).
   const int64_t mr = s->kernel->mr;
   int64_t chunks = 1;
   if (p.m > mr && p.t < 4 * threads)
     chunks = std::min<int64_t>((4 * threads + p.t - 1) / p.t, (p.m + mr - 1) / mr);
   const int64_t step = (p.m + chunks - 1) / chunks;
   const int64_t rows_per_item = p.m == 1 ? 1 : (step + mr - 1) / mr * mr;
-  const bool transpose = p.m >= kTransposeMinM;
+  const bool transpose = p.dtype == DType::kBF16 && p.m >= kTransposeMinM;
   const int64_t n_items =
       p.t * ((p.m + rows_per_item - 1) / rows_per_item) +
       (transpose ? ((p.m + kTransposeBlock - 1) / kTransposeBlock) *
@@ -264,8 +264,8 @@ ffi::Error TwMatmulImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer v
   p.ldt = 0;
   s->items.reserve(static_cast<size_t>(n_items));
   if (transpose) {
-    // Large M: x^T (float32) first, in parallel; the micro-kernel then reads each compact
-    // row's activations as contiguous runs of x^T. Row stride: an odd number of 64-byte
+    // bfloat16 x, many rows: x^T (converted to float32 once) first, in parallel; the
+    // micro-kernel then reads each compact row's activations as contiguous runs of x^T. Row stride: an odd number of 64-byte
     // lines, so consecutive rows of x^T fall in different L1 sets (a stride of 4 KiB
     // multiples put them all in one).
     p.ldt = ((p.m + 15) / 16) | 1;

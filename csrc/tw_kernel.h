@@ -28,8 +28,9 @@ struct TwProblem {
   const int32_t* cols;
   const int32_t* counts;
   void* y;
-  // Optional: x transposed to float32, (k, m) row-major (set by the handler for large M;
-  // packing then copies contiguous runs of rows of x^T instead of gathering from x).
+  // Optional: x transposed to float32, (k, m) row-major (set by the handler for bfloat16 x
+  // with many rows: the micro-kernel reads contiguous runs of rows of x^T instead of
+  // converting each value of x it broadcasts).
   const float* xt;
   int64_t ldt;  // row stride of xt in floats (>= m)
 };

@@ -8,11 +8,15 @@
 //     through the row table and broadcast (memory-bound: reads k_t x G values once);
 //   * otherwise a register-blocked GEMM (BLIS-style) whose MR x NR micro-kernel accumulates
 //     in registers (float32 accumulation for bf16 too). The activations of compact row k
-//     are x[m0:m0+MR, rows[t, k]]: for few rows of x they are gathered *while packing* MR-row
-//     slivers (no gathered copy of x beyond one MC x KC block in cache) and the weight
-//     panels are read in place (f32); for many rows (x^T given, see TwProblem::xt) the
-//     micro-kernel reads them straight from x^T, where they are MR contiguous floats of row
-//     rows[t, k] (nothing packed), against the tile's weights packed into NR-wide panels.
+//     are x[m0:m0+MR, rows[t, k]], read in one of three ways:
+//       - float32, few rows (<= SMALL_M): gathered *while packing* MR-row slivers (no
+//         gathered copy of x beyond one MC x KC block in cache), weights read in place;
+//       - float32, more rows: broadcast straight from x (MR rows ldx apart, column
+//         rows[t, k]; nothing packed, no copy of x) against the tile's weights packed into
+//         NR-wide panels;
+//       - bfloat16, many rows (x^T given, see TwProblem::xt): MR contiguous floats of row
+//         rows[t, k] of the float32 x^T the handler built, against packed panels;
+//       - bfloat16, few rows: packed slivers against packed panels.
 // Results land in a per-thread MC x Gp float scratch and are then written (and rounded for
 // bf16) to the tile's output columns cols[t, :] (padding columns dropped); a float32 tile
 // of whole NR-wide panels over contiguous output columns accumulates straight into y.
@@ -36,10 +40,17 @@
 namespace tvwjax {
 namespace TWK_NS {
 
+// The micro-tile: MR rows x NV vectors, MR * NV accumulators. AVX-512 (32 registers):
+// 6 x 64 (24 accumulators, 4 weight vectors, one broadcast). Measured against 12 x 32 on a
+// 2-vCPU AMD EPYC (Zen 4), same process, interleaved (benchmarks.kernel_ab, 2026-12-02),
+// both reading x directly: BERT-base TW 75% end to end 396 vs 425 ms; 512 x 4096 x 4096
+// 21.7 vs 25.7 ms (75%), 9.9 vs 14.2 ms (90%): six rows of x (read in place, ldx apart)
+// stay within an L1 set's eight ways where twelve rows 4 KiB-multiples apart do not.
+// AVX2 (16 registers) and SSE2: 6 x 2 vectors.
 constexpr int VW = TWK_VW;
-constexpr int NV = 2;                      // vectors per micro-tile row
+constexpr int NV = VW == 16 ? 4 : 2;       // vectors per micro-tile row
 constexpr int NR = NV * VW;                // micro-tile columns
-constexpr int MR = VW == 16 ? 12 : 6;      // micro-tile rows (2*MR accumulators)
+constexpr int MR = 6;                      // micro-tile rows
 constexpr int64_t MC = 144;                // rows of x per packed A block (multiple of MR)
 constexpr int64_t KC = 256;                // compact rows per packed A block
 constexpr int64_t SMALL_M = 32;            // up to this many rows: weights read in place
@@ -114,7 +125,7 @@ static inline void transpose8x8(const T* in, int64_t ldi, float* out, int64_t ld
     t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
     t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
   }
-#pragma GCC unroll 2
+#pragma GCC unroll 4
   for (int i = 0; i < 8; i += 4) {
     r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
     r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
@@ -183,7 +194,7 @@ static void pack_b(const T* w, int64_t g, int64_t kt, float* bp) {
     if (c0 + NR <= g) {
       for (int64_t k = 0; k < kt; ++k) {
         const T* src = w + k * g + c0;
-#pragma GCC unroll 2
+#pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) store(out + k * NR + v * VW, load(src + v * VW));
       }
     } else {
@@ -198,10 +209,12 @@ static void pack_b(const T* w, int64_t g, int64_t kt, float* bp) {
 // c[i, 0:NR] (+)= sum_k A_k[i] * b[k * ldb + 0:NR], i < R, where A_k (R floats) is step k's
 // activations: a packed sliver (PackedA) or a run of x^T found through the row table
 // (RowsOfXt). One body for both, so the two stay the same register-blocked loop.
+// Each gives at(k), the address of A_k[0], and stride(), the distance of A_k[i + 1].
 struct PackedA {  // ap[k * R + i]
   const float* ap;
   int r;
   const float* at(int64_t k) const { return ap + k * r; }
+  static constexpr int64_t stride() { return 1; }
   void prefetch(int64_t) const {}
 };
 
@@ -211,9 +224,22 @@ struct RowsOfXt {  // xt[rows[k] * ldt + i]: the activations of compact row k, c
   const int32_t* rows;
   int64_t kc;
   const float* at(int64_t k) const { return xt + static_cast<int64_t>(rows[k]) * ldt; }
+  static constexpr int64_t stride() { return 1; }
   void prefetch(int64_t k) const {
     if (k + 8 < kc) __builtin_prefetch(at(k + 8));
   }
+};
+
+// x[i * ldx + rows[k]]: x itself (float32, rows ldx apart), column rows[k]. Each line of x
+// serves the few kept columns it holds in consecutive steps (the rows are sorted); software
+// prefetch of the next rows measured no gain.
+struct RowsOfX {
+  const float* x;
+  int64_t ldx;
+  const int32_t* rows;
+  const float* at(int64_t k) const { return x + rows[k]; }
+  int64_t stride() const { return ldx; }
+  void prefetch(int64_t) const {}
 };
 
 template <int R, typename A>
@@ -222,26 +248,27 @@ static inline void micro_body(int64_t kc, const A& a, const float* __restrict b,
   vf acc[R][NV];
 #pragma GCC unroll 16
   for (int i = 0; i < R; ++i)
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[i][v] = accumulate ? load(c + i * ldc + v * VW) : vf{};
   for (int64_t k = 0; k < kc; ++k) {
     const float* __restrict ak = a.at(k);
+    const int64_t as = a.stride();
     a.prefetch(k);
     vf bv[NV];
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) bv[v] = load(b + v * VW);
     if (ldb != NR) __builtin_prefetch(b + 8 * ldb);
 #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
-      const vf av = bcast(ak[i]);
-#pragma GCC unroll 2
+      const vf av = bcast(ak[i * as]);
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[i][v] += av * bv[v];
     }
     b += ldb;
   }
 #pragma GCC unroll 16
   for (int i = 0; i < R; ++i)
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) store(c + i * ldc + v * VW, acc[i][v]);
 }
 
@@ -263,22 +290,25 @@ static void micro_t(int64_t kc, const float* __restrict xt, int64_t ldt,
   micro_body<R>(kc, RowsOfXt{xt, ldt, rows, kc}, b, NR, c, ldc, accumulate);
 }
 
+// Activations broadcast straight from x (float32, row stride ldx) through the row table.
+template <int R>
+static void micro_x(int64_t kc, const float* __restrict x, int64_t ldx,
+                    const int32_t* __restrict rows, const float* __restrict b, float* __restrict c,
+                    int64_t ldc, bool accumulate) {
+  micro_body<R>(kc, RowsOfX{x, ldx, rows}, b, NR, c, ldc, accumulate);
+}
+
+// micro_t and micro_x: (kc, activations, their row stride, row table, packed panel, c, ldc,
+// accumulate).
 typedef void (*MicroTFn)(int64_t, const float*, int64_t, const int32_t*, const float*, float*,
                          int64_t, bool);
 
-#if TWK_VW == 16
-static constexpr MicroFn kMicro[MR + 1] = {nullptr,    &micro<1>,  &micro<2>, &micro<3>, &micro<4>,
-                                           &micro<5>,  &micro<6>,  &micro<7>, &micro<8>, &micro<9>,
-                                           &micro<10>, &micro<11>, &micro<12>};
-static constexpr MicroTFn kMicroT[MR + 1] = {
-    nullptr,      &micro_t<1>, &micro_t<2>,  &micro_t<3>,  &micro_t<4>,  &micro_t<5>, &micro_t<6>,
-    &micro_t<7>,  &micro_t<8>, &micro_t<9>,  &micro_t<10>, &micro_t<11>, &micro_t<12>};
-#else
 static constexpr MicroFn kMicro[MR + 1] = {nullptr,   &micro<1>, &micro<2>, &micro<3>,
                                            &micro<4>, &micro<5>, &micro<6>};
 static constexpr MicroTFn kMicroT[MR + 1] = {nullptr,     &micro_t<1>, &micro_t<2>, &micro_t<3>,
                                              &micro_t<4>, &micro_t<5>, &micro_t<6>};
-#endif
+static constexpr MicroTFn kMicroX[MR + 1] = {nullptr,     &micro_x<1>, &micro_x<2>, &micro_x<3>,
+                                             &micro_x<4>, &micro_x<5>, &micro_x<6>};
 
 // ---- output --------------------------------------------------------------------------------
 template <typename T>
@@ -366,7 +396,12 @@ static void gemv(const TwProblem& p, int64_t tile, int64_t m, float* c) {
 
 // ---- the GEMM of one tile over rows [m0, m1) -------------------------------------------------
 static bool weights_in_place(const TwProblem& p, int64_t rows) {
-  return !p.xt && p.dtype == DType::kF32 && p.g % NR == 0 && rows <= SMALL_M;
+  return p.dtype == DType::kF32 && p.g % NR == 0 && rows <= SMALL_M;
+}
+
+// float32 rows beyond the in-place case: the micro-kernel reads x itself (RowsOfX).
+static bool reads_x(const TwProblem& p, int64_t rows) {
+  return p.dtype == DType::kF32 && !weights_in_place(p, rows);
 }
 
 static int64_t k_block(const TwProblem& p, int64_t rows, int64_t kt) {
@@ -386,7 +421,7 @@ static Layout layout(const TwProblem& p, int64_t rows) {
   Layout l;
   l.c = 0;
   l.a = round_up(mcp * gp, 16);
-  l.b = round_up(l.a + (p.xt ? 0 : mcp * kc), 16);  // no A block when reading x^T
+  l.b = round_up(l.a + (p.xt || reads_x(p, rows) ? 0 : mcp * kc), 16);  // A packed only
   l.total = l.b + (weights_in_place(p, rows) ? 0 : p.kp * gp) + 16;
   return l;
 }
@@ -418,12 +453,18 @@ static void gemm(const TwProblem& p, int64_t tile, int64_t m0, int64_t m1, float
     float* c = direct ? static_cast<float*>(p.y) + mb * p.n + cols[0] : scratch + l.c;
     for (int64_t k0 = 0; k0 < kt; k0 += kcb) {
       const int64_t kc = kt - k0 < kcb ? kt - k0 : kcb;
-      if (p.xt) {  // activations read from x^T through the row table: nothing to pack
+      if (p.xt || reads_x(p, m1 - m0)) {  // activations read through the row table
         for (int64_t s = 0; s * MR < mc; ++s) {
           const int r = static_cast<int>(mc - s * MR < MR ? mc - s * MR : MR);
-          for (int64_t j = 0; j < panels; ++j)
-            kMicroT[r](kc, p.xt + mb + s * MR, p.ldt, rows + k0, bp + j * kt * NR + k0 * NR,
-                       c + s * MR * ldc + j * NR, ldc, k0 > 0);
+          for (int64_t j = 0; j < panels; ++j) {
+            const float* b = bp + j * kt * NR + k0 * NR;
+            float* cs = c + s * MR * ldc + j * NR;
+            if (p.xt)
+              kMicroT[r](kc, p.xt + mb + s * MR, p.ldt, rows + k0, b, cs, ldc, k0 > 0);
+            else
+              kMicroX[r](kc, reinterpret_cast<const float*>(x) + (mb + s * MR) * p.k, p.k,
+                         rows + k0, b, cs, ldc, k0 > 0);
+          }
         }
         continue;
       }

@@ -98,6 +98,28 @@ def test_every_isa(isa):
         cpu_kernel.set_isa(None)
 
 
+@pytest.mark.parametrize("k", [203, 1024])
+def test_register_panel_tiles_every_row_path(k):
+    """Tiles of whole register panels (64 and 128 columns: float32 output accumulated in
+    place in y where a tile's columns are contiguous, through scratch where they are not),
+    on every instruction set, across the row paths: 2..32 rows (weights read in place, x
+    gathered while packing), 33 and more (float32: x broadcast in place through the row
+    table; bfloat16: from 48 rows through x^T). K = 1024 puts the rows of x 4 KiB apart."""
+    isas = cpu_kernel.report()["supported_isas"]
+    try:
+        for tile in (64, 128):
+            for dtype in (jnp.float32, jnp.bfloat16):
+                w = _awkward(k=k, n=600, tile=tile, dtype=dtype, seed=tile)
+                assert (w.counts == 0).any() and (w.counts == k).any()
+                for isa in isas:
+                    cpu_kernel.set_isa(isa)
+                    for m in (2, 32, 33, 47, 48, 130):
+                        x = _x(m, k, dtype, seed=m)
+                        _close(cpu_kernel.tw_matmul_cpu(x, w), _ref(x, w), dtype)
+    finally:
+        cpu_kernel.set_isa(None)
+
+
 @pytest.mark.parametrize("tile", [75, 168])
 def test_wide_tiles_every_column_path(tile):
     """Tiles wider than one vector-register set (the kernel's column chunks of 64 / 128,

@@ -2,13 +2,14 @@
 
 The kernel (``csrc/``, built by ``pip install`` with CMake + nanobind into the extension
 ``tvwjax._tw_cpu``) computes the TW product directly on the compressed layout of
-:mod:`pallas_kernels.layout`: for a few rows of ``x`` each tile's kept rows are gathered
-through the row table *while packing* the GEMM's activation panels (no gathered copy of
-``x`` in memory); from 48 rows ``x`` is transposed once per call and the micro-kernel reads
-each kept row's activations as a contiguous run of ``x^T`` through the row table; a
-register-blocked micro-kernel (AVX-512, AVX2+FMA or SSE2, picked at run time for this
-CPU) accumulates in float32, XLA's intra-op thread pool runs tiles in parallel, and each
-tile's columns are written to their output columns. ``M == 1`` streams every tile's compact
+:mod:`pallas_kernels.layout`, with no gathered copy of ``x`` in memory: for up to 32 rows
+of ``x`` each tile's kept rows are gathered through the row table *while packing* the
+GEMM's activation panels; beyond that the micro-kernel broadcasts each kept row's
+activations straight from ``x`` (float32) through the row table, or, for bfloat16 from 48
+rows, from ``x^T`` converted to float32 once per call; a register-blocked micro-kernel
+(AVX-512, AVX2+FMA or SSE2, picked at run time for this CPU) accumulates in float32,
+XLA's intra-op thread pool runs tiles in parallel, and each tile's columns are written to
+their output columns. ``M == 1`` streams every tile's compact
 rows once (a GEMV, memory-bound).
 
 * :func:`tw_matmul_cpu` -- the product, usable under ``jit``, ``vmap`` and ``grad`` (the
