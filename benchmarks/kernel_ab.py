@@ -76,10 +76,10 @@ def medians(fns: dict[str, Callable[[], Any]], repeats: int,
 
 
 def _layers(targets: dict[str, str], repeats: int, m: int = 1024,
-            shapes: list[tuple[int, int, float]] | None = None) -> None:
+            shapes: list[tuple[int, int, float]] | None = None, dtype: str = "float32") -> None:
     for k, n, s in shapes or SHAPES:
-        w = jax.random.normal(jax.random.key(0), (k, n))
-        x = jax.random.normal(jax.random.key(1), (m, k))
+        w = jax.random.normal(jax.random.key(0), (k, n), dtype)
+        x = jax.random.normal(jax.random.key(1), (m, k), dtype)
         cw = compress(w, np.asarray(TW().mask(jnp.abs(w), s)), TW())
         fns = {}
         for tag, target in targets.items():
@@ -88,8 +88,8 @@ def _layers(targets: dict[str, str], repeats: int, m: int = 1024,
                 jax.block_until_ready(f(x))
             fns[tag] = functools.partial(f, x)
         med = medians(fns, repeats)
-        print(f"{m}x{k}x{n} TW {s:.0%}: " + "  ".join(f"{t} {v:.3f} ms" for t, v in med.items()),
-              flush=True)
+        times = "  ".join(f"{t} {v:.3f} ms" for t, v in med.items())
+        print(f"{m}x{k}x{n} {dtype} TW {s:.0%}: {times}", flush=True)
 
 
 def _model(targets: dict[str, str], repeats: int) -> None:
@@ -153,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shape", action="append", default=None, metavar="KxN@S",
                    help="layer shape and sparsity, e.g. 4096x4096@0.9 (layer mode; repeatable; "
                         "default: BERT-base's)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="x and weights (layer mode)")
+    p.add_argument("--isa", default=None,
+                   help="instruction-set variant every build runs (default: the fastest)")
     p.add_argument("--repeats", type=int, default=None,
                    help="rounds (default: 40 per layer, 9 for --model, 15 for --gemv)")
     args = p.parse_args(argv)
@@ -162,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not tag.isidentifier() or tag in targets:
             raise SystemExit(f"expected distinct TAG=PATH with TAG a name, got {spec!r}")
         targets[tag], modules[tag] = load_build(tag, path)
+        if args.isa:
+            modules[tag].set_isa(args.isa)
     if args.model:
         _model(targets, args.repeats or 9)
     elif args.gemv:
@@ -175,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             except (ValueError, IndexError):
                 raise SystemExit(
                     f"--shape expects KxN@S, e.g. 4096x4096@0.9; got {args.shape}") from None
-        _layers(targets, args.repeats or 40, args.rows, shapes)
+        _layers(targets, args.repeats or 40, args.rows, shapes, args.dtype)
     print("last call (us): " + ", ".join(
         f"{t} {m.last_call()['call_us']:.0f}" for t, m in modules.items()))
     return 0
