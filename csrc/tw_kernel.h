@@ -33,6 +33,10 @@ struct TwProblem {
   // converting each value of x it broadcasts).
   const float* xt;
   int64_t ldt;  // row stride of xt in floats (>= m)
+  // Per tile, from the handler's one pass over `cols`: how many of its columns are real
+  // (< n; they come first) and whether those are one contiguous run of output columns.
+  const int32_t* real_cols;
+  const uint8_t* col_run;
 };
 
 // One instruction-set variant of the kernel.

@@ -317,9 +317,8 @@ static void write_rows(const TwProblem& p, int64_t tile, int64_t m0, int64_t row
   T* y = static_cast<T*>(p.y);
   const int32_t* cols = p.cols + tile * p.g;
   // Real columns come first; the common case is one contiguous run.
-  int64_t gv = 0;
-  while (gv < p.g && cols[gv] < p.n) ++gv;
-  const bool run = gv > 0 && cols[gv - 1] - cols[0] == gv - 1;
+  const int64_t gv = p.real_cols[tile];
+  const bool run = p.col_run[tile];
   for (int64_t i = 0; i < rows_n; ++i) {
     T* yr = y + (m0 + i) * p.n;
     const float* cr = c + i * ldc;
@@ -442,8 +441,8 @@ static void gemm(const TwProblem& p, int64_t tile, int64_t m0, int64_t m1, float
   // float32 output and a tile of whole register panels over one contiguous run of real
   // output columns: the micro-kernel accumulates straight into y (no scratch, no copy).
   const int32_t* cols = p.cols + tile * g;
-  const bool direct = std::is_same<T, float>::value && g % NR == 0 && cols[g - 1] < p.n &&
-                      cols[g - 1] - cols[0] == g - 1;
+  const bool direct = std::is_same<T, float>::value && g % NR == 0 && p.real_cols[tile] == g &&
+                      p.col_run[tile];
   const int64_t ldc = direct ? p.n : gp;
   float* ap = scratch + l.a;
   float* bp = scratch + l.b;
@@ -497,7 +496,7 @@ static void zero_rows(const TwProblem& p, int64_t tile, int64_t m0, int64_t m1) 
   T* y = static_cast<T*>(p.y);
   const int32_t* cols = p.cols + tile * p.g;
   for (int64_t m = m0; m < m1; ++m)
-    for (int64_t g = 0; g < p.g && cols[g] < p.n; ++g) y[m * p.n + cols[g]] = T{};
+    for (int64_t g = 0; g < p.real_cols[tile]; ++g) y[m * p.n + cols[g]] = T{};
 }
 
 template <typename T>

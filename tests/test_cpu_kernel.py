@@ -295,7 +295,8 @@ def test_flax_modules_run_the_kernel(dtype):
 
 
 @pytest.mark.parametrize("m", [1, 5, 60])
-@pytest.mark.parametrize("table", ["rows_high", "rows_negative", "counts", "cols"])
+@pytest.mark.parametrize("table", ["rows_high", "rows_negative", "counts", "cols",
+                                   "cols_padding_first"])
 def test_the_kernel_rejects_tables_out_of_range(table, m):
     """The kernel's own second look at the index tables (the formats checked them already):
     an index out of range is an error naming the table, never a read out of bounds. Rows are
@@ -314,13 +315,17 @@ def test_the_kernel_rejects_tables_out_of_range(table, m):
         rows[0, 0] = -1
     elif table == "counts":
         counts[-1] = rows.shape[1] + 1
-    else:
+    elif table == "cols":
         cols[1, 0] = w.shape[1] + 1
+    else:  # padding before a real column: the items write a tile's leading real columns
+        cols[0, 0] = w.shape[1]
     spec = cpu_kernel._Spec(StaticArray(rows), StaticArray(cols), StaticArray(counts),
                             *w.shape)
     x = _x(m, w.shape[0], jnp.float32)
-    what = {"rows_high": "rows", "rows_negative": "rows"}.get(table, table)
-    with pytest.raises(Exception, match=rf"{what} out of \[0, "):
+    what = {"rows_high": r"rows out of \[0, ", "rows_negative": r"rows out of \[0, ",
+            "cols_padding_first": r"cols: a tile's padding \(N\) before a real column"
+            }.get(table, rf"{table} out of \[0, ")
+    with pytest.raises(Exception, match=what):
         jax.block_until_ready(cpu_kernel._ffi(spec, x, w.compact_values()))
 
 
