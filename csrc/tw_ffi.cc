@@ -212,35 +212,26 @@ ffi::Error TwMatmulImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer v
   p.y = y->untyped_data();
   if (p.m == 0 || p.n == 0) return ffi::Error::Success();
 
-  // Tables: counts and output columns here (O(T * G), one branch-free pass per tile that
-  // also records each tile's real columns for the items); each tile's row indices are
-  // checked by the item that computes it, in parallel and before use (RowsValid).
+  // Tables: counts, then the output columns in one vectorised pass that also records each
+  // tile's real columns for the items; each tile's row indices are checked by the item that
+  // computes it, in parallel and before use (RowsValid).
   auto s = std::make_shared<Shared>();
-  s->real_cols.resize(static_cast<size_t>(p.t));
-  s->col_run.resize(static_cast<size_t>(p.t));
-  int64_t covered = 0, kept = 0;
+  s->kernel = Kernel();
+  int64_t kept = 0;
   for (int64_t t = 0; t < p.t; ++t) {
     const int32_t kt = p.counts[t];
     if (kt < 0 || kt > p.kp) return Check(false, "counts out of [0, Kp]");
     kept += kt;
-    const int32_t* cols = p.cols + t * p.g;
-    const int64_t n = p.n, c0 = p.g > 0 ? cols[0] : 0;
-    int64_t real = 0, first_pad = p.g;
-    bool bad = false, run = true;
-    for (int64_t g = 0; g < p.g; ++g) {
-      const int64_t c = cols[g];
-      bad |= (c < 0) | (c > n);
-      real += c < n;
-      first_pad = std::min(first_pad, c < n ? p.g : g);
-      run &= (c >= n) | (c == c0 + g);
-    }
-    if (bad) return Check(false, "cols out of [0, N]");
-    // The items write a tile's first real_cols columns only: real columns must come first.
-    if (real != first_pad) return Check(false, "cols: a tile's padding (N) before a real column");
-    s->real_cols[t] = static_cast<int32_t>(real);
-    s->col_run[t] = run && real > 0;
-    covered += real;
   }
+  s->real_cols.resize(static_cast<size_t>(p.t));
+  s->col_run.resize(static_cast<size_t>(p.t));
+  switch (s->kernel->scan_cols(p, s->real_cols.data(), s->col_run.data())) {
+    case 1: return Check(false, "cols out of [0, N]");
+    case 2: return Check(false, "cols: a tile's padding (N) before a real column");
+    default: break;
+  }
+  int64_t covered = 0;
+  for (int32_t r : s->real_cols) covered += r;
   p.real_cols = s->real_cols.data();
   p.col_run = s->col_run.data();
   const size_t esize = p.dtype == DType::kF32 ? 4 : 2;
@@ -249,7 +240,6 @@ ffi::Error TwMatmulImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer v
 
   s->start = Clock::now();
   s->caller = std::this_thread::get_id();
-  s->kernel = Kernel();
   const int64_t pool_threads = pool.num_threads();
   g_pool_threads.store(pool_threads, std::memory_order_relaxed);
   int64_t threads = std::max<int64_t>(1, pool_threads);

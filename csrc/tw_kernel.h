@@ -47,6 +47,10 @@ struct TwKernel {
   size_t (*scratch_floats)(const TwProblem& p, int64_t rows);
   // y[m0:m1, cols of tile] = x[m0:m1] @ W_tile; `scratch` is 64-byte aligned.
   void (*item)(const TwProblem& p, int64_t tile, int64_t m0, int64_t m1, float* scratch);
+  // The output-column tables in one pass (vectorised): real_cols[t] and col_run[t] for
+  // every tile (see TwProblem). Returns 0, or 1 if a column lies outside [0, n], or 2 if a
+  // tile has padding (n) before a real column.
+  int (*scan_cols)(const TwProblem& p, int32_t* real_cols, uint8_t* col_run);
   // xt[k0:k1, m0:m1] = x[m0:m1, k0:k1]^T as float32 (row stride p.ldt).
   void (*transpose)(const TwProblem& p, int64_t m0, int64_t m1, int64_t k0, int64_t k1,
                     float* xt);

@@ -22,6 +22,7 @@
 // of whole NR-wide panels over contiguous output columns accumulates straight into y.
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -513,7 +514,38 @@ static void item(const TwProblem& p, int64_t tile, int64_t m0, int64_t m1, float
     item_t<uint16_t>(p, tile, m0, m1, scratch);
 }
 
-extern const TwKernel kKernel = {TWK_NAME, MR, &scratch_floats, &item, &transpose};
+// ---- the output-column tables --------------------------------------------------------------
+static int scan_cols(const TwProblem& p, int32_t* real_cols, uint8_t* col_run) {
+  // Integer arithmetic only and no early exit, so the compiler vectorises the inner loop.
+  // n beyond int32 (no padding value fits in the table then) makes every column real.
+  const int32_t n = p.n > INT32_MAX ? INT32_MAX : static_cast<int32_t>(p.n);
+  const int32_t all_real = p.n > INT32_MAX;
+  const int32_t g = static_cast<int32_t>(p.g);
+  int status = 0;
+  for (int64_t t = 0; t < p.t; ++t) {
+    const int32_t* cols = p.cols + t * p.g;
+    const int32_t c0 = g > 0 ? cols[0] : 0;
+    int32_t real = 0, bad = 0, broken = 0;
+    int64_t index_sum = 0;  // of the real columns' positions
+    for (int32_t j = 0; j < g; ++j) {
+      const int32_t c = cols[j];
+      const int32_t r = all_real | (c < n);
+      bad |= (c < 0) | (c > n);
+      real += r;
+      index_sum += r * j;
+      broken |= r & (c != c0 + j);
+    }
+    if (bad) return 1;
+    // `real` distinct positions in [0, g) sum to real (real - 1) / 2 only if they are the
+    // first `real`: the real columns come first.
+    if (index_sum != static_cast<int64_t>(real) * (real - 1) / 2) status = 2;
+    real_cols[t] = real;
+    col_run[t] = real > 0 && !broken;
+  }
+  return status;
+}
+
+extern const TwKernel kKernel = {TWK_NAME, MR, &scratch_floats, &item, &scan_cols, &transpose};
 
 }  // namespace TWK_NS
 }  // namespace tvwjax
