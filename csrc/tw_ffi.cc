@@ -34,7 +34,8 @@ namespace {
 
 bool CpuHas(const char* feature) {
   __builtin_cpu_init();
-  if (std::string(feature) == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (std::string(feature) == "avx2")
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (std::string(feature) == "avx512")
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
@@ -274,9 +275,9 @@ ffi::Error TwMatmulImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer v
   s->items.reserve(static_cast<size_t>(n_items));
   if (transpose) {
     // bfloat16 x, many rows: x^T (converted to float32 once) first, in parallel; the
-    // micro-kernel then reads each compact row's activations as contiguous runs of x^T. Row stride: an odd number of 64-byte
-    // lines, so consecutive rows of x^T fall in different L1 sets (a stride of 4 KiB
-    // multiples put them all in one).
+    // micro-kernel then reads each compact row's activations as contiguous runs of x^T.
+    // Row stride: an odd number of 64-byte lines, so consecutive rows of x^T fall in
+    // different L1 sets (a stride of 4 KiB multiples put them all in one).
     p.ldt = ((p.m + 15) / 16) | 1;
     p.ldt *= 16;
     try {

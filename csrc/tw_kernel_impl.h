@@ -208,9 +208,10 @@ static void pack_b(const T* w, int64_t g, int64_t kt, float* bp) {
 
 // ---- the micro-kernel ----------------------------------------------------------------------
 // c[i, 0:NR] (+)= sum_k A_k[i] * b[k * ldb + 0:NR], i < R, where A_k (R floats) is step k's
-// activations: a packed sliver (PackedA) or a run of x^T found through the row table
-// (RowsOfXt). One body for both, so the two stay the same register-blocked loop.
-// Each gives at(k), the address of A_k[0], and stride(), the distance of A_k[i + 1].
+// activations: a packed sliver (PackedA), a run of x^T found through the row table
+// (RowsOfXt) or a column of x found through it (RowsOfX). One body for all three, so they
+// stay the same register-blocked loop; each gives at(k), the address of A_k[0], and
+// stride(), the distance from A_k[i] to A_k[i + 1].
 struct PackedA {  // ap[k * R + i]
   const float* ap;
   int r;
@@ -533,7 +534,9 @@ static int scan_cols(const TwProblem& p, int32_t* real_cols, uint8_t* col_run) {
       bad |= (c < 0) | (c > n);
       real += r;
       index_sum += r * j;
-      broken |= r & (c != c0 + j);
+      // c == c0 + j, in wrap-around arithmetic (no signed overflow on a corrupt table)
+      broken |= r & (static_cast<uint32_t>(c) - static_cast<uint32_t>(j) !=
+                     static_cast<uint32_t>(c0));
     }
     if (bad) return 1;
     // `real` distinct positions in [0, g) sum to real (real - 1) / 2 only if they are the
