@@ -67,6 +67,19 @@ def tracing_with(target: str) -> Iterator[None]:
         cpu_kernel._batched.cache_clear()
 
 
+def bound_for(target: str, fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+    """``fn(*args)`` jitted with its TW products traced to ``target``, compiled and run once;
+    returns the no-argument call to time.
+
+    A fresh wrapper per call: ``jax.jit`` caches traces by function, so jitting the same
+    ``fn`` again for another build would reuse the first build's trace and time it twice.
+    """
+    with tracing_with(target):
+        f = jax.jit(lambda *a: fn(*a))
+        jax.block_until_ready(f(*args))
+    return functools.partial(f, *args)
+
+
 def medians(fns: dict[str, Callable[[], Any]], repeats: int,
             between: Callable[[], Any] | None = None) -> dict[str, float]:
     """Median milliseconds of each callable: :func:`benchmarks._timing.interleaved_medians`
@@ -81,12 +94,9 @@ def _layers(targets: dict[str, str], repeats: int, m: int = 1024,
         w = jax.random.normal(jax.random.key(0), (k, n), dtype)
         x = jax.random.normal(jax.random.key(1), (m, k), dtype)
         cw = compress(w, np.asarray(TW().mask(jnp.abs(w), s)), TW())
-        fns = {}
-        for tag, target in targets.items():
-            with tracing_with(target):
-                f = jax.jit(lambda x, cw=cw: cpu_kernel.tw_matmul_cpu(x, cw) + 1.0)
-                jax.block_until_ready(f(x))
-            fns[tag] = functools.partial(f, x)
+        fns = {tag: bound_for(target, lambda x, cw: cpu_kernel.tw_matmul_cpu(x, cw) + 1.0,
+                              x, cw)
+               for tag, target in targets.items()}
         med = medians(fns, repeats)
         times = "  ".join(f"{t} {v:.3f} ms" for t, v in med.items())
         print(f"{m}x{k}x{n} {dtype} TW {s:.0%}: {times}", flush=True)
@@ -103,12 +113,7 @@ def _model(targets: dict[str, str], repeats: int) -> None:
     compressed = compress_params(params, masks(params, TW(), 0.75), TW())
     fns = {"dense": functools.partial(jax.jit(model.apply), {"params": params}, x)}
     for tag, target in targets.items():
-        with tracing_with(target):
-            # A fresh function per build: jax.jit(model.apply) again would reuse the first
-            # build's trace (jit caches traces by the function), timing one build twice.
-            f = jax.jit(lambda v, x: model.apply(v, x))
-            jax.block_until_ready(f({"params": compressed}, x))
-        fns[tag] = functools.partial(f, {"params": compressed}, x)
+        fns[tag] = bound_for(target, model.apply, {"params": compressed}, x)
     med = medians(fns, repeats)
     print("BERT-base TW 75%, 8 x 128 tokens: " + "  ".join(
         f"{t} {v:.1f} ms ({med['dense'] / v:.2f}x)" for t, v in med.items()), flush=True)
@@ -131,10 +136,7 @@ def _gemv(targets: dict[str, str], repeats: int) -> None:
                for w in ws]
         fns = {"dense": functools.partial(dense, x, wts, b)}
         for tag, target in targets.items():
-            with tracing_with(target):
-                chain = layer_chain(cpu_kernel.tw_matmul_cpu)
-                jax.block_until_ready(chain(x, cws, b))
-            fns[tag] = functools.partial(chain, x, cws, b)
+            fns[tag] = bound_for(target, layer_chain(cpu_kernel.tw_matmul_cpu), x, cws, b)
         med = medians(fns, repeats, between=flush)
         print(f"M=1 4096x4096 TW {s:.0%}, per layer: " + "  ".join(
             f"{t} {v / layers:.3f} ms ({med['dense'] / v:.2f}x)" for t, v in med.items()),

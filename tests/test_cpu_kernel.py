@@ -7,6 +7,7 @@ this CPU runs; errors; the report. The suite fails if the extension was not buil
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -327,6 +328,35 @@ def test_the_kernel_rejects_tables_out_of_range(table, m):
             }.get(table, rf"{table} out of \[0, ")
     with pytest.raises(Exception, match=what):
         jax.block_until_ready(cpu_kernel._ffi(spec, x, w.compact_values()))
+
+
+def test_kernel_ab_times_each_build_with_its_own_trace(tmp_path):
+    """benchmarks.kernel_ab.bound_for: one function (a model's apply, say) jitted for two
+    builds runs each build, not the first build's trace twice (jax.jit caches traces by
+    function). Two copies of the extension at distinct paths are two libraries, each with
+    its own last-call record."""
+    import shutil
+
+    from benchmarks import kernel_ab
+    from tvwjax import _tw_cpu
+
+    w = _awkward()
+    x = _x(40, w.shape[0], jnp.float32)
+
+    def model(x):  # the same function object for both builds
+        return cpu_kernel.tw_matmul_cpu(x, w) * 2.0
+
+    builds = {}
+    for tag in ("a", "b"):
+        path = tmp_path / tag / Path(_tw_cpu.__file__).name
+        path.parent.mkdir()
+        shutil.copy(_tw_cpu.__file__, path)
+        builds[tag] = kernel_ab.load_build(tag, str(path))
+    for tag, (target, module) in builds.items():
+        assert module.last_call()["call_us"] == 0  # not called yet
+        call = kernel_ab.bound_for(target, model, x)
+        assert module.last_call()["call_us"] > 0, tag
+        _close(call() / 2.0, _ref(x, w), jnp.float32)
 
 
 def test_kernel_ab_runs_a_second_copy_of_the_extension():
