@@ -252,9 +252,9 @@ static inline void micro_body(int64_t kc, const A& a, const float* __restrict b,
   for (int i = 0; i < R; ++i)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[i][v] = accumulate ? load(c + i * ldc + v * VW) : vf{};
+  const int64_t as = a.stride();
   for (int64_t k = 0; k < kc; ++k) {
     const float* __restrict ak = a.at(k);
-    const int64_t as = a.stride();
     a.prefetch(k);
     vf bv[NV];
 #pragma GCC unroll 4
@@ -455,17 +455,15 @@ static void gemm(const TwProblem& p, int64_t tile, int64_t m0, int64_t m1, float
     for (int64_t k0 = 0; k0 < kt; k0 += kcb) {
       const int64_t kc = kt - k0 < kcb ? kt - k0 : kcb;
       if (p.xt || reads_x(p, m1 - m0)) {  // activations read through the row table
+        // x^T: row i of the sliver is column mb + i of x^T (next float); x: row mb + i of x.
+        const MicroTFn* table = p.xt ? kMicroT : kMicroX;
+        const float* a = p.xt ? p.xt + mb : reinterpret_cast<const float*>(x) + mb * p.k;
+        const int64_t lda = p.xt ? p.ldt : p.k, row_step = p.xt ? 1 : p.k;
         for (int64_t s = 0; s * MR < mc; ++s) {
           const int r = static_cast<int>(mc - s * MR < MR ? mc - s * MR : MR);
-          for (int64_t j = 0; j < panels; ++j) {
-            const float* b = bp + j * kt * NR + k0 * NR;
-            float* cs = c + s * MR * ldc + j * NR;
-            if (p.xt)
-              kMicroT[r](kc, p.xt + mb + s * MR, p.ldt, rows + k0, b, cs, ldc, k0 > 0);
-            else
-              kMicroX[r](kc, reinterpret_cast<const float*>(x) + (mb + s * MR) * p.k, p.k,
-                         rows + k0, b, cs, ldc, k0 > 0);
-          }
+          for (int64_t j = 0; j < panels; ++j)
+            table[r](kc, a + s * MR * row_step, lda, rows + k0, bp + j * kt * NR + k0 * NR,
+                     c + s * MR * ldc + j * NR, ldc, k0 > 0);
         }
         continue;
       }
