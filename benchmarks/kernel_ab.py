@@ -11,9 +11,10 @@ them alike. Workloads: BERT-base's layer shapes at 1024 rows (``768x768``, ``768
 ``3072x768``, TW 75%, and ``3072x768`` at 99%, which is nearly all reading x and writing
 the output), or the layers of ``--shape`` at ``--rows`` rows,
 one jitted layer per call with its operands warm; ``--model``: the BERT-base encoder of
-:mod:`benchmarks.model` end to end (dense first, for the ratio); ``--gemv``: M = 1 at
-4096 x 4096, TW 75% and 90%, 8 layers per jitted call after a cache flush, as
-:mod:`benchmarks.cpu_kernel` times them (dense ``(W^T x^T)^T`` first, for the ratio).
+:mod:`benchmarks.model` end to end (dense first, for the ratio); ``--chain``: 4096 x 4096
+at ``--rows`` rows (default 1), TW 75% and 90%, 8 layers per jitted call after a cache
+flush, as :mod:`benchmarks.cpu_kernel` times them (dense ``(W^T x^T)^T`` first, for the
+ratio).
 Prints medians; writes nothing. Each build's own ``last_call()`` report shows that it ran.
 """
 
@@ -119,7 +120,7 @@ def _model(targets: dict[str, str], repeats: int) -> None:
         f"{t} {v:.1f} ms ({med['dense'] / v:.2f}x)" for t, v in med.items()), flush=True)
 
 
-def _gemv(targets: dict[str, str], repeats: int) -> None:
+def _chain(targets: dict[str, str], repeats: int, m: int = 1) -> None:
     from benchmarks._timing import cache_flusher, layer_chain
 
     k = n = 4096
@@ -128,7 +129,7 @@ def _gemv(targets: dict[str, str], repeats: int) -> None:
     ws = [np.random.default_rng(i).standard_normal((k, n)).astype(np.float32) / np.sqrt(k)
           for i in range(layers)]
     wts = [jnp.asarray(w.T) for w in ws]
-    x = jnp.asarray(np.random.default_rng(1).standard_normal((1, k)), jnp.float32)
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((m, k)), jnp.float32)
     b = jnp.zeros((n,), jnp.float32)
     dense = layer_chain(lambda x, wt: (wt @ x.T).T)
     for s in (0.75, 0.9):
@@ -138,7 +139,7 @@ def _gemv(targets: dict[str, str], repeats: int) -> None:
         for tag, target in targets.items():
             fns[tag] = bound_for(target, layer_chain(cpu_kernel.tw_matmul_cpu), x, cws, b)
         med = medians(fns, repeats, between=flush)
-        print(f"M=1 4096x4096 TW {s:.0%}, per layer: " + "  ".join(
+        print(f"M={m} 4096x4096 TW {s:.0%}, per layer: " + "  ".join(
             f"{t} {v / layers:.3f} ms ({med['dense'] / v:.2f}x)" for t, v in med.items()),
             flush=True)
 
@@ -150,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("builds", nargs="+", metavar="TAG=PATH", help="extension builds to compare")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--model", action="store_true", help="BERT-base end to end")
-    mode.add_argument("--gemv", action="store_true", help="M = 1, 8 layers per call")
-    p.add_argument("--rows", type=int, default=1024, help="rows of x (layer mode)")
+    mode.add_argument("--chain", action="store_true",
+                      help="4096 x 4096, 8 layers per call after a cache flush")
+    p.add_argument("--rows", type=int, default=None,
+                   help="rows of x (default: 1024 in layer mode, 1 for --chain)")
     p.add_argument("--shape", action="append", default=None, metavar="KxN@S",
                    help="layer shape and sparsity, e.g. 4096x4096@0.9 (layer mode; repeatable; "
                         "default: BERT-base's)")
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--isa", default=None,
                    help="instruction-set variant every build runs (default: the fastest)")
     p.add_argument("--repeats", type=int, default=None,
-                   help="rounds (default: 40 per layer, 9 for --model, 15 for --gemv)")
+                   help="rounds (default: 40 per layer, 9 for --model, 15 for --chain)")
     args = p.parse_args(argv)
     targets, modules = {}, {}
     for spec in args.builds:
@@ -172,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             modules[tag].set_isa(args.isa)
     if args.model:
         _model(targets, args.repeats or 9)
-    elif args.gemv:
-        _gemv(targets, args.repeats or 15)
+    elif args.chain:
+        _chain(targets, args.repeats or 15, args.rows or 1)
     else:
         shapes = None
         if args.shape:
@@ -183,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             except (ValueError, IndexError):
                 raise SystemExit(
                     f"--shape expects KxN@S, e.g. 4096x4096@0.9; got {args.shape}") from None
-        _layers(targets, args.repeats or 40, args.rows, shapes, args.dtype)
+        _layers(targets, args.repeats or 40, args.rows or 1024, shapes, args.dtype)
     print("last call (us): " + ", ".join(
         f"{t} {m.last_call()['call_us']:.0f}" for t, m in modules.items()))
     return 0
