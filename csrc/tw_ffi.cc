@@ -111,9 +111,11 @@ struct Shared {
   size_t scratch;
   int64_t n_transpose = 0;  // items [0, n_transpose) fill p.xt; the rest wait for them
   float* xt = nullptr;
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-  std::atomic<int64_t> transposed{0};
+  // The item counter every thread takes from, on a line of its own (the threads' other
+  // writes to this struct do not bounce it); `done` likewise.
+  alignas(64) std::atomic<int64_t> next{0};
+  alignas(64) std::atomic<int64_t> done{0};
+  alignas(64) std::atomic<int64_t> transposed{0};
   std::atomic<int64_t> helper_items{0};
   std::atomic<bool> ready{false};     // items built (helpers are scheduled before that)
   Clock::time_point start;                 // when the call began
@@ -125,16 +127,6 @@ struct Shared {
   std::vector<uint8_t> col_run;       // TwProblem::col_run
 };
 
-// Whether tile t's first counts[t] row indices lie in [0, K); checked by the item that
-// computes the tile, before any of them is used (no serial pass over the whole table).
-bool RowsValid(const TwProblem& p, int64_t t) {
-  const int32_t* rows = p.rows + t * p.kp;
-  const int64_t kt = p.counts[t];
-  bool ok = true;
-  for (int64_t r = 0; r < kt; ++r) ok &= rows[r] >= 0 && rows[r] < p.k;
-  return ok;
-}
-
 void Work(Shared& s, bool helper) {
   // A pool may run a scheduled task inline, on the caller's thread, before the items exist
   // (the caller then does the work itself); a helper on another thread waits for them.
@@ -144,7 +136,8 @@ void Work(Shared& s, bool helper) {
   while (!s.ready.load(std::memory_order_acquire)) std::this_thread::yield();
   const int64_t n = static_cast<int64_t>(s.items.size());
   float* scratch = nullptr;
-  for (int64_t i; (i = s.next.fetch_add(1, std::memory_order_relaxed)) < n;) {
+  int64_t ran = 0;  // counted once at the end: the shared counters' line is not bounced per item
+  for (int64_t i; (i = s.next.fetch_add(1, std::memory_order_relaxed)) < n; ++ran) {
     if (helper && s.first_helper_ns.load(std::memory_order_relaxed) < 0) {
       int64_t none = -1;
       s.first_helper_ns.compare_exchange_strong(
@@ -160,7 +153,7 @@ void Work(Shared& s, bool helper) {
         // Items are taken in order, so every transpose item is already being run.
         while (s.transposed.load(std::memory_order_acquire) < s.n_transpose)
           std::this_thread::yield();
-        if (!RowsValid(s.p, it.tile)) {
+        if (!s.kernel->rows_valid(s.p, it.tile)) {
           s.bad_rows.store(true, std::memory_order_relaxed);
         } else {
           if (!scratch) scratch = ThreadScratch(s.scratch);
@@ -170,9 +163,9 @@ void Work(Shared& s, bool helper) {
     } catch (...) {
       s.failed.store(true, std::memory_order_relaxed);
     }
-    if (helper) s.helper_items.fetch_add(1, std::memory_order_relaxed);
-    s.done.fetch_add(1, std::memory_order_acq_rel);
   }
+  if (helper && ran) s.helper_items.fetch_add(ran, std::memory_order_relaxed);
+  s.done.fetch_add(ran, std::memory_order_acq_rel);
 }
 
 ffi::Error Check(bool ok, const std::string& what) {
@@ -215,7 +208,7 @@ ffi::Error TwMatmulImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer v
 
   // Tables: counts, then the output columns in one vectorised pass that also records each
   // tile's real columns for the items; each tile's row indices are checked by the item that
-  // computes it, in parallel and before use (RowsValid).
+  // computes it, in parallel and before use (TwKernel::rows_valid).
   auto s = std::make_shared<Shared>();
   s->kernel = Kernel();
   int64_t kept = 0;

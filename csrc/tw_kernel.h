@@ -51,6 +51,9 @@ struct TwKernel {
   // every tile (see TwProblem). Returns 0, or 1 if a column lies outside [0, n], or 2 if a
   // tile has padding (n) before a real column.
   int (*scan_cols)(const TwProblem& p, int32_t* real_cols, uint8_t* col_run);
+  // Whether tile t's first counts[t] row indices lie in [0, K) (one vectorised pass, run by
+  // the thread that computes the tile, before its item reads any of them).
+  bool (*rows_valid)(const TwProblem& p, int64_t t);
   // xt[k0:k1, m0:m1] = x[m0:m1, k0:k1]^T as float32 (row stride p.ldt).
   void (*transpose)(const TwProblem& p, int64_t m0, int64_t m1, int64_t k0, int64_t k1,
                     float* xt);

@@ -522,6 +522,19 @@ static void item(const TwProblem& p, int64_t tile, int64_t m0, int64_t m1, float
     item_t<uint16_t>(p, tile, m0, m1, scratch);
 }
 
+// ---- the row tables ------------------------------------------------------------------------
+// Compiled per instruction set so that it vectorises: a scalar pass cost about 1 us per
+// 1024-row tile, between every two items of an M = 1 call (3% of its time at 4096 x 4096).
+static bool rows_valid(const TwProblem& p, int64_t t) {
+  const int32_t* __restrict rows = p.rows + t * p.kp;
+  const int64_t kt = p.counts[t];
+  // As unsigned, negatives are >= 2^31: one compare rejects them and rows >= K alike.
+  const uint32_t k = p.k > INT32_MAX ? 0x80000000u : static_cast<uint32_t>(p.k);
+  uint32_t bad = 0;
+  for (int64_t r = 0; r < kt; ++r) bad |= static_cast<uint32_t>(rows[r]) >= k;
+  return bad == 0;
+}
+
 // ---- the output-column tables --------------------------------------------------------------
 static int scan_cols(const TwProblem& p, int32_t* real_cols, uint8_t* col_run) {
   // Integer arithmetic only and no early exit, so the compiler vectorises the inner loop.
@@ -555,7 +568,8 @@ static int scan_cols(const TwProblem& p, int32_t* real_cols, uint8_t* col_run) {
   return status;
 }
 
-extern const TwKernel kKernel = {TWK_NAME, MR, &scratch_floats, &item, &scan_cols, &transpose};
+extern const TwKernel kKernel = {TWK_NAME, MR,         &scratch_floats, &item,
+                                 &scan_cols, &rows_valid, &transpose};
 
 }  // namespace TWK_NS
 }  // namespace tvwjax
