@@ -7,16 +7,18 @@
 //   * M == 1: a GEMV streaming the tile's compact rows once, each row's x value read
 //     through the row table and broadcast (memory-bound: reads k_t x G values once);
 //   * otherwise a register-blocked GEMM (BLIS-style) whose MR x NR micro-kernel accumulates
-//     in registers (float32 accumulation for bf16 too). The activations of compact row k
-//     are x[m0:m0+MR, rows[t, k]], read in one of three ways:
-//       - float32, few rows (<= SMALL_M): gathered *while packing* MR-row slivers (no
-//         gathered copy of x beyond one MC x KC block in cache), weights read in place;
-//       - float32, more rows: broadcast straight from x (MR rows ldx apart, column
-//         rows[t, k]; nothing packed, no copy of x) against the tile's weights packed into
-//         NR-wide panels;
+//     in registers (float32 accumulation for bf16 too). The weights: up to SMALL_M rows
+//     (bfloat16: MR; and G a multiple of NR) read where they are, in chunks of KCI compact rows that
+//     every sliver uses while they are in L1, the next chunk prefetched meanwhile (bfloat16
+//     widened in registers); beyond that packed once per tile into NR-wide float32 panels.
+//     The activations of compact row k are x[m0:m0+MR, rows[t, k]], read in one of three
+//     ways:
+//       - float32: broadcast straight from x (MR rows ldx apart, column rows[t, k]; nothing
+//         packed, no copy of x);
 //       - bfloat16, many rows (x^T given, see TwProblem::xt): MR contiguous floats of row
-//         rows[t, k] of the float32 x^T the handler built, against packed panels;
-//       - bfloat16, few rows: packed slivers against packed panels.
+//         rows[t, k] of the float32 x^T the handler built;
+//       - bfloat16, few rows: gathered *while packing* float32 slivers (per K block, or per
+//         chunk in place; no gathered copy of x beyond that).
 // Results land in a per-thread MC x Gp float scratch and are then written (and rounded for
 // bf16) to the tile's output columns cols[t, :] (padding columns dropped); a float32 tile
 // of whole NR-wide panels over contiguous output columns accumulates straight into y.
@@ -55,6 +57,7 @@ constexpr int MR = 6;                      // micro-tile rows
 constexpr int64_t MC = 144;                // rows of x per packed A block (multiple of MR)
 constexpr int64_t KC = 256;                // compact rows per packed A block
 constexpr int64_t SMALL_M = 32;            // up to this many rows: weights read in place
+                                           // (bfloat16: up to MR, see weights_in_place)
 constexpr int64_t KCI = 2048 / NR;         // in place: compact rows per chunk (8 KiB a panel)
 constexpr int GEMV_NV = 8;                 // vectors per GEMV column chunk
 constexpr int GEMV_STREAMS = 2;            // GEMV row segments read side by side
@@ -96,7 +99,7 @@ static inline void from_f32(float v, uint16_t* out) {  // round to nearest even
   *out = static_cast<uint16_t>(u >> 16);
 }
 
-static inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+static constexpr int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
 // ---- packing -------------------------------------------------------------------------------
 // Rows [m0, m0 + r) of x gathered through the row table: ap[i * kc + k] = x[m0 + i, rows[k]]
@@ -253,9 +256,10 @@ struct RowsOfX {
 
 // InPlace: b is the tile's weights where they are (row stride ldb), and `pf_lines` lines
 // from `pf` on (the next chunk, see gemm) are prefetched, spread evenly over the kc steps.
-// Otherwise b is a packed panel (row stride NR) and pf is unused.
-template <int R, bool InPlace, typename A>
-static inline void micro_body(int64_t kc, const A& a, const float* __restrict b, int64_t ldb,
+// Otherwise b is a packed panel (row stride NR) and pf is unused. TB: the weights' element
+// type (float32, or bfloat16 read in place and widened in registers).
+template <int R, bool InPlace, typename A, typename TB>
+static inline void micro_body(int64_t kc, const A& a, const TB* __restrict b, int64_t ldb,
                               float* __restrict c, int64_t ldc, bool accumulate,
                               const char* pf, int64_t pf_lines) {
   vf acc[R][NV];
@@ -290,22 +294,23 @@ static inline void micro_body(int64_t kc, const A& a, const float* __restrict b,
 
 // One signature for every activation source: (kc, a, lda, rows, b, ldb, c, ldc, accumulate,
 // pf, pf_lines); the tables are indexed by the sliver's rows (1..MR).
-typedef void (*MicroFn)(int64_t, const float*, int64_t, const int32_t*, const float*, int64_t,
-                        float*, int64_t, bool, const char*, int64_t);
+template <typename TB>
+using MicroFn = void (*)(int64_t, const float*, int64_t, const int32_t*, const TB*, int64_t,
+                         float*, int64_t, bool, const char*, int64_t);
 
-template <int R, typename A, bool InPlace>
+template <int R, typename A, bool InPlace, typename TB>
 static void micro(int64_t kc, const float* __restrict a, int64_t lda,
-                  const int32_t* __restrict rows, const float* __restrict b, int64_t ldb,
+                  const int32_t* __restrict rows, const TB* __restrict b, int64_t ldb,
                   float* __restrict c, int64_t ldc, bool accumulate, const char* pf,
                   int64_t pf_lines) {
   micro_body<R, InPlace>(kc, A(a, lda, rows, kc), b, ldb, c, ldc, accumulate, pf, pf_lines);
 }
 
-template <typename A, bool InPlace = false>
-static constexpr MicroFn kMicro[MR + 1] = {
-    nullptr,                  &micro<1, A, InPlace>, &micro<2, A, InPlace>,
-    &micro<3, A, InPlace>,    &micro<4, A, InPlace>, &micro<5, A, InPlace>,
-    &micro<6, A, InPlace>};
+template <typename A, bool InPlace = false, typename TB = float>
+static constexpr MicroFn<TB> kMicro[MR + 1] = {
+    nullptr,                      &micro<1, A, InPlace, TB>, &micro<2, A, InPlace, TB>,
+    &micro<3, A, InPlace, TB>,    &micro<4, A, InPlace, TB>, &micro<5, A, InPlace, TB>,
+    &micro<6, A, InPlace, TB>};
 
 // ---- output --------------------------------------------------------------------------------
 template <typename T>
@@ -391,15 +396,21 @@ static void gemv(const TwProblem& p, int64_t tile, int64_t m, float* c) {
 }
 
 // ---- the GEMM of one tile over rows [m0, m1) -------------------------------------------------
+// bfloat16 weights read in place are widened by every sliver that reads them: worth it for
+// one sliver (kernel_ab, 4096 x 4096 TW 75% warm, 2026-12-02: 3 rows 0.667 -> 0.466 ms,
+// 6 rows 0.765 -> 0.603 ms against packed float32 panels) but not for more (16 rows
+// 1.17-1.50 vs 1.19-1.35 ms, 32 rows 3.11 vs 3.68 ms). Where the handler built x^T (many
+// rows, split into items of few) its packed-panel path stays.
 static bool weights_in_place(const TwProblem& p, int64_t rows) {
-  return p.dtype == DType::kF32 && p.g % NR == 0 && rows <= SMALL_M;
+  if (p.g % NR) return false;
+  return p.dtype == DType::kF32 ? rows <= SMALL_M : rows <= MR && !p.xt;
 }
 
 // bfloat16 without x^T: the activations are gathered into packed slivers (pack_a).
 static bool packs_a(const TwProblem& p) { return p.dtype != DType::kF32 && !p.xt; }
 
 static int64_t k_block(const TwProblem& p, int64_t rows, int64_t kt) {
-  // In place (nothing packed): the whole tile (the chunk loop keeps L1 reuse).
+  // In place: the whole tile (its chunk loop keeps the weights in L1 for every sliver).
   return weights_in_place(p, rows) ? kt : KC;
 }
 
@@ -408,6 +419,10 @@ static int64_t k_block(const TwProblem& p, int64_t rows, int64_t kt) {
 struct Layout {
   int64_t c, a, b, total;
 };
+
+// The A part holds MC x KC packed rows: a K block's slivers, or (in place, bfloat16) one
+// chunk's.
+static_assert(round_up(SMALL_M, MR) * KCI <= round_up(MC, MR) * KC, "A scratch too small");
 
 static Layout layout(const TwProblem& p, int64_t rows) {
   const int64_t gp = round_up(p.g, NR), mcp = round_up(MC, MR);
@@ -445,7 +460,8 @@ static void gemm(const TwProblem& p, int64_t tile, int64_t m0, int64_t m1, float
   // The activations (see the accessors): float32 x itself, bfloat16's x^T, or slivers
   // packed per K block. Sliver s starts at a_at(s) (its step 0 is compact row k0).
   const bool f32 = std::is_same<T, float>::value;
-  const MicroFn* table = f32 ? kMicro<RowsOfX> : p.xt ? kMicro<RowsOfXt> : kMicro<PackedA>;
+  const MicroFn<float>* table =
+      f32 ? kMicro<RowsOfX> : p.xt ? kMicro<RowsOfXt> : kMicro<PackedA>;
   const float* xa = f32 ? reinterpret_cast<const float*>(x) : p.xt;
   const int64_t row_step = f32 ? p.k : 1;  // between rows of x in xa
   if (!in_place) pack_b<T>(w, g, kt, bp);
@@ -455,7 +471,7 @@ static void gemm(const TwProblem& p, int64_t tile, int64_t m0, int64_t m1, float
     for (int64_t k0 = 0; k0 < kt; k0 += kcb) {
       const int64_t kc = kt - k0 < kcb ? kt - k0 : kcb;
       const int64_t lda = f32 ? p.k : p.xt ? p.ldt : kc;
-      if (packs_a(p))
+      if (packs_a(p) && !in_place)
         for (int64_t s = 0; s < slivers; ++s) {
           const int r = static_cast<int>(mc - s * MR < MR ? mc - s * MR : MR);
           pack_a<T>(x, p.k, mb + s * MR, r, rows + k0, kc, ap + s * MR * kc);
@@ -464,27 +480,38 @@ static void gemm(const TwProblem& p, int64_t tile, int64_t m0, int64_t m1, float
         return packs_a(p) ? ap + s * MR * kc : xa + (mb + s * MR) * row_step;
       };
       if (in_place) {
-        // Few rows, weights read where they are (float32 only, so x is read in place too), in
-        // chunks of KCI compact rows: every sliver uses a chunk of a panel while it is in L1,
-        // and the chunk's micro-kernel calls prefetch the next chunk (contiguous rows), an
-        // even share each, so the weights stream from memory while the slivers compute.
+        // Few rows, weights read where they are (bfloat16 widened in registers), in chunks
+        // of KCI compact rows: every sliver uses a chunk of a panel while it is in L1, and
+        // the chunk's micro-kernel calls prefetch the next chunk (contiguous rows), an even
+        // share each, so the weights stream from memory while the slivers compute. float32
+        // reads x in place; bfloat16 packs each chunk's activations first (float32 slivers,
+        // one run of KCI per row of x).
         // Measured (2-vCPU AMD EPYC, kernel_ab, 16 x 4096 x 4096, 8 layers after a cache
         // flush): 75% 1.95 -> 1.22 ms per layer, 90% 0.86 -> 0.56 ms against whole-tile
         // passes per panel and sliver with the activations packed.
-        const float* wf = reinterpret_cast<const float*>(w);
+        // (No x^T here: see weights_in_place.)
+        using AIn = typename std::conditional<std::is_same<T, float>::value, RowsOfX,
+                                              PackedA>::type;
         const int64_t calls = panels * slivers;
         for (int64_t kk = 0; kk < kc; kk += KCI) {
           const int64_t kn = kc - kk < KCI ? kc - kk : KCI, next = k0 + kk + kn;
           const int64_t next_rows = kt - next < KCI ? kt - next : KCI;
-          const char* pf = reinterpret_cast<const char*>(wf + next * g);
-          const int64_t lines = (next_rows * g * 4 + 63) / 64;
+          const char* pf = reinterpret_cast<const char*>(w + next * g);
+          const int64_t lines = (next_rows * g * static_cast<int64_t>(sizeof(T)) + 63) / 64;
+          if (packs_a(p))
+            for (int64_t s = 0; s < slivers; ++s) {
+              const int r = static_cast<int>(mc - s * MR < MR ? mc - s * MR : MR);
+              pack_a<T>(x, p.k, mb + s * MR, r, rows + k0 + kk, kn, ap + s * MR * kn);
+            }
           int64_t q = 0;
           for (int64_t j = 0; j < panels; ++j)
             for (int64_t s = 0; s < slivers; ++s, ++q) {
               const int r = static_cast<int>(mc - s * MR < MR ? mc - s * MR : MR);
               const int64_t lo = lines * q / calls, hi = lines * (q + 1) / calls;
-              kMicro<RowsOfX, true>[r](kn, a_at(s), lda, rows + k0 + kk, wf + (k0 + kk) * g + j * NR, g,
-                       c + s * MR * ldc + j * NR, ldc, k0 + kk > 0, pf + lo * 64, hi - lo);
+              kMicro<AIn, true, T>[r](
+                  kn, packs_a(p) ? ap + s * MR * kn : a_at(s), packs_a(p) ? kn : lda,
+                  rows + k0 + kk, w + (k0 + kk) * g + j * NR, g, c + s * MR * ldc + j * NR, ldc,
+                  k0 + kk > 0, pf + lo * 64, hi - lo);
             }
         }
         continue;

@@ -103,11 +103,11 @@ def test_every_isa(isa):
 def test_register_panel_tiles_every_row_path(k):
     """Tiles of whole register panels (64 and 128 columns: float32 output accumulated in
     place in y where a tile's columns are contiguous, through scratch where they are not),
-    on every instruction set, across the row paths: 2..32 rows (float32: weights read in
-    place in chunks of compact rows, a partial last chunk included, and x through the row
-    table; bfloat16: x gathered while packing), 33 and more (float32: x broadcast in place
-    through the row table against packed panels; bfloat16: from 48 rows through x^T).
-    K = 1024 puts the rows of x 4 KiB apart."""
+    on every instruction set, across the row paths: weights read in place in chunks of
+    compact rows, a partial last chunk included, up to 32 rows in float32 (x through the row
+    table) and up to 6 in bfloat16 (x gathered into packed slivers per chunk); packed panels
+    beyond (float32: x broadcast in place through the row table; bfloat16: x gathered while
+    packing, from 48 rows read through x^T). K = 1024 puts the rows of x 4 KiB apart."""
     isas = cpu_kernel.report()["supported_isas"]
     try:
         for tile in (64, 128):
@@ -116,7 +116,7 @@ def test_register_panel_tiles_every_row_path(k):
                 assert (w.counts == 0).any() and (w.counts == k).any()
                 for isa in isas:
                     cpu_kernel.set_isa(isa)
-                    for m in (2, 17, 32, 33, 47, 48, 130):
+                    for m in (2, 6, 7, 17, 32, 33, 47, 48, 130):
                         x = _x(m, k, dtype, seed=m)
                         _close(cpu_kernel.tw_matmul_cpu(x, w), _ref(x, w), dtype)
     finally:
