@@ -467,15 +467,16 @@ static void gemm(const TwProblem& p, int64_t tile, int64_t m0, int64_t m1, float
   if (!in_place) pack_b<T>(w, g, kt, bp);
   for (int64_t mb = m0; mb < m1; mb += MC) {
     const int64_t mc = m1 - mb < MC ? m1 - mb : MC, slivers = (mc + MR - 1) / MR;
+    const auto sliver_rows = [&](int64_t s) {
+      return static_cast<int>(std::min<int64_t>(MR, mc - s * MR));
+    };
     float* c = direct ? static_cast<float*>(p.y) + mb * p.n + cols[0] : scratch + l.c;
     for (int64_t k0 = 0; k0 < kt; k0 += kcb) {
       const int64_t kc = kt - k0 < kcb ? kt - k0 : kcb;
       const int64_t lda = f32 ? p.k : p.xt ? p.ldt : kc;
       if (packs_a(p) && !in_place)
-        for (int64_t s = 0; s < slivers; ++s) {
-          const int r = static_cast<int>(mc - s * MR < MR ? mc - s * MR : MR);
-          pack_a<T>(x, p.k, mb + s * MR, r, rows + k0, kc, ap + s * MR * kc);
-        }
+        for (int64_t s = 0; s < slivers; ++s)
+          pack_a<T>(x, p.k, mb + s * MR, sliver_rows(s), rows + k0, kc, ap + s * MR * kc);
       const auto a_at = [&](int64_t s) {
         return packs_a(p) ? ap + s * MR * kc : xa + (mb + s * MR) * row_step;
       };
@@ -498,26 +499,25 @@ static void gemm(const TwProblem& p, int64_t tile, int64_t m0, int64_t m1, float
           const int64_t next_rows = kt - next < KCI ? kt - next : KCI;
           const char* pf = reinterpret_cast<const char*>(w + next * g);
           const int64_t lines = (next_rows * g * static_cast<int64_t>(sizeof(T)) + 63) / 64;
-          if (packs_a(p))
-            for (int64_t s = 0; s < slivers; ++s) {
-              const int r = static_cast<int>(mc - s * MR < MR ? mc - s * MR : MR);
-              pack_a<T>(x, p.k, mb + s * MR, r, rows + k0 + kk, kn, ap + s * MR * kn);
-            }
+          if (!f32)  // bfloat16: this chunk's slivers, packed (KCI per row of x)
+            for (int64_t s = 0; s < slivers; ++s)
+              pack_a<T>(x, p.k, mb + s * MR, sliver_rows(s), rows + k0 + kk, kn,
+                        ap + s * MR * kn);
           int64_t q = 0;
           for (int64_t j = 0; j < panels; ++j)
             for (int64_t s = 0; s < slivers; ++s, ++q) {
-              const int r = static_cast<int>(mc - s * MR < MR ? mc - s * MR : MR);
+              const int r = sliver_rows(s);  // the next chunk's lines: an even share each
               const int64_t lo = lines * q / calls, hi = lines * (q + 1) / calls;
-              kMicro<AIn, true, T>[r](
-                  kn, packs_a(p) ? ap + s * MR * kn : a_at(s), packs_a(p) ? kn : lda,
-                  rows + k0 + kk, w + (k0 + kk) * g + j * NR, g, c + s * MR * ldc + j * NR, ldc,
-                  k0 + kk > 0, pf + lo * 64, hi - lo);
+              kMicro<AIn, true, T>[r](kn, f32 ? a_at(s) : ap + s * MR * kn, f32 ? lda : kn,
+                                      rows + k0 + kk, w + (k0 + kk) * g + j * NR, g,
+                                      c + s * MR * ldc + j * NR, ldc, k0 + kk > 0,
+                                      pf + lo * 64, hi - lo);
             }
         }
         continue;
       }
       for (int64_t s = 0; s < slivers; ++s) {
-        const int r = static_cast<int>(mc - s * MR < MR ? mc - s * MR : MR);
+        const int r = sliver_rows(s);
         for (int64_t j = 0; j < panels; ++j)
           table[r](kc, a_at(s), lda, rows + k0, bp + j * kt * NR + k0 * NR, NR,
                    c + s * MR * ldc + j * NR, ldc, k0 > 0, nullptr, 0);
